@@ -1,0 +1,16 @@
+"""Covariance calibration: hooks on target layers, whole-model or block-wise streaming drivers."""
+
+from .accumulator import GramAccumulator
+from .capture import InputCapture
+from .engine import DTYPES, MODES, collect_covariances, iter_covariances
+from .result import FinishedGroup
+
+__all__ = [
+    "DTYPES",
+    "MODES",
+    "FinishedGroup",
+    "GramAccumulator",
+    "InputCapture",
+    "collect_covariances",
+    "iter_covariances",
+]

@@ -1,0 +1,76 @@
+"""Running sums for one covariance group: Σ x xᵀ (upper block triangle only), Σ |x|, token count.
+
+The Gram product is symmetric, so only the block-upper triangle is computed: with column blocks of
+width ``block`` the work is about (1 + 1/nblocks)/2 of a full ``xᵀx`` and runs as plain GEMMs on any
+device. Products run in float32 (or the activations' own dtype if wider, e.g. float64 test models)
+and are added into sums kept in ``accumulate_dtype``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+DEFAULT_BLOCK = 128
+
+
+def compute_dtype_for(activation_dtype: torch.dtype) -> torch.dtype:
+    """float32, or the activation dtype when it is wider (float64 models stay exact)."""
+    return torch.float64 if activation_dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class GramAccumulator:
+    """Sums over the rows x (tokens) fed to :meth:`add`; ``gram`` holds only the block-upper triangle."""
+
+    dim: int
+    accumulate_dtype: torch.dtype = torch.float64
+    device: torch.device | str = "cpu"
+    block: int = DEFAULT_BLOCK
+    gram: torch.Tensor = field(init=False)  # (d, d), block-upper triangle of Σ x xᵀ
+    abs_sum: torch.Tensor = field(init=False)  # (d,), Σ |x|
+    count: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.gram = torch.zeros(self.dim, self.dim, dtype=self.accumulate_dtype, device=self.device)
+        self.abs_sum = torch.zeros(self.dim, dtype=self.accumulate_dtype, device=self.device)
+
+    def add(self, x: torch.Tensor) -> torch.Tensor:
+        """Add rows ``x`` (n, d); return this batch's Σ|x| (d,) so callers can check it is finite."""
+        x = x.to(device=self.device, dtype=compute_dtype_for(x.dtype))  # (n, d)
+        batch_abs = x.abs().sum(dim=0)  # (d,)
+        self.abs_sum += batch_abs.to(self.accumulate_dtype)
+        self.count += x.shape[0]
+        d, step = self.dim, self._block_width()
+        same_dtype = x.dtype == self.accumulate_dtype
+        for start in range(0, d, step):
+            rows = x[:, start : start + step]  # (n, b)
+            target = self.gram[start : start + step, start:]  # (b, d - start)
+            if same_dtype:
+                target.addmm_(rows.T, x[:, start:])
+            else:
+                target += torch.mm(rows.T, x[:, start:]).to(self.accumulate_dtype)
+        return batch_abs
+
+    def _block_width(self) -> int:
+        return self.dim if self.dim <= 2 * self.block else self.block
+
+    def full_gram(self) -> torch.Tensor:
+        """Σ x xᵀ as a full symmetric (d, d) matrix."""
+        upper = torch.triu(self.gram)
+        return upper + torch.triu(self.gram, diagonal=1).T
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors that fully describe the sums (for checkpoints and all-reduce)."""
+        return {
+            "gram": self.gram,
+            "abs_sum": self.abs_sum,
+            "count": torch.tensor([self.count], dtype=torch.float64, device=self.device),
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore sums written by :meth:`state`."""
+        self.gram.copy_(state["gram"])
+        self.abs_sum.copy_(state["abs_sum"])
+        self.count = int(state["count"].item())

@@ -1,0 +1,135 @@
+"""An output directory being filled by a calibration run, resumable after a kill at any point.
+
+Finished units (blocks) go straight to their final shard files, each written atomically, and are
+listed under ``OUT/.partial/units``; a whole-model pass checkpoints its running sums there
+periodically. ``store.json`` is written last, so a directory without it never reads as a store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..atomic import write_json, write_safetensors
+from ..errors import SvdadaptError
+from ..store import METADATA_FILE, CovarianceStore, StoredGroup, shard_name
+from .full import FullPassState
+from .result import FinishedGroup
+
+PARTIAL = ".partial"
+FULL_STATE = "full-state.safetensors"
+
+
+def _describe_spec_difference(old: dict, new: dict) -> str:
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key}: {old.get(key)!r} there vs {new.get(key)!r} now"
+    return "unknown difference"
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse an --out that is a file, a foreign directory, or a run that needs --resume."""
+    if out.exists() and not out.is_dir():
+        raise SvdadaptError(f"--out {out} is a file; choose a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / METADATA_FILE).is_file():
+        if not resume:
+            raise SvdadaptError(f"{out} already holds a covariance store; choose another --out or delete it")
+        return
+    if (out / PARTIAL).is_dir():
+        if not resume:
+            raise SvdadaptError(f"{out} holds an interrupted calibration; add --resume to continue it")
+        return
+    raise SvdadaptError(f"--out {out} exists and is not a covariance store; choose another directory")
+
+
+class PartialRun:
+    """The state of one calibration into ``out``; ``spec`` must match to resume."""
+
+    def __init__(self, out: Path, spec: dict, resume: bool) -> None:
+        self.out = out
+        self.spec = spec
+        self.dir = out / PARTIAL
+        self.units_dir = self.dir / "units"
+        spec_file = self.dir / "spec.json"
+        complete = out / METADATA_FILE
+        if resume and complete.is_file():
+            old = json.loads(complete.read_text()).get("spec", {})
+            if old != spec:
+                raise SvdadaptError(
+                    f"{out} holds a store of another spec ({_describe_spec_difference(old, spec)}); "
+                    "choose another --out"
+                )
+        elif resume and spec_file.is_file():
+            old = json.loads(spec_file.read_text())
+            if old != spec:
+                raise SvdadaptError(
+                    f"{out} holds an interrupted run of another spec ({_describe_spec_difference(old, spec)}); "
+                    "rerun with the same options or choose another --out"
+                )
+        else:
+            self.units_dir.mkdir(parents=True, exist_ok=True)
+            write_json(spec_file, spec)
+
+    @property
+    def complete(self) -> bool:
+        return (self.out / METADATA_FILE).is_file()
+
+    # ------------------------------------------------------------ block units
+    def done_units(self) -> list[int]:
+        if not self.units_dir.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.units_dir.glob("*.json"))
+
+    def write_unit(self, unit: int, groups: list[FinishedGroup]) -> None:
+        shard = shard_name(unit)
+        tensors: dict[str, torch.Tensor] = {}
+        for g in groups:
+            tensors[f"{g.key}.covariance"] = g.covariance
+            tensors[f"{g.key}.mean_abs"] = g.mean_abs
+        write_safetensors(self.out / shard, tensors)
+        listing = [
+            {"key": g.key, "members": g.members, "dim": int(g.covariance.shape[0]), "count": g.count,
+             "masked": g.masked, "shard": shard}
+            for g in groups
+        ]  # fmt: skip
+        write_json(self.units_dir / f"{unit:05d}.json", {"groups": listing})
+        (self.dir / FULL_STATE).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ whole-model checkpoints
+    def save_full_state(self, state: FullPassState) -> None:
+        """One atomic file: the running sums, with the position in the safetensors header."""
+        tensors = {f"{key}.{name}": t for key, sums in state.sums.items() for name, t in sums.items()}
+        position = {"batches_done": state.batches_done, "samples_done": state.samples_done}
+        header = {"position": json.dumps(position), "group_of": json.dumps(state.group_of)}
+        write_safetensors(self.dir / FULL_STATE, tensors, metadata=header)
+
+    def load_full_state(self) -> FullPassState | None:
+        path = self.dir / FULL_STATE
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata()
+            sums: dict[str, dict[str, torch.Tensor]] = {}
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                key, part = name.rsplit(".", 1)
+                sums.setdefault(key, {})[part] = f.get_tensor(name)
+        position = json.loads(header["position"])
+        return FullPassState(position["batches_done"], position["samples_done"], json.loads(header["group_of"]), sums)
+
+    # ------------------------------------------------------------ completion
+    def finish(self, metadata: dict) -> CovarianceStore:
+        store = CovarianceStore(metadata={**metadata, "spec": self.spec}, path=self.out)
+        for unit in self.done_units():
+            for g in json.loads((self.units_dir / f"{unit:05d}.json").read_text())["groups"]:
+                for member in g["members"]:
+                    store.module_to_group[member] = g["key"]
+                store.groups[g["key"]] = StoredGroup(g["shard"], g["dim"], g["count"], g["masked"])
+        write_json(self.out / METADATA_FILE, store.describe())
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return CovarianceStore.load(self.out)

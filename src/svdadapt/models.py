@@ -1,0 +1,131 @@
+"""Loading a model by name: a local directory, a hub id, ``default`` or ``default-encoder``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+
+from .errors import SvdadaptError
+from .fingerprint import model_identity
+from .hub import require_hub
+
+BUILTIN_MODELS = ("default", "default-encoder")
+HEADS = {
+    "causal-lm": AutoModelForCausalLM,
+    "base": AutoModel,
+    "seq-cls": AutoModelForSequenceClassification,
+}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str  # what the user asked for
+    location: str  # the directory or hub id it came from
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or Path(spec).exists() or spec.count("/") > 1
+
+
+def _check_local_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise SvdadaptError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise SvdadaptError(f"{path} is not a model directory (no config.json)")
+    has_safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+    if not has_safetensors:
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise SvdadaptError(
+                f"{path} holds only pickle weights (*.bin/*.pt); svdadapt loads safetensors only — "
+                "re-save the model with save_pretrained(..., safe_serialization=True)"
+            )
+        raise SvdadaptError(f"model directory {path} has no weights (*.safetensors)")
+
+
+def resolve_location(spec: str) -> str:
+    """The local directory or hub id that ``spec`` names (converting the embedded model if needed)."""
+    from . import assets
+
+    if spec == "default":
+        return str(assets.default_model_dir())
+    if spec == "default-encoder":
+        return str(assets.default_encoder_dir())
+    path = Path(spec).expanduser()
+    if _looks_like_path(spec):
+        _check_local_dir(path)
+        return str(path)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec, "config.json")
+    if not isinstance(cached, str):
+        require_hub(f"model {spec!r}", "pass a local model directory, `default` or `default-encoder`")
+    return spec
+
+
+def head_for(location: str, head: str) -> str:
+    """Pick ``causal-lm`` or ``base`` for ``head="auto"`` from the checkpoint's architectures."""
+    if head != "auto":
+        return head
+    config = AutoConfig.from_pretrained(location)
+    archs = getattr(config, "architectures", None) or []
+    return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else "base"
+
+
+def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(
+    spec: str,
+    head: str = "auto",
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    **model_kwargs,
+) -> LoadedModel:
+    """Load model and tokenizer; ``head`` is ``auto``, ``causal-lm``, ``base`` or ``seq-cls``."""
+    location = resolve_location(spec)
+    head = head_for(location, head)
+    if head not in HEADS:
+        raise SvdadaptError(f"unknown model head {head!r}; choose one of {', '.join(HEADS)}")
+    if dtype is None:
+        dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
+    try:
+        model = HEADS[head].from_pretrained(location, dtype=dtype, use_safetensors=True, **model_kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SvdadaptError(f"could not load model {spec!r}: {first}") from None
+    model.to(device)
+    model.eval()
+    return LoadedModel(model, load_tokenizer(location), spec, location)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings allow, if it says."""
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def describe_model(loaded: LoadedModel) -> dict:
+    """Identity recorded in stores and run directories: what was asked for, where it came from, and
+    the architecture and weights fingerprint."""
+    return {**model_identity(loaded.model), "name": loaded.name, "location": loaded.location}

@@ -1,0 +1,177 @@
+"""CovarianceStore: per-layer input covariances on disk as safetensors shards plus JSON metadata.
+
+Layout of a store directory::
+
+    store.json                  metadata, written last: its presence marks the store complete
+    covariances-00000.safetensors  one shard per block (or per batch of groups): for every group key
+                                   "<key>.covariance" (in, in), "<key>.mean_abs" (in,)
+
+``store.json`` holds the model identity (name, architecture, weights fingerprint), the source spec,
+sample count, sequence length, real tokens seen, dtype, the module-name → group-key map and, per
+group, its shard, dimension and token count. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .atomic import atomic_directory, write_json, write_safetensors
+from .calibrate.result import FinishedGroup
+from .errors import SvdadaptError
+
+FORMAT = "svdadapt.covariance-store"
+VERSION = 1
+METADATA_FILE = "store.json"
+
+
+def shard_name(index: int) -> str:
+    return f"covariances-{index:05d}.safetensors"
+
+
+@dataclass
+class StoredGroup:
+    shard: str
+    dim: int
+    count: int
+    masked: bool = True
+
+
+@dataclass
+class CovarianceStore:
+    """Input covariances C = Σ x xᵀ / n (mean over real tokens) and mean |x| of target layers."""
+
+    metadata: dict = field(default_factory=dict)
+    module_to_group: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, StoredGroup] = field(default_factory=dict)
+    path: Path | None = None
+    _tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------ building
+    def add(self, group: FinishedGroup, shard: str = shard_name(0)) -> None:
+        """Add one finished group (held in memory until :meth:`save`)."""
+        for name in group.members:
+            self.module_to_group[name] = group.key
+        self.groups[group.key] = StoredGroup(shard, int(group.covariance.shape[0]), group.count, group.masked)
+        self._tensors[f"{group.key}.covariance"] = group.covariance.detach().cpu()
+        self._tensors[f"{group.key}.mean_abs"] = group.mean_abs.detach().cpu()
+
+    # ------------------------------------------------------------ reading
+    @property
+    def modules(self) -> list[str]:
+        """Names of the layers covered, in model order."""
+        return list(self.module_to_group)
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens the model saw during calibration."""
+        return int(self.metadata.get("num_tokens", 0))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(torch, self.metadata.get("dtype", "float64"))
+
+    def group_key(self, module_name: str) -> str:
+        if module_name not in self.module_to_group:
+            raise SvdadaptError(
+                f"the covariance store has no entry for layer {module_name}; recalibrate with targets that include it"
+            )
+        return self.module_to_group[module_name]
+
+    def _tensor(self, key: str) -> torch.Tensor:
+        if key not in self._tensors:
+            group = self.groups[key.rsplit(".", 1)[0]]
+            if self.path is None:
+                raise KeyError(key)
+            with safe_open(str(self.path / group.shard), framework="pt") as f:
+                return f.get_tensor(key)
+        return self._tensors[key]
+
+    def covariance(self, module_name: str) -> torch.Tensor:
+        """(in, in) mean of x xᵀ over the real tokens that reached ``module_name``."""
+        return self._tensor(f"{self.group_key(module_name)}.covariance")
+
+    def mean_abs(self, module_name: str) -> torch.Tensor:
+        """(in,) mean of |x| per input channel (for ASVD)."""
+        return self._tensor(f"{self.group_key(module_name)}.mean_abs")
+
+    def members(self, key: str) -> list[str]:
+        """The layers of one covariance group (layers that read the same input)."""
+        return [m for m, k in self.module_to_group.items() if k == key]
+
+    def shared_with(self, module_name: str) -> list[str]:
+        """Every layer that reads the same input as ``module_name`` (itself included)."""
+        return self.members(self.group_key(module_name))
+
+    # ------------------------------------------------------------ disk
+    def describe(self) -> dict:
+        """The JSON metadata written as store.json."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            **self.metadata,
+            "modules": self.module_to_group,
+            "groups": {k: vars(g) for k, g in self.groups.items()},
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the store to ``path`` atomically (a reader never sees a partial store)."""
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            by_shard: dict[str, dict[str, torch.Tensor]] = {}
+            for key, group in self.groups.items():
+                shard = by_shard.setdefault(group.shard, {})
+                for suffix in ("covariance", "mean_abs"):
+                    shard[f"{key}.{suffix}"] = self._tensor(f"{key}.{suffix}")
+            for shard, tensors in by_shard.items():
+                write_safetensors(tmp / shard, tensors)
+            write_json(tmp / METADATA_FILE, self.describe())
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CovarianceStore:
+        """Open a store directory (tensors are read lazily, shard by shard)."""
+        path = Path(path)
+        meta_file = path / METADATA_FILE
+        if not meta_file.is_file():
+            if path.is_dir() and (path / ".partial").is_dir():
+                raise SvdadaptError(f"{path} holds an interrupted calibration; finish it with --resume")
+            raise SvdadaptError(f"{path} is not a covariance store (no {METADATA_FILE}); run svdadapt calibrate")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise SvdadaptError(f"{meta_file} is not valid JSON ({exc}); recalibrate") from None
+        if meta.get("format") != FORMAT:
+            raise SvdadaptError(f"{path} is not a covariance store ({meta_file} has another format)")
+        if meta.get("version", 0) > VERSION:
+            raise SvdadaptError(f"{path} was written by a newer svdadapt (store version {meta['version']})")
+        modules = meta.pop("modules")
+        groups = {k: StoredGroup(**g) for k, g in meta.pop("groups").items()}
+        for k in ("format", "version"):
+            meta.pop(k)
+        for shard in {g.shard for g in groups.values()}:
+            if not (path / shard).is_file():
+                raise SvdadaptError(f"{path} is missing {shard}; the store is damaged, recalibrate")
+        return cls(metadata=meta, module_to_group=modules, groups=groups, path=path)
+
+    @classmethod
+    def from_groups(cls, groups: Iterable[FinishedGroup], metadata: dict) -> CovarianceStore:
+        store = cls(metadata=dict(metadata))
+        for group in groups:
+            store.add(group)
+        return store
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse a store computed on a different model."""
+        mine = self.metadata.get("model", {}).get("fingerprint")
+        if mine != fingerprint:
+            name = self.metadata.get("model", {}).get("name", "another model")
+            raise SvdadaptError(
+                f"the covariance store at {self.path} was computed on {name} (weights fingerprint "
+                f"{str(mine)[:12]}), not on this model ({fingerprint[:12]}); recalibrate on this model"
+            )
