@@ -1,0 +1,223 @@
+"""Calibration cost: svdadapt vs PEFT's CorDA hook pass vs the bare forward, and the floor.
+
+Embedded SmolLM2-135M-Instruct, 16 samples x 256 tokens of bundled wiki (identical token ids for
+every contestant), all 7 projections of all 30 blocks, CPU. Each contestant runs in its own
+process; the parent reads each child's wall time and peak RSS (os.wait4) and the time of the
+timed section the child reports. The floor is the bare forward time plus the covariance FLOPs
+(2 * tokens * sum over unique layer inputs of d_in^2) at the float32 GEMM rate measured here.
+
+    python benchmarks/calibrate.py            # prints a table; --json FILE also writes the figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SAMPLES, SEQ_LEN, SEED = 16, 256, 0
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# ---------------------------------------------------------------------------- children
+def _load(tokens_file: str):
+    import torch
+    from safetensors.torch import load_file
+
+    from svdadapt.models import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model("default")
+    ids = load_file(tokens_file)["input_ids"]  # (SAMPLES, SEQ_LEN)
+    return loaded.model, ids
+
+
+def child_svdadapt(tokens_file: str, mode: str, batch_size: int, dtype: str) -> dict:
+    import torch
+
+    from svdadapt import collect_covariances
+
+    model, ids = _load(tokens_file)
+    batches = [
+        {"input_ids": ids[i : i + batch_size], "attention_mask": torch.ones_like(ids[i : i + batch_size])}
+        for i in range(0, len(ids), batch_size)
+    ]
+    start = time.perf_counter()
+    store = collect_covariances(model, batches, PROJECTIONS, getattr(torch, dtype), mode=mode)
+    seconds = time.perf_counter() - start
+    assert len(store.modules) == 210
+    return {"timed_s": seconds}
+
+
+def child_forward(tokens_file: str, batch_size: int, body_only: bool) -> dict:
+    import torch
+
+    model, ids = _load(tokens_file)
+    runner = model.model if body_only else model
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(ids), batch_size):
+            runner(input_ids=ids[i : i + batch_size], use_cache=False)
+    return {"timed_s": time.perf_counter() - start}
+
+
+def child_peft(tokens_file: str) -> dict:
+    import torch
+    from peft import LoraConfig
+    from peft.tuners.lora.config import CordaConfig
+    from peft.tuners.lora.corda import calib_cov_distribution
+
+    model, ids = _load(tokens_file)
+    config = LoraConfig(
+        r=16, target_modules=PROJECTIONS, init_lora_weights="corda", corda_config=CordaConfig(corda_method="kpm")
+    )
+
+    def run_model():  # PEFT's hook squeezes dim 0: batch size 1 only
+        for row in ids:
+            model(input_ids=row[None])
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        calib_cov_distribution(model, config, run_model, None, None)
+    return {"timed_s": time.perf_counter() - start}
+
+
+def child_gemm() -> dict:
+    """float32 x^T x rate at this model's shapes over 2048-token batches (a full GEMM, no tricks)."""
+    import torch
+
+    rates = []
+    for dim in (576, 1536):
+        x = torch.randn(2048, dim)
+        acc = torch.zeros(dim, dim)
+        for _ in range(3):
+            acc.addmm_(x.T, x)
+        reps = 20
+        start = time.perf_counter()
+        for _ in range(reps):
+            acc.addmm_(x.T, x)
+        rates.append(2 * 2048 * dim * dim * reps / (time.perf_counter() - start))
+    return {"gflops": [r / 1e9 for r in rates], "rate": sum(rates) / len(rates)}
+
+
+CHILDREN = {
+    "svdadapt": child_svdadapt,
+    "forward": child_forward,
+    "peft": child_peft,
+    "gemm": child_gemm,
+}
+
+
+# ---------------------------------------------------------------------------- parent
+def run_child(name: str, **kwargs) -> dict:
+    """Run one contestant in a fresh process; returns its report plus wall time and peak RSS."""
+    cmd = [sys.executable, __file__, "--child", name, "--kwargs", json.dumps(kwargs)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"child {name} {kwargs} failed with status {status}")
+    report = json.loads(out.strip().splitlines()[-1])
+    report.update(wall_s=wall, peak_rss_gib=usage.ru_maxrss / 2**20)  # ru_maxrss is KiB on Linux
+    return report
+
+
+def prepare_tokens(path: Path) -> int:
+    from safetensors.torch import save_file
+
+    from svdadapt.data import make_samples, resolve
+    from svdadapt.models import load_tokenizer, resolve_location
+
+    tokenizer = load_tokenizer(resolve_location("default"))
+    samples = make_samples(resolve("wiki"), tokenizer, SAMPLES, SEQ_LEN, seed=SEED)
+    import torch
+
+    ids = torch.tensor([s.input_ids for s in samples])
+    save_file({"input_ids": ids}, str(path))
+    return int(ids.numel())
+
+
+def covariance_flops(tokens: int) -> float:
+    hidden, intermediate, layers = 576, 1536, 30
+    unique_inputs = [hidden, hidden, hidden, intermediate]  # q/k/v, o, gate/up, down
+    return 2.0 * tokens * layers * sum(d * d for d in unique_inputs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child")
+    parser.add_argument("--kwargs", default="{}")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](**json.loads(args.kwargs))))
+        return
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens_file = str(Path(tmp) / "tokens.safetensors")
+        tokens = prepare_tokens(Path(tokens_file))
+        runs = {
+            "svdadapt (blockwise, batch 8, float64 sums)": run_child(
+                "svdadapt", tokens_file=tokens_file, mode="blockwise", batch_size=8, dtype="float64"
+            ),
+            "svdadapt (full pass, batch 8, float64 sums)": run_child(
+                "svdadapt", tokens_file=tokens_file, mode="full", batch_size=8, dtype="float64"
+            ),
+            "svdadapt (blockwise, batch 1, float64 sums)": run_child(
+                "svdadapt", tokens_file=tokens_file, mode="blockwise", batch_size=1, dtype="float64"
+            ),
+            "PEFT calib_cov_distribution (batch 1)": run_child("peft", tokens_file=tokens_file),
+            "bare forward (batch 1, with LM head, as PEFT runs it)": run_child(
+                "forward", tokens_file=tokens_file, batch_size=1, body_only=False
+            ),
+            "bare forward (batch 8, body only)": run_child(
+                "forward", tokens_file=tokens_file, batch_size=8, body_only=True
+            ),
+        }
+        gemm = run_child("gemm")
+
+    flops = covariance_flops(tokens)
+    cov_time = flops / gemm["rate"]
+    ours = runs["svdadapt (blockwise, batch 8, float64 sums)"]
+    peft = runs["PEFT calib_cov_distribution (batch 1)"]
+    forward_peft_style = runs["bare forward (batch 1, with LM head, as PEFT runs it)"]
+    forward_fast = runs["bare forward (batch 8, body only)"]
+    floor = forward_peft_style["timed_s"] + cov_time
+    strict_floor = forward_fast["timed_s"] + cov_time
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"tokens: {SAMPLES} x {SEQ_LEN} = {tokens}; covariance FLOPs {flops / 1e9:.0f} GFLOP")
+    print(f"float32 GEMM rate (x^T x, 2048 tokens): {gemm['rate'] / 1e9:.0f} GFLOP/s -> {cov_time:.2f} s of GEMM")
+    print()
+    print(f"{'contestant':58s} {'timed s':>8s} {'process s':>9s} {'peak RSS GiB':>12s}")
+    for name, r in runs.items():
+        print(f"{name:58s} {r['timed_s']:8.2f} {r['wall_s']:9.2f} {r['peak_rss_gib']:12.2f}")
+    print()
+    print(f"floor = bare forward (batch 1, as PEFT) + covariance GEMM = {floor:.2f} s")
+    print(f"strict floor = bare forward (batch 8, body only) + covariance GEMM = {strict_floor:.2f} s")
+    ratios = {
+        "svdadapt / PEFT hook pass (target <= 0.5)": ours["timed_s"] / peft["timed_s"],
+        "svdadapt / floor (target <= 1.25)": ours["timed_s"] / floor,
+        "svdadapt / strict floor": ours["timed_s"] / strict_floor,
+        "svdadapt peak RSS / PEFT peak RSS (target < 1)": ours["peak_rss_gib"] / peft["peak_rss_gib"],
+    }
+    for name, value in ratios.items():
+        print(f"{name:52s} {value:6.2f}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"runs": runs, "gemm": gemm, "flops": flops, "floor": floor, "ratios": ratios}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
