@@ -34,13 +34,39 @@ def _quickstart(opts) -> None:
     quickstart(opts)
 
 
+def _build(opts) -> None:
+    from .build.job import build, summary
+
+    print(summary(build(opts)))
+
+
+def _merge(opts) -> None:
+    from .merge import merge
+
+    print(f"merged model: {merge(opts)}")
+
+
+def _export(opts) -> None:
+    from .export import export
+
+    out = export(opts)
+    print(f"PEFT LoRA for the original model: {out}")
+    print(f"  load it with PeftModel.from_pretrained(<original model>, {str(out)!r})")
+
+
 def _commands() -> dict[str, Command]:
+    from .build.job import BuildOptions
     from .calibrate.job import CalibrateOptions
+    from .export import ExportOptions
+    from .merge import MergeOptions
     from .quickstart import QuickstartOptions
 
     return {
         "quickstart": Command(QuickstartOptions, _quickstart),
         "calibrate": Command(CalibrateOptions, _calibrate),
+        "build": Command(BuildOptions, _build),
+        "merge": Command(MergeOptions, _merge),
+        "export": Command(ExportOptions, _export),
     }
 
 

@@ -1,0 +1,85 @@
+"""Adapter tensors, independent of any module: what ``build`` produces and run directories store.
+
+A layer's adapter is ΔW = s·B·diag(d)·A (d only for KaSA), s = α/r, plus what building it changed
+in the frozen base: original W = base + c·P·Q. Residual methods have c = s, P = B₀, Q = A₀ (the initial adapter); KaSA has c = 1,
+P = U_d S_d, Q = V_dᵀ (the dropped components); LoRA has none. Keeping P, Q lets ``unload``
+restore the original weight and ``export`` write a LoRA against the untouched model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LayerAdapter:
+    A: torch.Tensor  # (r, in)
+    B: torch.Tensor  # (out, r)
+    alpha: float
+    diag: torch.Tensor | None = None  # (r,)
+    base_P: torch.Tensor | None = None  # (out, q)
+    base_Q: torch.Tensor | None = None  # (q, in)
+    base_scaling: float = 1.0  # c in original W = base + c·P·Q
+    damping: float | None = None
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def folded_B(self) -> torch.Tensor:
+        """B·diag(d) (out, r): the plain-LoRA B that gives the same ΔW."""
+        return self.B if self.diag is None else self.B * self.diag
+
+    def delta(self) -> torch.Tensor:
+        """ΔW = s·B·diag(d)·A as (out, in) float64."""
+        return self.scaling * (self.folded_B().double() @ self.A.double())
+
+    def base_change(self) -> torch.Tensor | None:
+        """c·P·Q (out, in) float64: what was subtracted from the original weight, if anything."""
+        if self.base_P is None:
+            return None
+        return self.base_scaling * (self.base_P.double() @ self.base_Q.double())
+
+
+_FIELDS = ("A", "B", "diag", "base_P", "base_Q")
+
+
+@dataclass
+class AdapterSet:
+    """Every target layer's adapter, in model order."""
+
+    method: str
+    layers: dict[str, LayerAdapter] = field(default_factory=dict)
+    conv1d: list[str] = field(default_factory=list)  # layers stored (in, out) like GPT-2's Conv1D
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat ``{"<layer>.<field>": tensor}`` for a safetensors file."""
+        flat = {}
+        for name, layer in self.layers.items():
+            for f in _FIELDS:
+                value = getattr(layer, f)
+                if value is not None:
+                    flat[f"{name}.{f}"] = value.detach().contiguous()
+        return flat
+
+    def describe(self) -> dict:
+        """JSON-able per-layer facts (rank, alpha, damping)."""
+        return {
+            name: {"rank": layer.rank, "alpha": layer.alpha, "base_scaling": layer.base_scaling, "damping": layer.damping}
+            for name, layer in self.layers.items()
+        }
+
+    @classmethod
+    def from_tensors(cls, method: str, tensors: dict[str, torch.Tensor], facts: dict, conv1d: list[str]) -> AdapterSet:
+        layers = {}
+        for name, info in facts.items():
+            parts = {f: tensors.get(f"{name}.{f}") for f in _FIELDS}
+            extra = {"base_scaling": info.get("base_scaling", 1.0), "damping": info.get("damping")}
+            layers[name] = LayerAdapter(alpha=info["alpha"], **extra, **parts)
+        return cls(method, layers, list(conv1d))

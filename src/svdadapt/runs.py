@@ -1,0 +1,145 @@
+"""Run directories: what ``build`` writes and ``train`` updates — one kind of thing, so ``merge`` and
+``export`` work on either.
+
+    run.json                    method, ranks, the original model's identity, the base's fingerprint,
+                                stage ("built" or "trained"), per-layer facts (rank, alpha, damping)
+    base/                       the frozen base as an ordinary transformers model directory (residual or
+                                truncated weights); absent when the method leaves the base untouched
+    adapter/                    the current adapter as a stock PEFT LoRA checkpoint (KaSA's ΔΣ folded into B)
+    adapter_state.safetensors   svdadapt's full adapter state: A, B, ΔΣ and the base change P, Q
+    initial_state.safetensors   the same at build time
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .adapters.peft_format import LoraFactors, write_peft_lora
+from .adapters.state import AdapterSet
+from .atomic import atomic_directory, write_json, write_safetensors
+from .errors import SvdadaptError
+from .fingerprint import weights_fingerprint
+
+FORMAT = "svdadapt.run"
+VERSION = 1
+RUN_FILE = "run.json"
+STATE_FILE = "adapter_state.safetensors"
+INITIAL_FILE = "initial_state.safetensors"
+
+
+def check_run_out(out: Path) -> None:
+    """Refuse an --out that exists and is not an svdadapt run (an existing run is replaced)."""
+    if out.exists() and not out.is_dir():
+        raise SvdadaptError(f"--out {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_FILE).is_file():
+        raise SvdadaptError(f"--out {out} exists and is not an svdadapt run; choose another directory")
+
+
+def check_new_out(out: Path, what: str) -> None:
+    """Refuse an --out that exists and is not empty (for merged models and exports)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SvdadaptError(f"--out {out} already exists; choose a new directory for the {what}")
+
+
+def _peft_layers(adapters: AdapterSet) -> dict[str, LoraFactors]:
+    return {n: LoraFactors(a.A, a.folded_B(), a.alpha) for n, a in adapters.layers.items()}
+
+
+def task_type_of(model: nn.Module) -> str | None:
+    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "CAUSAL_LM"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "SEQ_CLS"
+    return None
+
+
+@dataclass
+class Run:
+    path: Path
+    meta: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        path = Path(path)
+        run_file = path / RUN_FILE
+        if not run_file.is_file():
+            raise SvdadaptError(f"{path} is not an svdadapt run (no {RUN_FILE}); create one with svdadapt build")
+        meta = json.loads(run_file.read_text())
+        if meta.get("format") != FORMAT:
+            raise SvdadaptError(f"{run_file} is not an svdadapt run file")
+        return cls(path, meta)
+
+    @property
+    def base_changed(self) -> bool:
+        return (self.path / "base").is_dir()
+
+    @property
+    def base_location(self) -> str:
+        """Where the frozen base lives: ``RUN/base`` or the original model's location."""
+        return str(self.path / "base") if self.base_changed else self.meta["original"]["location"]
+
+    def adapters(self, initial: bool = False) -> AdapterSet:
+        tensors = load_file(str(self.path / (INITIAL_FILE if initial else STATE_FILE)))
+        return AdapterSet.from_tensors(self.meta["method"], tensors, self.meta["layers"], self.meta.get("conv1d", []))
+
+    def load_base(self, device: str = "cpu", **kwargs):
+        """The frozen base model and tokenizer, its fingerprint checked against the run's record."""
+        from .models import load_model
+
+        loaded = load_model(self.base_location, device=device, **kwargs)
+        if weights_fingerprint(loaded.model) != self.meta["base_fingerprint"]:
+            raise SvdadaptError(
+                f"the base model at {self.base_location} is not the one this run was built on "
+                "(weights fingerprint differs); rebuild the run"
+            )
+        return loaded
+
+
+def write_run(
+    out: Path,
+    meta: dict,
+    adapters: AdapterSet,
+    initial: AdapterSet,
+    base_model: nn.Module,
+    tokenizer,
+    base_changed: bool,
+) -> Run:
+    """Write a complete run directory atomically (an existing run at ``out`` is replaced)."""
+    base_location = str(out / "base") if base_changed else meta["original"]["location"]
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        **meta,
+        "base_fingerprint": weights_fingerprint(base_model),
+        "layers": adapters.describe(),
+        "conv1d": adapters.conv1d,
+    }
+    with atomic_directory(out) as tmp:
+        if base_changed:
+            base_model.save_pretrained(tmp / "base", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "base")
+        write_peft_lora(
+            tmp / "adapter",
+            _peft_layers(adapters),
+            base_location,
+            fan_in_fan_out=bool(adapters.conv1d),
+            task_type=task_type_of(base_model),
+            dropout=meta.get("dropout", 0.0),
+        )
+        write_safetensors(tmp / STATE_FILE, adapters.tensors())
+        write_safetensors(tmp / INITIAL_FILE, initial.tensors())
+        write_json(tmp / RUN_FILE, meta)
+    return Run(out, meta)
+
+
+def mixed_conv1d(adapters: AdapterSet) -> None:
+    """PEFT's fan_in_fan_out is one flag per adapter: refuse a mix of Conv1D and Linear targets."""
+    if adapters.conv1d and len(adapters.conv1d) != len(adapters.layers):
+        raise SvdadaptError("targets mix Conv1D and nn.Linear layers; PEFT cannot save that as one LoRA")
