@@ -38,23 +38,19 @@ class Method:
         return DECOMPOSITIONS[self.decomposition].needs if self.decomposition else None
 
 
+_ROWS = (
+    # name        decomposition  components  base         init   summary
+    ("lora",      None,          None,       "original",  "lora", "LoRA: A Kaiming, B = 0, on the untouched weight"),
+    ("pissa",     "plain",       "top",      "residual",  "svd",  "PiSSA: adapter from the top-r SVD components"),
+    ("milora",    "plain",       "bottom",   "residual",  "svd",  "MiLoRA: adapter from the bottom-r SVD components"),
+    ("corda-ipa", "context",     "top",      "residual",  "svd",  "CorDA instruction-previewed: top-r of W·C"),
+    ("corda-kpa", "context",     "bottom",   "residual",  "svd",  "CorDA knowledge-preserved: bottom-r of W·C"),
+    ("kasa",      "plain",       "bottom",   "truncated", "lora", "KaSA: drop the bottom-r SVD components, train BΔΣA"),
+)  # fmt: skip
+_EXTRAS = {"kasa": {"diag": True, "loss": "kasa"}}
 METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("lora", "LoRA: A Kaiming, B = 0 on the untouched weight", None, None, "original", "lora"),
-        Method("pissa", "PiSSA: adapter from the top-r plain SVD components", "plain", "top", "residual", "svd"),
-        Method("milora", "MiLoRA: adapter from the bottom-r plain SVD components", "plain", "bottom", "residual", "svd"),
-        Method(
-            "corda-ipa", "CorDA instruction-previewed: top-r context components", "context", "top", "residual", "svd"
-        ),
-        Method(
-            "corda-kpa", "CorDA knowledge-preserved: bottom-r context components", "context", "bottom", "residual", "svd"
-        ),
-        Method(
-            "kasa", "KaSA: drop the bottom-r SVD components, train B·diag(ΔΣ)·A", "plain", "bottom", "truncated",
-            "lora", diag=True, loss="kasa",
-        ),  # fmt: skip
-    )
+    name: Method(name, summary, decomposition, components, base, init, **_EXTRAS.get(name, {}))
+    for name, decomposition, components, base, init, summary in _ROWS
 }
 
 TRUNCATIONS = ("plain", "context")  # KaSA's --truncation choices

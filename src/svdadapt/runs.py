@@ -16,7 +16,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -102,6 +101,26 @@ class Run:
         return loaded
 
 
+def update_run(run: Run, adapters: AdapterSet, stage: str = "trained", **meta) -> Run:
+    """Replace a run's current adapter (after training) — adapter/ and adapter_state — and record
+    ``stage`` and ``meta`` in run.json; the base and the initial state stay as built."""
+    if set(adapters.layers) != set(run.meta["layers"]):
+        raise SvdadaptError("the adapter's layers differ from the run's; train on the run it came from")
+    new_meta = {**run.meta, **meta, "stage": stage, "layers": adapters.describe()}
+    with atomic_directory(run.path / "adapter") as tmp:
+        write_peft_lora(
+            tmp,
+            _peft_layers(adapters),
+            run.base_location,
+            fan_in_fan_out=bool(adapters.conv1d),
+            task_type=run.meta.get("task_type"),
+            dropout=run.meta.get("dropout", 0.0),
+        )
+    write_safetensors(run.path / STATE_FILE, adapters.tensors())
+    write_json(run.path / RUN_FILE, new_meta)
+    return Run(run.path, new_meta)
+
+
 def write_run(
     out: Path,
     meta: dict,
@@ -118,6 +137,7 @@ def write_run(
         "version": VERSION,
         **meta,
         "base_fingerprint": weights_fingerprint(base_model),
+        "task_type": task_type_of(base_model),
         "layers": adapters.describe(),
         "conv1d": adapters.conv1d,
     }
@@ -130,7 +150,7 @@ def write_run(
             _peft_layers(adapters),
             base_location,
             fan_in_fan_out=bool(adapters.conv1d),
-            task_type=task_type_of(base_model),
+            task_type=meta["task_type"],
             dropout=meta.get("dropout", 0.0),
         )
         write_safetensors(tmp / STATE_FILE, adapters.tensors())

@@ -1,9 +1,10 @@
 """Adapter tensors, independent of any module: what ``build`` produces and run directories store.
 
 A layer's adapter is ΔW = s·B·diag(d)·A (d only for KaSA), s = α/r, plus what building it changed
-in the frozen base: original W = base + c·P·Q. Residual methods have c = s, P = B₀, Q = A₀ (the initial adapter); KaSA has c = 1,
-P = U_d S_d, Q = V_dᵀ (the dropped components); LoRA has none. Keeping P, Q lets ``unload``
-restore the original weight and ``export`` write a LoRA against the untouched model.
+in the frozen base: original W = base + c·P·Q. Residual methods have c = s, P = B₀, Q = A₀ (the
+initial adapter); KaSA has c = 1, P = U_d S_d, Q = V_dᵀ (the dropped components); LoRA has none.
+Keeping P, Q lets ``unload`` restore the original weight and ``export`` write a LoRA against the
+untouched model.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class AdapterSet:
     def describe(self) -> dict:
         """JSON-able per-layer facts (rank, alpha, damping)."""
         return {
-            name: {"rank": layer.rank, "alpha": layer.alpha, "base_scaling": layer.base_scaling, "damping": layer.damping}
-            for name, layer in self.layers.items()
+            name: {"rank": a.rank, "alpha": a.alpha, "base_scaling": a.base_scaling, "damping": a.damping}
+            for name, a in self.layers.items()
         }
 
     @classmethod

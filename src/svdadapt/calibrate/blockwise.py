@@ -148,24 +148,24 @@ def blockwise_pass(
         last = max(by_block)
         todo = sum(1 for i in by_block if i >= start_block)
         bar = tqdm(total=todo * samples, desc="calibrating", unit="sample", disable=not progress)
-        for index in range(last + 1):
-            block = stack[index]
-            block_home = module_device(block)
-            block.to(exec_device)
-            hooked = by_block.get(index) if index >= start_block else None
-            capture = InputCapture(hooked or {}, accumulate_dtype, device if device is not None else exec_device)
-            with capture:
-                for record in records:
-                    capture.begin_batch(record.mask)
-                    record.hidden = _run_block(block, record, index, exec_device)
-                    capture.end_batch()
-                    if hooked:
-                        bar.set_postfix_str(f"block {index + 1}/{last + 1}")
-                        bar.update(record.samples)
-            block.to(block_home)
-            if hooked:
-                yield index, [finish(g) for g in capture.groups.values()]
-            del capture
-        bar.close()
+        with bar:
+            for index in range(last + 1):
+                block = stack[index]
+                block_home = module_device(block)
+                block.to(exec_device)
+                hooked = by_block.get(index) if index >= start_block else None
+                capture = InputCapture(hooked or {}, accumulate_dtype, device if device is not None else exec_device)
+                with capture:
+                    for record in records:
+                        capture.begin_batch(record.mask)
+                        record.hidden = _run_block(block, record, index, exec_device)
+                        capture.end_batch()
+                        if hooked:
+                            bar.set_postfix_str(f"block {index + 1}/{last + 1}")
+                            bar.update(record.samples)
+                block.to(block_home)
+                if hooked:
+                    yield index, [finish(g) for g in capture.groups.values()]
+                del capture
     finally:
         model.train(was_training)

@@ -39,7 +39,7 @@ def tokenize_documents(documents: list[str], tokenizer: PreTrainedTokenizerBase)
     stream: list[int] = []
     chunk = 512
     for start in range(0, len(documents), chunk):
-        encoded = tokenizer(documents[start : start + chunk], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(documents[start : start + chunk], add_special_tokens=False, verbose=False)["input_ids"]
         for ids in encoded:
             if stream:
                 stream.extend(separator)

@@ -1,0 +1,124 @@
+"""The trainable adapter module: a frozen base layer plus named low-rank adapters.
+
+``AdapterLinear`` wraps an ``nn.Linear`` or ``Conv1D`` (kept as ``base_layer``, as PEFT names it)
+and adds ``s·B·diag(d)·A·x`` for each active adapter. Several adapters can sit on one layer — e.g.
+a KaSA adapter next to a LoRA — and each remembers what it changed in the base (c·P·Q), so
+unloading restores the original weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..targets import in_out_features, set_weight_matrix, weight_matrix
+from .state import LayerAdapter
+
+
+class LowRank(nn.Module):
+    """ΔW = s·B·diag(d)·A with A (r, in), B (out, r) as ``lora_A``/``lora_B`` and d as ``lora_diag``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float = 0.0,
+                 diag: bool = False, dtype: torch.dtype = torch.float32, device=None) -> None:  # fmt: skip
+        super().__init__()
+        self.scaling = alpha / rank
+        self.alpha = alpha
+        self.lora_A = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
+        self.lora_B = nn.Linear(rank, out_features, bias=False, dtype=dtype, device=device)
+        self.lora_diag = nn.Parameter(torch.ones(rank, dtype=dtype, device=device)) if diag else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.base_scaling = 1.0
+        self.register_buffer("base_P", None)  # (out, q): original W = base + c·P·Q
+        self.register_buffer("base_Q", None)  # (q, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lora_A(self.dropout(x))  # (..., r)
+        if self.lora_diag is not None:
+            h = h * self.lora_diag
+        return self.lora_B(h) * self.scaling  # (..., out)
+
+    def delta_weight(self) -> torch.Tensor:
+        """(out, in) float64 ΔW."""
+        B = self.lora_B.weight.double()
+        if self.lora_diag is not None:
+            B = B * self.lora_diag.double()
+        return self.scaling * (B @ self.lora_A.weight.double())
+
+    @torch.no_grad()
+    def load(self, state: LayerAdapter) -> None:
+        self.lora_A.weight.copy_(state.A)
+        self.lora_B.weight.copy_(state.B)
+        if self.lora_diag is not None and state.diag is not None:
+            self.lora_diag.copy_(state.diag)
+        if state.base_P is not None:
+            self.base_P, self.base_Q = state.base_P.clone(), state.base_Q.clone()
+            self.base_scaling = state.base_scaling
+
+    def state(self) -> LayerAdapter:
+        """The current values as adapter tensors (detached copies)."""
+        diag = None if self.lora_diag is None else self.lora_diag.detach().clone()
+        return LayerAdapter(
+            self.lora_A.weight.detach().clone(), self.lora_B.weight.detach().clone(), self.alpha, diag,
+            self.base_P, self.base_Q, self.base_scaling,
+        )  # fmt: skip
+
+
+class AdapterLinear(nn.Module):
+    """A frozen linear-like layer with adapters added to its output."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.active: list[str] = []
+        self.merged: list[str] = []
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def weight(self) -> torch.Tensor:  # so code reading `.weight` of a target keeps working
+        return self.base_layer.weight
+
+    def add(self, name: str, state: LayerAdapter, dropout: float = 0.0, dtype: torch.dtype | None = None) -> LowRank:
+        in_f, out_f = in_out_features(self.base_layer)
+        dtype = dtype or state.A.dtype
+        module = LowRank(in_f, out_f, state.rank, state.alpha, dropout, state.diag is not None, dtype,
+                         self.base_layer.weight.device)  # fmt: skip
+        module.load(state)
+        self.adapters[name] = module
+        self.active.append(name)
+        return module
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        for name in self.active:
+            if name not in self.merged:
+                adapter = self.adapters[name]
+                y = y + adapter(x.to(adapter.lora_A.weight.dtype)).to(y.dtype)
+        return y
+
+    @torch.no_grad()
+    def merge(self, names: list[str] | None = None) -> None:
+        """Fold adapters into the base weight (float64 sum, cast once)."""
+        for name in names or self.active:
+            if name in self.merged:
+                continue
+            W = weight_matrix(self.base_layer).double()
+            set_weight_matrix(self.base_layer, W + self.adapters[name].delta_weight().to(W.device))
+            self.merged.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        for name in reversed(self.merged):
+            W = weight_matrix(self.base_layer).double()
+            set_weight_matrix(self.base_layer, W - self.adapters[name].delta_weight().to(W.device))
+        self.merged.clear()
+
+    @torch.no_grad()
+    def restore_base(self) -> None:
+        """Add back what every adapter's build took from the base: the original weight again."""
+        for adapter in self.adapters.values():
+            if adapter.base_P is not None:
+                W = weight_matrix(self.base_layer).double()
+                change = adapter.base_scaling * (adapter.base_P.double() @ adapter.base_Q.double())
+                set_weight_matrix(self.base_layer, W + change.to(W.device))

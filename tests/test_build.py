@@ -1,0 +1,189 @@
+"""Building runs on tiny models: identity at init, stock PEFT loads them, merge, export, unload."""
+
+import copy
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModel, AutoModelForCausalLM
+
+from svdadapt.adapters.inject import adapter_layers, inject, merge, unload, unmerge
+from svdadapt.build.job import BuildOptions, build
+from svdadapt.export import ExportOptions, export, lora_against_original
+from svdadapt.merge import MergeOptions
+from svdadapt.merge import merge as merge_run
+from svdadapt.runs import Run, update_run
+
+RESIDUAL = ["pissa", "milora", "corda-ipa", "corda-kpa"]
+AUTO = {"llama": AutoModelForCausalLM, "gpt2": AutoModelForCausalLM, "bert": AutoModel}
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from svdadapt.assets import news_text
+
+    path = tmp_path_factory.mktemp("text") / "news.txt"
+    path.write_text(news_text()[:20000])
+    return path
+
+
+def make_run(tiny_dirs, text_file, out, kind="llama", method="corda-kpa", **extra):
+    values = dict(
+        model=str(tiny_dirs[kind]), method=method, rank=4, alpha=8.0, out=str(out), device="cpu",
+        data=str(text_file) if method.startswith("corda") else None, samples=8, seq_len=32, batch_size=4,
+    )  # fmt: skip
+    values.update(extra)
+    return build(BuildOptions(**values), progress=False)
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        out = model(input_ids=ids)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# Two float32 computations of the same function (e.g. W_res·x + s·BA·x vs W·x): each rounds
+# differently, by ~1e-7 per operation, grown through two blocks to ~1e-5 of the logits' range.
+F32 = 3e-5
+
+
+IDS = torch.randint(3, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("method", RESIDUAL)
+def test_stock_peft_on_the_residual_base_reproduces_the_original(kind, method, tiny_dirs, text_file, tmp_path):
+    run = make_run(tiny_dirs, text_file, tmp_path / "run", kind, method)
+    assert run.base_changed
+    original = logits(AUTO[kind].from_pretrained(tiny_dirs[kind]), IDS)
+    base = AUTO[kind].from_pretrained(run.path / "base")
+    assert rel(logits(base, IDS), original) > 1e-3  # the base alone really changed
+    peft = PeftModel.from_pretrained(base, run.path / "adapter")
+    # float32 model: identity at init to float32 rounding through two blocks
+    assert rel(logits(peft, IDS), original) < F32
+
+
+@pytest.mark.parametrize("method", RESIDUAL + ["lora"])
+def test_our_injected_adapter_is_an_identity_at_init_and_unload_restores(method, tiny_dirs, text_file, tmp_path):
+    run = make_run(tiny_dirs, text_file, tmp_path / "run", method=method)
+    original_model = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"])
+    original = logits(original_model, IDS)
+    model = run.load_base().model
+    inject(model, run.adapters(), dropout=0.0)
+    assert rel(logits(model, IDS), original) < F32
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapters.default.lora_" in n for n in trainable)
+    unload(model)
+    for (name, a), (_, b) in zip(model.named_parameters(), original_model.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-7, msg=name)  # original weights, to float32 rounding
+
+
+def test_merge_unmerge_and_merged_model_directory(tiny_dirs, text_file, tmp_path):
+    run = make_run(tiny_dirs, text_file, tmp_path / "run")
+    model = run.load_base().model
+    inject(model, run.adapters())
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            layer.adapters["default"].lora_B.weight.mul_(1.5)  # a "trained" adapter
+    adapted = logits(model, IDS)
+    merge(model)
+    assert rel(logits(model, IDS), adapted) < F32
+    unmerge(model)
+    assert rel(logits(model, IDS), adapted) < F32
+    merged_dir = merge_run(MergeOptions(run=str(run.path), out=str(tmp_path / "merged")))
+    dense = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert rel(logits(dense, IDS), logits(AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]), IDS)) < F32
+    assert not any("lora" in n for n, _ in dense.named_parameters())
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["corda-kpa", "pissa", "lora"])
+def test_export_against_the_original_reproduces_a_trained_run(kind, method, tiny_dirs, text_file, tmp_path):
+    run = make_run(tiny_dirs, text_file, tmp_path / "run", kind, method)
+    trained = run.adapters()
+    gen = torch.Generator().manual_seed(5)
+    for layer in trained.layers.values():  # stand-in for training: move every factor
+        layer.A = layer.A + 0.05 * torch.randn(layer.A.shape, generator=gen)
+        layer.B = layer.B + 0.05 * torch.randn(layer.B.shape, generator=gen)
+    run = update_run(run, trained, stage="trained")
+    # the trained run, evaluated our way: base + injected trained adapter
+    model = run.load_base().model
+    inject(model, run.adapters())
+    expected = logits(model, IDS)
+    out = export(ExportOptions(run=str(run.path), against_original=str(tiny_dirs[kind]), out=str(tmp_path / "exp")))
+    peft = PeftModel.from_pretrained(AUTO[kind].from_pretrained(tiny_dirs[kind]), out)
+    assert rel(logits(peft, IDS), expected) < F32
+    ranks = {f.rank for f in lora_against_original(run).values()}
+    assert ranks == ({4} if method == "lora" else {8})
+    # and the run's own PEFT adapter on its base gives the same
+    base_peft = PeftModel.from_pretrained(AUTO[kind].from_pretrained(run.base_location), run.path / "adapter")
+    assert rel(logits(base_peft, IDS), expected) < F32
+
+
+def test_rank_and_alpha_patterns_reach_the_peft_config(tiny_dirs, text_file, tmp_path):
+    import json
+
+    run = make_run(
+        tiny_dirs, text_file, tmp_path / "run", method="pissa", rank_pattern="re:.*mlp\\..*=8", alpha_pattern="q_proj=2"
+    )
+    layers = run.meta["layers"]
+    assert layers["model.layers.0.mlp.up_proj"]["rank"] == 8 and layers["model.layers.0.self_attn.k_proj"]["rank"] == 4
+    assert layers["model.layers.1.self_attn.q_proj"]["alpha"] == 2
+    config = json.loads((run.path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["rank_pattern"]["model.layers.1.mlp.down_proj"] == 8
+    assert config["alpha_pattern"]["model.layers.0.self_attn.q_proj"] == 2
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run.path / "base"), run.path / "adapter")
+    original = logits(AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]), IDS)
+    assert rel(logits(peft, IDS), original) < F32
+
+
+def test_store_and_on_the_fly_calibration_build_the_same_run(tiny_dirs, text_file, tmp_path):
+    from svdadapt.calibrate.job import CalibrateOptions, calibrate
+
+    calibrate(
+        CalibrateOptions(model=str(tiny_dirs["llama"]), data=str(text_file), samples=8, seq_len=32, batch_size=4,
+                         out=str(tmp_path / "covs"), device="cpu"),
+        progress=False,
+    )  # fmt: skip
+    a = make_run(tiny_dirs, text_file, tmp_path / "a")
+    b = make_run(tiny_dirs, text_file, tmp_path / "b", data=None, covariances=str(tmp_path / "covs"))
+    for name, la in a.adapters().layers.items():
+        lb = b.adapters().layers[name]
+        assert torch.equal(la.A, lb.A) and torch.equal(la.B, lb.B), name
+    assert a.meta["base_fingerprint"] == b.meta["base_fingerprint"]
+
+
+def test_build_is_deterministic_for_a_seed(tiny_dirs, text_file, tmp_path):
+    a = make_run(tiny_dirs, text_file, tmp_path / "a", method="lora", seed=3).adapters()
+    b = make_run(tiny_dirs, text_file, tmp_path / "b", method="lora", seed=3).adapters()
+    c = make_run(tiny_dirs, text_file, tmp_path / "c", method="lora", seed=4).adapters()
+    name = next(iter(a.layers))
+    assert torch.equal(a.layers[name].A, b.layers[name].A)
+    assert not torch.equal(a.layers[name].A, c.layers[name].A)
+
+
+def test_adapters_stack_and_unload_in_any_order(tiny_dirs, text_file, tmp_path):
+    """A CorDA adapter and a LoRA adapter on the same layers; unloading restores the original."""
+    corda = make_run(tiny_dirs, text_file, tmp_path / "corda")
+    lora = make_run(tiny_dirs, text_file, tmp_path / "lora", method="lora")
+    original = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"])
+    model = corda.load_base().model
+    inject(model, corda.adapters(), name="corda")
+    inject(model, lora.adapters(), name="lora")
+    assert rel(logits(model, IDS), logits(original, IDS)) < F32  # both identities at init
+    unload(copy.deepcopy(model))
+    restored = unload(model)
+    for (name, a), (_, b) in zip(restored.named_parameters(), original.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-7, msg=name)
+
+
+def test_run_round_trips_its_metadata(tiny_dirs, text_file, tmp_path):
+    run = make_run(tiny_dirs, text_file, tmp_path / "run")
+    again = Run.open(run.path)
+    assert again.meta["method"] == "corda-kpa" and again.meta["stage"] == "built"
+    assert again.meta["original"]["fingerprint"] != again.meta["base_fingerprint"]
+    assert all(v["damping"] == 0.01 for v in again.meta["layers"].values())
