@@ -55,6 +55,19 @@ def child_svdadapt(tokens_file: str, mode: str, batch_size: int, dtype: str) -> 
     return {"timed_s": seconds}
 
 
+def child_cli(out: str) -> dict:
+    """`svdadapt calibrate` as a user runs it: same wiki windows, block shards written to disk."""
+    from svdadapt.cli import main as svdadapt_main
+
+    start = time.perf_counter()
+    code = svdadapt_main(
+        ["calibrate", "--model", "default", "--data", "wiki", "--samples", str(SAMPLES), "--seq-len", str(SEQ_LEN),
+         "--seed", str(SEED), "--targets", ",".join(PROJECTIONS), "--device", "cpu", "--out", out]
+    )  # fmt: skip
+    assert code == 0
+    return {"timed_s": time.perf_counter() - start}
+
+
 def child_forward(tokens_file: str, batch_size: int, body_only: bool) -> dict:
     import torch
 
@@ -109,6 +122,7 @@ def child_gemm() -> dict:
 CHILDREN = {
     "svdadapt": child_svdadapt,
     "forward": child_forward,
+    "cli": child_cli,
     "peft": child_peft,
     "gemm": child_gemm,
 }
@@ -176,6 +190,7 @@ def main() -> None:
             "svdadapt (blockwise, batch 1, float64 sums)": run_child(
                 "svdadapt", tokens_file=tokens_file, mode="blockwise", batch_size=1, dtype="float64"
             ),
+            "svdadapt calibrate CLI (loads data, writes the store)": run_child("cli", out=str(Path(tmp) / "store")),
             "PEFT calib_cov_distribution (batch 1)": run_child("peft", tokens_file=tokens_file),
             "bare forward (batch 1, with LM head, as PEFT runs it)": run_child(
                 "forward", tokens_file=tokens_file, batch_size=1, body_only=False

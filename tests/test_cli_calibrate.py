@@ -168,5 +168,6 @@ def test_metadata_records_the_spec(capsys, tmp_path, base):
     assert run(capsys, "calibrate", *_with(base, out=str(tmp_path / "s")))[0] == 0
     meta = json.loads((tmp_path / "s" / "store.json").read_text())
     assert meta["spec"]["samples"] == 2 and meta["spec"]["seq_len"] == 16
-    assert meta["samples"] == 2 and meta["seq_len"] == 16 and meta["dtype"] == "float64"
+    assert meta["samples"] == 2 and meta["seq_len"] == 16
+    assert meta["dtype"] == "float32" and meta["accumulate_dtype"] == "float64"
     assert len(meta["model"]["fingerprint"]) == 64

@@ -52,7 +52,7 @@ def test_covariance_matches_float64_reference(kind, mode):
     model = tiny_model(kind, dtype=torch.float64)
     batches = padded_batches()
     reference = captured_reference(model, batches)
-    store = collect_covariances(model, batches, mode=mode)
+    store = collect_covariances(model, batches, mode=mode, store_dtype=torch.float64)
     assert set(store.modules) == set(reference)
     assert store.num_tokens == sum(int(b["attention_mask"].sum()) for b in batches)
     for name, (cov, mean_abs) in reference.items():
@@ -69,6 +69,16 @@ def test_layers_reading_one_input_share_one_covariance(kind):
         assert set(store.shared_with(first)) == expected
     groups_with_many = [k for k in store.groups if len(store.members(k)) > 1]
     assert len(groups_with_many) == 2 * len(EXPECTED_SHARING[kind])  # two blocks each
+
+
+def test_default_float32_store_rounds_the_float64_means_once():
+    model = tiny_model("bert", dtype=torch.float64)
+    batches = padded_batches()
+    exact = collect_covariances(model, batches, store_dtype=torch.float64)
+    stored = collect_covariances(model, batches)
+    assert stored.covariance("encoder.layer.0.attention.self.query").dtype == torch.float32
+    for name in exact.modules:
+        torch.testing.assert_close(stored.covariance(name), exact.covariance(name).float(), rtol=0, atol=0)
 
 
 def test_float32_model_matches_reference_within_float32_rounding():
@@ -90,8 +100,8 @@ def test_padding_never_enters_a_covariance():
         for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
             n = int(mask.sum())
             unpadded.append({"input_ids": ids[None, :n], "attention_mask": mask[None, :n]})
-    a = collect_covariances(model, padded)
-    b = collect_covariances(model, unpadded)
+    a = collect_covariances(model, padded, store_dtype=torch.float64)
+    b = collect_covariances(model, unpadded, store_dtype=torch.float64)
     assert a.num_tokens == b.num_tokens
     for name in a.modules:
         torch.testing.assert_close(a.covariance(name), b.covariance(name), rtol=1e-10, atol=1e-14)

@@ -42,21 +42,25 @@ def init_layer(
     random: RandomInit,
     dtype: torch.dtype,
 ) -> tuple[LayerAdapter, torch.Tensor | None]:
-    """The layer's adapter (factors cast to ``dtype``) and its new base weight (float64, or None
-    when the base stays as it is). ``W`` is the (out, in) weight; ``factors`` its decomposition."""
+    """The layer's adapter (factors cast to ``dtype``) and its new base weight (or None when the
+    base stays as it is). ``W`` is the (out, in) weight; ``factors`` its decomposition.
+
+    The new base is computed in one float32 (float64 for float64 weights) multiply-subtract from
+    the factors as stored, so base + adapter reproduces W to that precision's rounding."""
     scaling = alpha / rank
-    W64 = W.detach().double()
+    W = W.detach()
+    work = torch.float64 if W.dtype == torch.float64 else torch.float32
     if method.init == "svd":
         comp = _taken(method, factors, rank)
         root = (comp.S / scaling).clamp_min(0).sqrt()  # (r,): S ← S/s, split evenly
         A = (root[:, None] * comp.V.T).to(dtype)  # (r, in)
         B = (comp.U * root).to(dtype)  # (out, r)
-        # subtract exactly what the cast factors will add back, so init is an identity
-        change = scaling * (B.double() @ A.double())  # (out, in)
+        # subtract exactly what the stored factors will add back, so init is an identity
+        new_base = torch.addmm(W.to(work), B.to(work), A.to(work), alpha=-scaling)  # (out, in)
         adapter = LayerAdapter(A, B, alpha, base_P=B.clone(), base_Q=A.clone(), base_scaling=scaling)
         adapter.damping = comp.damping
-        return adapter, W64 - change
-    out_features = W64.shape[0]
+        return adapter, new_base
+    out_features = W.shape[0]
     A = random.A.to(dtype)
     B = torch.zeros(out_features, rank, dtype=dtype)
     diag = random.diag.to(dtype) if random.diag is not None else None
@@ -64,6 +68,6 @@ def init_layer(
         dropped = _taken(method, factors, rank)  # the r components removed from the base
         P = dropped.U * dropped.S  # (out, r)
         Q = dropped.V.T  # (r, in)
-        adapter = LayerAdapter(A, B, alpha, diag, base_P=P.float(), base_Q=Q.float(), damping=dropped.damping)
-        return adapter, W64 - P @ Q
+        adapter = LayerAdapter(A, B, alpha, diag, base_P=P.to(work), base_Q=Q.to(work), damping=dropped.damping)
+        return adapter, torch.addmm(W.to(work), adapter.base_P, adapter.base_Q, alpha=-1.0)
     return LayerAdapter(A, B, alpha, diag), None

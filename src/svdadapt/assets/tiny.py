@@ -12,16 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    BertModel,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
 
 from ..errors import SvdadaptError
 
@@ -53,9 +43,10 @@ def _trained_tokenizer_json() -> str:
     return tok.to_str()
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer():
     """A 512-token byte-level BPE tokenizer with <s>, </s>, <pad> and a minimal chat template."""
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json()),
@@ -74,6 +65,8 @@ def _ids() -> dict:
 
 
 def tiny_config(kind: str):
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
     if kind == "llama":
         return LlamaConfig(
             vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -90,20 +83,22 @@ def tiny_config(kind: str):
     raise SvdadaptError(f"unknown tiny model {kind!r}; choose one of {', '.join(TINY_KINDS)}")
 
 
-_CLASSES = {
-    ("llama", "auto"): LlamaForCausalLM,
-    ("bert", "auto"): BertModel,
-    ("bert", "seq-cls"): BertForSequenceClassification,
-    ("gpt2", "auto"): GPT2LMHeadModel,
+_CLASSES = {  # (kind, head) -> transformers class name
+    ("llama", "auto"): "LlamaForCausalLM",
+    ("bert", "auto"): "BertModel",
+    ("bert", "seq-cls"): "BertForSequenceClassification",
+    ("gpt2", "auto"): "GPT2LMHeadModel",
 }
 
 
 def tiny_model(kind: str, seed: int = 0, head: str = "auto", dtype: torch.dtype = torch.float32) -> nn.Module:
     """A freshly initialised tiny model (deterministic for ``seed``), in eval mode."""
+    import transformers
+
     config = tiny_config(kind)
-    cls = _CLASSES.get((kind, head))
-    if cls is None:
+    if (kind, head) not in _CLASSES:
         raise SvdadaptError(f"tiny {kind} model has no {head!r} head")
+    cls = getattr(transformers, _CLASSES[(kind, head)])
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -123,6 +123,7 @@ def blockwise_pass(
     total_samples: int | None = None,
     start_block: int = 0,
     progress: bool = True,
+    store_dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, list[FinishedGroup]]]:
     """Yield ``(block index, finished groups of that block)`` for every block holding targets.
 
@@ -165,7 +166,7 @@ def blockwise_pass(
                             bar.update(record.samples)
                 block.to(block_home)
                 if hooked:
-                    yield index, [finish(g) for g in capture.groups.values()]
+                    yield index, [finish(g, store_dtype) for g in capture.groups.values()]
                 del capture
     finally:
         model.train(was_training)

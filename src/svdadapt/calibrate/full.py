@@ -63,6 +63,7 @@ def full_pass(
     on_checkpoint: Callable[[FullPassState], None] | None = None,
     checkpoint_seconds: float = 120.0,
     progress: bool = True,
+    store_dtype: torch.dtype = torch.float32,
 ) -> Iterator[FinishedGroup]:
     """Run all batches through ``model`` and yield each group's final statistics at the end."""
     runner, _ = forward_module(model, list(targets))
@@ -93,5 +94,5 @@ def full_pass(
         bar.close()
         model.train(was_training)
     for group in list(capture.groups.values()):
-        yield finish(group)
+        yield finish(group, store_dtype)
         del capture.groups[group.key]  # free each group's sums as soon as it is handed over

@@ -36,6 +36,7 @@ class CalibrateOptions(DataOptions):
         "in the model's blocks, not the head)",
     )  # fmt: skip
     accumulate_dtype: str = opt("float64", "dtype of the running sums", choices=list(DTYPES))
+    store_dtype: str = opt("float32", "dtype of the stored covariances (means)", choices=list(DTYPES))
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
     mode: str = opt(
         "auto", "blockwise: run blocks one at a time over cached hidden states (low memory); full: one "
@@ -77,6 +78,7 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
         "batch_size": opts.batch_size,
         "targets": sorted(targets),
         "accumulate_dtype": opts.accumulate_dtype,
+        "store_dtype": opts.store_dtype,
         "mode": mode,
     }
     run = PartialRun(out, spec, opts.resume)
@@ -90,6 +92,7 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
         mode=mode, progress=progress, total_samples=sum(len(b["input_ids"]) for b in batches),
         start_block=(max(done) + 1) if done else 0,
         full_resume=(state, run.save_full_state) if mode == "full" else None,
+        store_dtype=DTYPES[opts.store_dtype],
     ):  # fmt: skip
         run.write_unit(unit, groups)
     store = run.finish(
@@ -99,7 +102,8 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
             "samples": sum(len(b["input_ids"]) for b in batches),
             "seq_len": max(b["input_ids"].shape[1] for b in batches),
             "num_tokens": int(sum(b["attention_mask"].sum() for b in batches)),
-            "dtype": opts.accumulate_dtype,
+            "dtype": opts.store_dtype,
+            "accumulate_dtype": opts.accumulate_dtype,
             "mode": mode,
             "seconds": round(time.monotonic() - started, 2),
         }

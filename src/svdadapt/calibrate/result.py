@@ -26,8 +26,9 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def finish(group: Group) -> FinishedGroup:
-    """Turn running sums into means; all-reduces sums and counts first when torch.distributed runs."""
+def finish(group: Group, store_dtype: torch.dtype = torch.float32) -> FinishedGroup:
+    """Turn running sums into means in ``store_dtype`` (the sums are consumed); all-reduces sums
+    and counts first when torch.distributed runs."""
     sums = group.sums
     if distributed():
         state = sums.state()
@@ -35,12 +36,12 @@ def finish(group: Group) -> FinishedGroup:
             dist.all_reduce(tensor)
         sums.count = int(state["count"].item())
     count = max(sums.count, 1)
-    covariance = sums.full_gram() / count
+    covariance = sums.finish_().div_(count).to(store_dtype)
     return FinishedGroup(
         key=group.key,
         members=list(group.members),
         covariance=covariance,
-        mean_abs=sums.abs_sum / count,
+        mean_abs=(sums.abs_sum / count).to(store_dtype),
         count=sums.count,
         masked=group.masked,
     )

@@ -33,32 +33,44 @@ def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def tokenize_documents(documents: list[str], tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """All documents as one token stream, separated by the tokens of a blank line."""
-    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    stream: list[int] = []
-    chunk = 512
-    for start in range(0, len(documents), chunk):
-        encoded = tokenizer(documents[start : start + chunk], add_special_tokens=False, verbose=False)["input_ids"]
-        for ids in encoded:
-            if stream:
-                stream.extend(separator)
-            stream.extend(ids)
-    return stream
+def _chars_per_token(text: str, tokenizer: PreTrainedTokenizerBase) -> float:
+    probe = text[:20000]
+    count = len(tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"])
+    return max(len(probe) / max(count, 1), 1.0)
+
+
+def _window(text: str, start: int, span: int, body: int, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """``body`` tokens of ``text`` read cyclically from character ``start`` (its first, likely
+    partial, word dropped), widening the character span until enough tokens come out."""
+    cyclic = text + "\n\n" + text
+    while True:
+        ids = tokenizer(cyclic[start : start + span], add_special_tokens=False, verbose=False)["input_ids"]
+        ids = ids[1:] if start > 0 else ids
+        if len(ids) >= body:
+            return ids[:body]
+        span *= 2
 
 
 def text_windows(
     corpus: Corpus, tokenizer: PreTrainedTokenizerBase, num_samples: int, seq_len: int, seed: int
 ) -> list[Sample]:
-    """``num_samples`` random windows of ``seq_len`` tokens (a BOS first if the tokenizer adds one)."""
-    stream = tokenize_documents(corpus.documents, tokenizer)
+    """``num_samples`` random windows of exactly ``seq_len`` tokens (a BOS first if the tokenizer
+    adds one), as the CorDA seed draws them: a random character offset, then tokens from there.
+    Only the windows are tokenized, so a large corpus costs nothing extra."""
+    text = "\n\n".join(corpus.documents)
     bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
     body = seq_len - len(bos)
-    if len(stream) < body:
-        raise SvdadaptError(f"{corpus.where} has {len(stream)} tokens, fewer than --seq-len {seq_len}; lower --seq-len")
+    ratio = _chars_per_token(text, tokenizer)
+    span = int(body * ratio * 1.3) + 64
+    if len(text) < 2 * span:  # short corpus: make sure it holds a whole window at all
+        available = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        if available < body:
+            raise SvdadaptError(
+                f"{corpus.where} has {available} tokens, fewer than --seq-len {seq_len}; lower --seq-len"
+            )
     rng = random.Random(seed)
-    starts = [rng.randint(0, len(stream) - body) for _ in range(num_samples)]
-    return [Sample(bos + stream[s : s + body]) for s in starts]
+    starts = [rng.randint(0, len(text) - 1) for _ in range(num_samples)]
+    return [Sample(bos + _window(text, start, span, body, tokenizer)) for start in starts]
 
 
 def example_samples(
