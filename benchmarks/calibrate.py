@@ -144,6 +144,14 @@ def run_child(name: str, **kwargs) -> dict:
     return report
 
 
+def repeated(name: str, repeats: int, **kwargs) -> dict:
+    """Run a contestant ``repeats`` times; keep the median of each figure (noisy shared machine)."""
+    import statistics
+
+    runs = [run_child(name, **kwargs) for _ in range(repeats)]
+    return {k: statistics.median(r[k] for r in runs) for k in ("timed_s", "wall_s", "peak_rss_gib")}
+
+
 def prepare_tokens(path: Path) -> int:
     from safetensors.torch import save_file
 
@@ -170,6 +178,7 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--kwargs", default="{}")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contestant (median reported)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](**json.loads(args.kwargs))))
@@ -181,22 +190,24 @@ def main() -> None:
         tokens_file = str(Path(tmp) / "tokens.safetensors")
         tokens = prepare_tokens(Path(tokens_file))
         runs = {
-            "svdadapt (blockwise, batch 8, float64 sums)": run_child(
-                "svdadapt", tokens_file=tokens_file, mode="blockwise", batch_size=8, dtype="float64"
+            "svdadapt (blockwise, batch 8, float64 sums)": repeated(
+                "svdadapt", args.repeats, tokens_file=tokens_file, mode="blockwise", batch_size=8, dtype="float64"
             ),
-            "svdadapt (full pass, batch 8, float64 sums)": run_child(
-                "svdadapt", tokens_file=tokens_file, mode="full", batch_size=8, dtype="float64"
+            "svdadapt (full pass, batch 8, float64 sums)": repeated(
+                "svdadapt", args.repeats, tokens_file=tokens_file, mode="full", batch_size=8, dtype="float64"
             ),
-            "svdadapt (blockwise, batch 1, float64 sums)": run_child(
-                "svdadapt", tokens_file=tokens_file, mode="blockwise", batch_size=1, dtype="float64"
+            "svdadapt (blockwise, batch 1, float64 sums)": repeated(
+                "svdadapt", args.repeats, tokens_file=tokens_file, mode="blockwise", batch_size=1, dtype="float64"
             ),
-            "svdadapt calibrate CLI (loads data, writes the store)": run_child("cli", out=str(Path(tmp) / "store")),
-            "PEFT calib_cov_distribution (batch 1)": run_child("peft", tokens_file=tokens_file),
-            "bare forward (batch 1, with LM head, as PEFT runs it)": run_child(
-                "forward", tokens_file=tokens_file, batch_size=1, body_only=False
+            "svdadapt calibrate CLI (loads data, writes the store)": repeated(
+                "cli", args.repeats, out=str(Path(tmp) / "store")
             ),
-            "bare forward (batch 8, body only)": run_child(
-                "forward", tokens_file=tokens_file, batch_size=8, body_only=True
+            "PEFT calib_cov_distribution (batch 1)": repeated("peft", args.repeats, tokens_file=tokens_file),
+            "bare forward (batch 1, with LM head, as PEFT runs it)": repeated(
+                "forward", args.repeats, tokens_file=tokens_file, batch_size=1, body_only=False
+            ),
+            "bare forward (batch 8, body only)": repeated(
+                "forward", args.repeats, tokens_file=tokens_file, batch_size=8, body_only=True
             ),
         }
         gemm = run_child("gemm")
@@ -210,7 +221,7 @@ def main() -> None:
     floor = forward_peft_style["timed_s"] + cov_time
     strict_floor = forward_fast["timed_s"] + cov_time
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; median of {args.repeats}")
     print(f"tokens: {SAMPLES} x {SEQ_LEN} = {tokens}; covariance FLOPs {flops / 1e9:.0f} GFLOP")
     print(f"float32 GEMM rate (x^T x, 2048 tokens): {gemm['rate'] / 1e9:.0f} GFLOP/s -> {cov_time:.2f} s of GEMM")
     print()

@@ -50,8 +50,16 @@ def _export(opts) -> None:
     from .export import export
 
     out = export(opts)
-    print(f"PEFT LoRA for the original model: {out}")
-    print(f"  load it with PeftModel.from_pretrained(<original model>, {str(out)!r})")
+    target = "the original model" if opts.against_original else "the run's base"
+    print(f"PEFT LoRA for {target}: {out}")
+    print(f"  load it with PeftModel.from_pretrained(<{target}>, {str(out)!r})")
+
+
+def _train(opts) -> None:
+    from .train.job import train
+
+    run = train(opts)
+    print(f"trained run: {run.path} (merge or export it like a built run)")
 
 
 def _commands() -> dict[str, Command]:
@@ -60,6 +68,7 @@ def _commands() -> dict[str, Command]:
     from .export import ExportOptions
     from .merge import MergeOptions
     from .quickstart import QuickstartOptions
+    from .train.job import TrainOptions
 
     return {
         "quickstart": Command(QuickstartOptions, _quickstart),
@@ -67,21 +76,45 @@ def _commands() -> dict[str, Command]:
         "build": Command(BuildOptions, _build),
         "merge": Command(MergeOptions, _merge),
         "export": Command(ExportOptions, _export),
+        "train": Command(TrainOptions, _train),
     }
 
 
-def build_parser(commands: dict[str, Command]) -> argparse.ArgumentParser:
+def build_parser(commands: dict[str, Command]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="svdadapt",
         description="Knowledge-aware, SVD-based parameter-efficient fine-tuning (CorDA, KaSA).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = {}
     for name, command in commands.items():
         doc = (command.options.__doc__ or "").strip()
         summary_line = " ".join(doc.split("\n\n")[0].split())
         p = sub.add_parser(name, help=summary_line, description=summary_line)
         add_options(p, command.options)
-    return parser
+        p.add_argument("--config", metavar="YAML", help="read option values from a YAML mapping (flags override)")
+        subparsers[name] = p
+    return parser, subparsers
+
+
+def _apply_config(argv: list[str], subparsers: dict) -> None:
+    """``--config FILE``: its keys (option names, - or _) become the subcommand's defaults."""
+    if not argv or argv[0] not in subparsers or "--config" not in argv:
+        return
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        return  # argparse reports the missing value
+    from .recipes import load_yaml_mapping
+
+    values = {k.replace("-", "_"): v for k, v in load_yaml_mapping(argv[index + 1]).items()}
+    parser = subparsers[argv[0]]
+    known = {a.dest: a for a in parser._actions}
+    unknown = sorted(set(values) - set(known) - {"config"})
+    if unknown:
+        raise SvdadaptError(f"unknown key {unknown[0]!r} in {argv[index + 1]} for svdadapt {argv[0]}")
+    for dest in values:
+        known[dest].required = False
+    parser.set_defaults(**values)
 
 
 def _quiet_libraries() -> None:
@@ -95,7 +128,14 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``svdadapt`` console script; returns the exit status."""
     commands = _commands()
-    args = build_parser(commands).parse_args(argv)
+    parser, subparsers = build_parser(commands)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _apply_config(argv, subparsers)
+    except SvdadaptError as exc:
+        print(f"svdadapt: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     command = commands[args.command]
     _quiet_libraries()
     try:

@@ -11,6 +11,7 @@ LoRA runs export their adapter unchanged.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from .adapters.peft_format import LoraFactors, write_peft_lora
 from .atomic import atomic_directory
 from .errors import SvdadaptError
-from .fingerprint import weights_fingerprint
+from .fingerprint import body_fingerprint
 from .models import load_model
 from .options import opt
 from .runs import Run, check_new_out, task_type_of
@@ -31,8 +32,11 @@ class ExportOptions:
     2r for residual and KaSA runs), so the run's outputs are reproduced without its residual base."""
 
     run: str = opt(help="run directory (from svdadapt build or train)", positional=True)
-    against_original: str = opt(help="the original model the run was built from (checked by fingerprint)")
     out: str = opt(help="directory for the PEFT adapter")
+    against_original: str | None = opt(
+        None, "the original model the run was built from (checked by fingerprint): write a LoRA for it; "
+        "without it, the adapter for the run's own base (residual or truncated) is written",
+    )  # fmt: skip
 
 
 def lora_against_original(run: Run) -> dict[str, LoraFactors]:
@@ -52,8 +56,14 @@ def export(opts: ExportOptions) -> Path:
     run = Run.open(opts.run)
     out = Path(opts.out).expanduser()
     check_new_out(out, "exported adapter")
-    original = load_model(opts.against_original)
-    if weights_fingerprint(original.model) != run.meta["original"]["fingerprint"]:
+    if opts.against_original is None:
+        with atomic_directory(out) as tmp:
+            shutil.copytree(run.path / "adapter", tmp, dirs_exist_ok=True)
+        return out
+    head = run.meta.get("head", "auto")
+    extra = {"num_labels": run.meta["num_labels"]} if head == "seq-cls" else {}
+    original = load_model(opts.against_original, head=head, **extra)
+    if body_fingerprint(original.model) != run.meta["original"]["body_fingerprint"]:
         raise SvdadaptError(
             f"{opts.against_original} is not the model {run.path} was built from "
             f"({run.meta['original']['name']}); pass that model to --against-original"
@@ -66,5 +76,6 @@ def export(opts: ExportOptions) -> Path:
             fan_in_fan_out=bool(run.meta.get("conv1d")),
             task_type=task_type_of(original.model),
             dropout=run.meta.get("dropout", 0.0),
+            modules_to_save=run.head_state() or None,
         )
     return out

@@ -36,3 +36,10 @@ def model_identity(model: nn.Module) -> dict:
         "architecture": (getattr(config, "architectures", None) or [type(model).__name__])[0],
         "fingerprint": weights_fingerprint(model),
     }
+
+
+def body_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of the model body only (no LM or classification head): identifies the original
+    model a run was built from, whatever head it is loaded with."""
+    body = getattr(model, "base_model", model)
+    return weights_fingerprint(body if isinstance(body, nn.Module) else model)

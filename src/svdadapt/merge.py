@@ -31,6 +31,8 @@ def merge_into(model: torch.nn.Module, run: Run) -> None:
         module = modules[name]
         W = weight_matrix(module).double()
         set_weight_matrix(module, W + adapter.delta().to(W.device))
+    for name, state in run.head_state().items():  # a trained classification head
+        modules[name].load_state_dict(state)
 
 
 def merge(opts: MergeOptions) -> Path:

@@ -81,7 +81,9 @@ def head_for(location: str, head: str) -> str:
         return head
     config = AutoConfig.from_pretrained(location)
     archs = getattr(config, "architectures", None) or []
-    return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else "base"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal-lm"
+    return "seq-cls" if any(a.endswith("ForSequenceClassification") for a in archs) else "base"
 
 
 def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
@@ -110,9 +112,12 @@ def load_model(
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SvdadaptError(f"could not load model {spec!r}: {first}") from None
+    tokenizer = load_tokenizer(location)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # sequence classification needs it
     model.to(device)
     model.eval()
-    return LoadedModel(model, load_tokenizer(location), spec, location)
+    return LoadedModel(model, tokenizer, spec, location)
 
 
 def max_positions(model: nn.Module) -> int | None:

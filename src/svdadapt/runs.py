@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from torch import nn
 
@@ -30,6 +31,7 @@ VERSION = 1
 RUN_FILE = "run.json"
 STATE_FILE = "adapter_state.safetensors"
 INITIAL_FILE = "initial_state.safetensors"
+HEAD_FILE = "head.safetensors"
 
 
 def check_run_out(out: Path) -> None:
@@ -84,15 +86,26 @@ class Run:
         """Where the frozen base lives: ``RUN/base`` or the original model's location."""
         return str(self.path / "base") if self.base_changed else self.meta["original"]["location"]
 
+    def head_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Trained task-head weights by module name (classification runs), empty if none."""
+        path = self.path / HEAD_FILE
+        if not path.is_file():
+            return {}
+        heads: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in load_file(str(path)).items():
+            module, _, param = key.rpartition(".")
+            heads.setdefault(module, {})[param] = value
+        return heads
+
     def adapters(self, initial: bool = False) -> AdapterSet:
         tensors = load_file(str(self.path / (INITIAL_FILE if initial else STATE_FILE)))
         return AdapterSet.from_tensors(self.meta["method"], tensors, self.meta["layers"], self.meta.get("conv1d", []))
 
-    def load_base(self, device: str = "cpu", **kwargs):
+    def load_base(self, device: str = "cpu"):
         """The frozen base model and tokenizer, its fingerprint checked against the run's record."""
         from .models import load_model
 
-        loaded = load_model(self.base_location, device=device, **kwargs)
+        loaded = load_model(self.base_location, head=self.meta.get("head", "auto"), device=device)
         if weights_fingerprint(loaded.model) != self.meta["base_fingerprint"]:
             raise SvdadaptError(
                 f"the base model at {self.base_location} is not the one this run was built on "
@@ -101,9 +114,16 @@ class Run:
         return loaded
 
 
-def update_run(run: Run, adapters: AdapterSet, stage: str = "trained", **meta) -> Run:
+def update_run(
+    run: Run,
+    adapters: AdapterSet,
+    stage: str = "trained",
+    head: dict[str, dict[str, torch.Tensor]] | None = None,
+    **meta,
+) -> Run:
     """Replace a run's current adapter (after training) — adapter/ and adapter_state — and record
-    ``stage`` and ``meta`` in run.json; the base and the initial state stay as built."""
+    ``stage`` and ``meta`` in run.json; the base and the initial state stay as built. A trained task
+    head goes into head.safetensors and into the PEFT adapter as ``modules_to_save``."""
     if set(adapters.layers) != set(run.meta["layers"]):
         raise SvdadaptError("the adapter's layers differ from the run's; train on the run it came from")
     new_meta = {**run.meta, **meta, "stage": stage, "layers": adapters.describe()}
@@ -115,8 +135,12 @@ def update_run(run: Run, adapters: AdapterSet, stage: str = "trained", **meta) -
             fan_in_fan_out=bool(adapters.conv1d),
             task_type=run.meta.get("task_type"),
             dropout=run.meta.get("dropout", 0.0),
+            modules_to_save=head,
         )
     write_safetensors(run.path / STATE_FILE, adapters.tensors())
+    if head:
+        flat = {f"{module}.{k}": v for module, state in head.items() for k, v in state.items()}
+        write_safetensors(run.path / HEAD_FILE, flat)
     write_json(run.path / RUN_FILE, new_meta)
     return Run(run.path, new_meta)
 

@@ -84,7 +84,7 @@ def write_peft_lora(
         tensors[f"{PREFIX}{name}.lora_B.weight"] = f.B
     for module, state in (modules_to_save or {}).items():
         for key, value in state.items():
-            tensors[f"{PREFIX}{module}.modules_to_save.{key}"] = value  # PEFT saves the wrapped copy this way
+            tensors[f"{PREFIX}{module}.{key}"] = value  # PEFT strips "modules_to_save.<adapter>." on save
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     write_json(directory / CONFIG_FILE, config)

@@ -1,0 +1,121 @@
+"""One training session: datasets for the task, TrainingArguments, the Trainer, and what it yields."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from transformers import DataCollatorWithPadding, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data import FieldOptions, make_samples, resolve
+from ..errors import SvdadaptError
+from ..plots import loss_curves
+from .datasets import CausalCollator, classification_features, sft_features
+from .tasks import classification_task, load_rows
+from .trainer import EpochLine, SvdadaptTrainer
+
+
+def head_modules(model) -> list[str]:
+    """Top-level modules outside the model body that hold parameters: the task head."""
+    body = getattr(model, "base_model_prefix", "")
+    return [n for n, m in model.named_children() if n != body and any(True for _ in m.parameters())]
+
+
+def _classification(opts, task, loaded):
+    train_rows, eval_rows = load_rows(task, opts.data_dir)
+    if opts.train_samples:
+        train_rows = train_rows[: opts.train_samples]
+    if opts.eval_samples:
+        eval_rows = eval_rows[: opts.eval_samples]
+    tok = loaded.tokenizer
+    train_set = classification_features(task, train_rows, tok, opts.max_length)
+    eval_set = classification_features(task, eval_rows, tok, opts.max_length)
+    return train_set, eval_set, DataCollatorWithPadding(tok), lambda p: task.score(p.predictions, p.label_ids)
+
+
+def _sft(opts, loaded):
+    if not opts.data:
+        raise SvdadaptError("--task sft needs --data (e.g. --data polarity, --data alpaca:FILE.json)")
+    corpus = resolve(opts.data, FieldOptions())
+    count = opts.train_samples or (len(corpus) if corpus.kind == "examples" else 1000)
+    held = opts.eval_samples if opts.eval_samples is not None else max(1, count // 10)
+    samples = make_samples(corpus, loaded.tokenizer, count + held, opts.max_length, opts.seed, opts.template)
+    if len(samples) < 2:
+        raise SvdadaptError(f"{opts.data} gives {len(samples)} example(s); training needs at least 2")
+    random.Random(opts.seed).shuffle(samples)
+    held = min(held, len(samples) // 2)
+    train_set = sft_features(samples[held:], opts.packing, opts.max_length)
+    eval_set = sft_features(samples[:held], False, opts.max_length)
+    if not train_set:
+        raise SvdadaptError(f"{opts.data} gives no training example with response tokens within --max-length")
+    return train_set, eval_set, CausalCollator(loaded.tokenizer.pad_token_id), None
+
+
+def run_training(opts, run, loaded, progress: bool) -> dict:
+    task = classification_task(opts.task)
+    model = loaded.model
+    heads = head_modules(model) if task is not None else []
+    for name in heads:
+        for param in getattr(model, name).parameters():
+            param.requires_grad_(True)
+    if task is not None:
+        train_set, eval_set, collator, metrics = _classification(opts, task, loaded)
+        main, higher = task.metrics[0], True
+    else:
+        train_set, eval_set, collator, metrics = _sft(opts, loaded)
+        main, higher = "loss", False
+    if opts.gradient_checkpointing:
+        model.enable_input_require_grads()
+    out = Path(run.path)
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=opts.epochs,
+        max_steps=opts.max_steps,
+        per_device_train_batch_size=opts.batch_size,
+        per_device_eval_batch_size=opts.eval_batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        learning_rate=opts.module_lr,
+        weight_decay=opts.weight_decay,
+        warmup_steps=opts.warmup_ratio,  # a float below 1 is a fraction of all steps
+        lr_scheduler_type=opts.schedule,
+        logging_steps=opts.logging_steps,
+        eval_strategy="epoch",
+        save_strategy="epoch" if opts.save_checkpoints else "no",
+        save_total_limit=2,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        bf16=opts.bf16,
+        fp16=opts.fp16,
+        gradient_checkpointing=opts.gradient_checkpointing,
+        report_to=[t for t in opts.report_to.split(",") if t and t != "none"] or "none",
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        use_cpu=str(model.device).startswith("cpu"),
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    line = EpochLine(main, higher)
+    trainer = SvdadaptTrainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
+        compute_metrics=metrics, callbacks=[line], kasa_beta=opts.beta, kasa_gamma=opts.gamma,
+        module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
+    )  # fmt: skip
+    checkpoint = get_last_checkpoint(args.output_dir) if opts.resume and Path(args.output_dir).is_dir() else None
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    model.eval()
+    curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", f"{run.meta['method']} on {opts.task}")
+    best = line.best
+    return {
+        "train_loss": output.training_loss,
+        "steps": output.global_step,
+        "train_examples": len(train_set),
+        "eval_examples": len(eval_set),
+        "main_metric": main,
+        "best": {"epoch": best[1], main: best[0], "metrics": best[2]} if best else None,
+        "history": line.history,
+        "log": trainer.state.log_history,
+        "loss_curve": str(curve) if curve else None,
+        "train_seconds_per_step": output.metrics.get("train_runtime", 0) / max(output.global_step, 1),
+        "head_state": {h: {k: v.detach().cpu() for k, v in getattr(model, h).state_dict().items()} for h in heads},
+    }
