@@ -108,10 +108,12 @@ def test_llama2_template_is_the_papers_format(tok):
     assert text.startswith("<s>[INST] <<SYS>>\n") and "<</SYS>>" in text and "[/INST]" in text
 
 
-def test_polarity_has_200_examples_and_caps_samples(tok):
-    corpus = resolve("polarity")
-    assert len(corpus) == 200
-    assert len(make_samples(corpus, tok, 256, 64)) == 200
+def test_polarity_splits_160_and_40_and_caps_samples(tok):
+    corpus, heldout = resolve("polarity"), resolve("polarity-heldout")
+    assert (len(corpus), len(heldout)) == (160, 40)
+    assert not {r["instruction"] for r in corpus.rows} & {r["instruction"] for r in heldout.rows}
+    assert sum(r["output"] == "positive" for r in heldout.rows) == 20
+    assert len(make_samples(corpus, tok, 256, 64)) == 160
 
 
 def test_named_fields_override_detection(tmp_path, tok):

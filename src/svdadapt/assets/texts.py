@@ -84,6 +84,12 @@ def news_text() -> str:
     return "\n\n".join(line.strip() for line in path.read_text(encoding="latin-1").splitlines() if line.strip())
 
 
+def polarity_split(heldout: bool) -> tuple[tuple[str, str], ...]:
+    """The 160 training (or 40 held-out: every fifth, balanced) polarity examples, one split for
+    every task that uses them — classification, instruction tuning, calibration, evaluation."""
+    return tuple(e for i, e in enumerate(polarity_examples()) if (i % 5 == 0) == heldout)
+
+
 @lru_cache(maxsize=1)
 def polarity_examples() -> tuple[tuple[str, str], ...]:
     """(sentence, "positive"|"negative") pairs in file order."""

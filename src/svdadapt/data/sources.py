@@ -77,11 +77,15 @@ def _bundled_text(name: str, get: Callable[[], str]) -> Callable[[], Corpus]:
     return lambda: Corpus(where=f"bundled {name}", documents=[get()])
 
 
-def _polarity() -> Corpus:
-    from ..assets import polarity_examples
+def _polarity(heldout: bool) -> Callable[[], Corpus]:
+    def get() -> Corpus:
+        from ..assets import polarity_split
 
-    rows = [{"instruction": POLARITY_PROMPT.format(review=s), "output": label} for s, label in polarity_examples()]
-    return Corpus(where="bundled polarity", rows=rows, example_format=_format("alpaca"))
+        rows = [{"instruction": POLARITY_PROMPT.format(review=s), "output": y} for s, y in polarity_split(heldout)]
+        where = "bundled polarity" + (" (held-out part)" if heldout else "")
+        return Corpus(where=where, rows=rows, example_format=_format("alpaca"))
+
+    return get
 
 
 def _wiki(heldout: bool) -> Callable[[], str]:
@@ -114,7 +118,8 @@ _BUNDLED_ROWS = (
     ("wiki", "bundled English Wikipedia, calibration part", "text", _bundled_text("wiki", _wiki(False))),
     ("wiki-heldout", "bundled English Wikipedia, held-out part", "text", _bundled_text("wiki-heldout", _wiki(True))),
     ("news", "bundled Lee news background text", "text", _bundled_text("news", _news)),
-    ("polarity", "bundled 200 labelled movie-review sentences", "alpaca", _polarity),
+    ("polarity", "bundled movie-review sentiment, 160-example training part", "alpaca", _polarity(False)),
+    ("polarity-heldout", "bundled movie-review sentiment, 40-example held-out part", "alpaca", _polarity(True)),
 )
 SOURCES: dict[str, Source] = {
     **{name: Source(name, desc, schema, hub=hub) for name, desc, schema, hub in _HUB_ROWS},

@@ -150,10 +150,12 @@ def _check_rows(task: ClassificationTask, rows: list[dict], where: str) -> list[
 
 
 def _polarity_rows() -> tuple[list[dict], list[dict]]:
-    from ..assets import polarity_examples
+    from ..assets import polarity_split
 
-    rows = [{"sentence": s, "label": int(label == "positive")} for s, label in polarity_examples()]
-    return [r for i, r in enumerate(rows) if i % 5], [r for i, r in enumerate(rows) if i % 5 == 0]
+    def rows(heldout: bool) -> list[dict]:
+        return [{"sentence": s, "label": int(label == "positive")} for s, label in polarity_split(heldout)]
+
+    return rows(False), rows(True)
 
 
 def load_rows(task: ClassificationTask, data_dir: str | None) -> tuple[list[dict], list[dict]]:

@@ -112,9 +112,7 @@ class EpochLine(TrainerCallback):
         metrics = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
         epoch = round(state.epoch or 0) - 1
         score = metrics.get(self.main_metric)
-        if score is not None and (
-            self.best is None or (score > self.best[0] if self.higher else score < self.best[0])
-        ):
+        if score is not None and (self.best is None or (score > self.best[0] if self.higher else score < self.best[0])):
             self.best = (score, epoch, metrics)
         timing = ("runtime", "samples_per_second", "steps_per_second", "epoch")
         shown = {k: v for k, v in metrics.items() if k not in timing}

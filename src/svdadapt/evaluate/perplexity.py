@@ -1,0 +1,87 @@
+"""Perplexity on text, in non-overlapping windows as the CorDA repository evaluates WikiText-2/PTB.
+
+The evaluation text (a source's evaluation split: wikitext2 → test, ptb → validation, bundled
+``wiki-heldout``/``news``, or a local file) is joined by blank lines, tokenized once and cut into
+consecutive windows of ``seq_len`` tokens. When the tokenizer normally starts sequences with a BOS
+token, each window starts with one (and holds ``seq_len - 1`` text tokens); every text token after
+the window's first position is predicted and counted. PPL = exp(total NLL / predicted tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ..data.samples import adds_bos
+from ..data.sources import EVAL_SPLITS, resolve
+from ..errors import SvdadaptError
+
+
+@dataclass
+class Windows:
+    source: str
+    ids: torch.Tensor  # (n, seq_len)
+    first_scored: int  # position of the first token whose prediction counts
+
+
+@dataclass
+class PerplexityResult:
+    source: str
+    perplexity: float
+    nll: float  # mean negative log-likelihood per predicted token
+    tokens: int  # predicted tokens
+    windows: int
+    seq_len: int
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def evaluation_windows(
+    source: str, tokenizer: PreTrainedTokenizerBase, seq_len: int, max_windows: int | None = None
+) -> Windows:
+    """Tokenize a source's evaluation text once and cut it into windows (the first ``max_windows``)."""
+    if seq_len < 2:
+        raise SvdadaptError(f"--seq-len must be at least 2 for perplexity, got {seq_len}")
+    corpus = resolve(source, split=EVAL_SPLITS.get(source))
+    if corpus.kind != "text":
+        raise SvdadaptError(f"{source} holds instruction examples, not text; perplexity needs a text source")
+    text = "\n\n".join(corpus.documents)
+    stream = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
+    body = seq_len - len(bos)
+    count = len(stream) // body
+    if max_windows is not None:
+        count = min(count, max_windows)
+    if count == 0:
+        raise SvdadaptError(f"{source} has {len(stream)} tokens, fewer than one window of {seq_len}; lower --seq-len")
+    rows = [bos + stream[i * body : (i + 1) * body] for i in range(count)]
+    return Windows(source, torch.tensor(rows, dtype=torch.long), first_scored=len(bos))
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: Windows, batch_size: int = 1, progress: bool = True) -> PerplexityResult:
+    """PPL of ``model`` over prepared windows (float64 accumulation of the NLL)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, counted = 0.0, 0
+    n, seq_len = windows.ids.shape
+    try:
+        for start in tqdm(range(0, n, batch_size), desc=f"perplexity {windows.source}", disable=not progress):
+            ids = windows.ids[start : start + batch_size].to(device)
+            logits = model(input_ids=ids, use_cache=False).logits  # (b, L, vocab)
+            pred = logits[:, windows.first_scored : -1].float()
+            target = ids[:, windows.first_scored + 1 :]
+            nll = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
+            total += float(nll)
+            counted += target.numel()
+    finally:
+        model.train(was_training)
+    mean = total / counted
+    return PerplexityResult(windows.source, math.exp(mean), mean, counted, n, seq_len)
