@@ -124,17 +124,30 @@ def prepare_run(opts: TrainOptions, progress: bool) -> Run:
     return build(build_opts, progress=progress)
 
 
+def _tokenizer(opts: TrainOptions):
+    from ..models import load_tokenizer, resolve_location
+
+    if opts.run:
+        return load_tokenizer(Run.open(opts.run).base_location)
+    if opts.resume and (Path(opts.out).expanduser() / RUN_FILE).is_file():
+        return load_tokenizer(Run.open(opts.out).base_location)
+    if not opts.model:
+        raise SvdadaptError("give --model and --method to build a run here, or --run to train an existing one")
+    return load_tokenizer(resolve_location(opts.model))
+
+
 def train(opts: TrainOptions, progress: bool = True) -> Run:
     """Train as the CLI does; returns the updated run (stage "trained")."""
-    from .session import run_training
+    from .session import prepare_data, run_training
 
     _validate(opts)
     device = _check_device(opts.device or default_device())
     started = time.monotonic()
+    data = prepare_data(opts, _tokenizer(opts))  # bad data fails before a run is built
     run = prepare_run(opts, progress)
     loaded = run.load_base(device=device)
     inject(loaded.model, run.adapters(), dropout=run.meta.get("dropout", opts.dropout))
-    result = run_training(opts, run, loaded, progress)
+    result = run_training(opts, run, loaded, data, progress)
     head = result.pop("head_state")
     trained = adapter_state(loaded.model, run.meta["method"])
     summary = {**result, "seconds": round(time.monotonic() - started, 1), "task": opts.task}

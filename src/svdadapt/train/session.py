@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import DataCollatorWithPadding, TrainingArguments
@@ -22,25 +23,35 @@ def head_modules(model) -> list[str]:
     return [n for n, m in model.named_children() if n != body and any(True for _ in m.parameters())]
 
 
-def _classification(opts, task, loaded):
+@dataclass
+class TrainingData:
+    train: list
+    eval: list
+    collator: object
+    metrics: object  # compute_metrics for Trainer, or None (evaluation loss only)
+    main: str  # metric that picks the best epoch
+    higher_is_better: bool
+
+
+def _classification(opts, task, tok) -> TrainingData:
     train_rows, eval_rows = load_rows(task, opts.data_dir)
     if opts.train_samples:
         train_rows = train_rows[: opts.train_samples]
     if opts.eval_samples:
         eval_rows = eval_rows[: opts.eval_samples]
-    tok = loaded.tokenizer
     train_set = classification_features(task, train_rows, tok, opts.max_length)
     eval_set = classification_features(task, eval_rows, tok, opts.max_length)
-    return train_set, eval_set, DataCollatorWithPadding(tok), lambda p: task.score(p.predictions, p.label_ids)
+    metrics = lambda p: task.score(p.predictions, p.label_ids)  # noqa: E731
+    return TrainingData(train_set, eval_set, DataCollatorWithPadding(tok), metrics, task.metrics[0], True)
 
 
-def _sft(opts, loaded):
+def _sft(opts, tok) -> TrainingData:
     if not opts.data:
         raise SvdadaptError("--task sft needs --data (e.g. --data polarity, --data alpaca:FILE.json)")
     corpus = resolve(opts.data, FieldOptions())
     count = opts.train_samples or (len(corpus) if corpus.kind == "examples" else 1000)
     held = opts.eval_samples if opts.eval_samples is not None else max(1, count // 10)
-    samples = make_samples(corpus, loaded.tokenizer, count + held, opts.max_length, opts.seed, opts.template)
+    samples = make_samples(corpus, tok, count + held, opts.max_length, opts.seed, opts.template)
     if len(samples) < 2:
         raise SvdadaptError(f"{opts.data} gives {len(samples)} example(s); training needs at least 2")
     random.Random(opts.seed).shuffle(samples)
@@ -49,22 +60,23 @@ def _sft(opts, loaded):
     eval_set = sft_features(samples[:held], False, opts.max_length)
     if not train_set:
         raise SvdadaptError(f"{opts.data} gives no training example with response tokens within --max-length")
-    return train_set, eval_set, CausalCollator(loaded.tokenizer.pad_token_id), None
+    return TrainingData(train_set, eval_set, CausalCollator(tok.pad_token_id), None, "loss", False)
 
 
-def run_training(opts, run, loaded, progress: bool) -> dict:
+def prepare_data(opts, tokenizer) -> TrainingData:
+    """Tokenized training and evaluation sets for ``opts.task`` (checked before any model work)."""
     task = classification_task(opts.task)
+    return _classification(opts, task, tokenizer) if task is not None else _sft(opts, tokenizer)
+
+
+def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
     model = loaded.model
-    heads = head_modules(model) if task is not None else []
+    heads = head_modules(model) if classification_task(opts.task) is not None else []
     for name in heads:
         for param in getattr(model, name).parameters():
             param.requires_grad_(True)
-    if task is not None:
-        train_set, eval_set, collator, metrics = _classification(opts, task, loaded)
-        main, higher = task.metrics[0], True
-    else:
-        train_set, eval_set, collator, metrics = _sft(opts, loaded)
-        main, higher = "loss", False
+    train_set, eval_set, collator, metrics = data.train, data.eval, data.collator, data.metrics
+    main, higher = data.main, data.higher_is_better
     if opts.gradient_checkpointing:
         model.enable_input_require_grads()
     out = Path(run.path)
