@@ -55,6 +55,8 @@ def _add_field(parser: argparse.ArgumentParser, f: Field, tp: Any) -> None:
     if meta.get("choices"):
         kwargs["choices"] = meta["choices"]
     if meta.get("positional"):
+        if meta.get("nargs"):
+            kwargs["nargs"] = meta["nargs"]
         parser.add_argument(f.name, type=_converter(tp), **kwargs)
         return
     flag = "--" + meta.get("flag", f.name.replace("_", "-"))

@@ -1,0 +1,84 @@
+"""`svdadapt run recipe.yaml` and `--config`: every shipped recipe plans, a tiny pipeline runs."""
+
+import glob
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from svdadapt import SvdadaptError
+from svdadapt.cli import _commands, main
+from svdadapt.pipeline import plan
+from svdadapt.recipes import load_yaml_mapping, merge_mappings, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(glob.glob(str(ROOT / "examples" / "*.yaml")) + glob.glob(str(ROOT / "examples/offline/*.yaml")))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: Path(p).stem)
+def test_every_shipped_recipe_plans_into_valid_options(recipe):
+    stages = plan(load_yaml_mapping(recipe), _commands(), recipe)
+    assert stages and all(options is not None for _, options in stages)
+
+
+def test_offline_twins_exist_for_every_seed_recipe():
+    seeds = {Path(p).stem for p in glob.glob(str(ROOT / "examples" / "*.yaml"))}
+    twins = " ".join(Path(p).read_text() for p in glob.glob(str(ROOT / "examples" / "offline" / "*.yaml")))
+    kinds = {"corda-kpa-nqopen", "corda-ipa-metamath", "lora-metamath", "full-decompose", "kasa-glue"}
+    assert all(any(k in s for s in seeds) for k in kinds)
+    for name in ("corda-kpa-nqopen", "corda-ipa-metamath", "lora-metamath"):
+        assert f"Offline twin of {name}" in twins
+    assert "full-decompose-wikitext2" in twins and "kasa-glue" in twins
+
+
+def test_overrides_are_dotted_and_typed():
+    over = parse_overrides(["train.epochs=2", "model=default", "train.bf16=true", "out=runs/x"])
+    assert over == {"train": {"epochs": 2, "bf16": True}, "model": "default", "out": "runs/x"}
+    merged = merge_mappings({"train": {"epochs": 1, "rank": 8}}, over)
+    assert merged["train"] == {"epochs": 2, "rank": 8, "bf16": True}
+    with pytest.raises(SvdadaptError, match="not KEY=VALUE"):
+        parse_overrides(["epochs"])
+
+
+def test_unknown_keys_are_one_line_errors(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"out": str(tmp_path / "o"), "model": "default", "trian": {}}))
+    assert main(["run", str(recipe)]) == 2
+    assert "unknown recipe key 'trian'" in capsys.readouterr().err
+    recipe.write_text(yaml.safe_dump({"out": str(tmp_path / "o"), "model": "default", "train": {"epoch": 1}}))
+    assert main(["run", str(recipe)]) == 2
+    assert "unknown key 'epoch'" in capsys.readouterr().err
+    recipe.write_text("train: [1, 2")
+    assert main(["run", str(recipe)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
+def test_a_whole_pipeline_runs_on_a_tiny_model(capsys, tiny_dirs, tmp_path):
+    recipe = tmp_path / "pipeline.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": str(tiny_dirs["llama"]), "out": str(tmp_path / "out"), "device": "cpu",
+        "calibrate": {"data": "news", "samples": 4, "seq_len": 32},
+        "build": {"method": "corda-kpa", "rank": 4},
+        "train": {"task": "sft", "data": "polarity", "train_samples": 16, "eval_samples": 4, "max_length": 160},
+        "merge": {}, "export": {"against_original": str(tiny_dirs["llama"])},
+        "eval": {"perplexity": "news", "seq_len": 64, "max_windows": 4},
+    }))  # fmt: skip
+    assert main(["run", str(recipe), "train.epochs=1"]) == 0, capsys.readouterr().err
+    out = tmp_path / "out"
+    assert (out / "covariances" / "store.json").is_file()
+    run = json.loads((out / "run" / "run.json").read_text())
+    assert run["stage"] == "trained" and run["calibration"]["covariances"] == str(out / "covariances")
+    assert (out / "merged" / "config.json").is_file() and (out / "exported" / "adapter_config.json").is_file()
+    results = json.loads((out / "eval.json").read_text())
+    assert "news" in json.dumps(results)
+
+
+def test_config_file_supplies_flags(capsys, tiny_dirs, tmp_path):
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tiny_dirs["gpt2"]), "method": "pissa", "rank": 4, "device": "cpu"}))
+    assert main(["build", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["method"] == "pissa"
+    config.write_text(yaml.safe_dump({"methd": "pissa"}))
+    assert main(["build", "--config", str(config), "--out", str(tmp_path / "run2")]) == 2
+    assert "unknown key 'methd'" in capsys.readouterr().err
