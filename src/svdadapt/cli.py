@@ -62,9 +62,19 @@ def _train(opts) -> None:
     print(f"trained run: {run.path} (merge or export it like a built run)")
 
 
+def _eval(opts) -> None:
+    from .evaluate.job import evaluate
+    from .evaluate.report import results_table
+
+    results, out = evaluate(opts)
+    print(results_table(results))
+    print(f"results: {out}" if out else "results: not written (pass --out FILE.json to keep them)")
+
+
 def _commands() -> dict[str, Command]:
     from .build.job import BuildOptions
     from .calibrate.job import CalibrateOptions
+    from .evaluate.job import EvalOptions
     from .export import ExportOptions
     from .merge import MergeOptions
     from .quickstart import QuickstartOptions
@@ -77,6 +87,7 @@ def _commands() -> dict[str, Command]:
         "merge": Command(MergeOptions, _merge),
         "export": Command(ExportOptions, _export),
         "train": Command(TrainOptions, _train),
+        "eval": Command(EvalOptions, _eval),
     }
 
 

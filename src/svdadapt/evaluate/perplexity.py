@@ -76,7 +76,8 @@ def perplexity(model: nn.Module, windows: Windows, batch_size: int = 1, progress
         for start in tqdm(range(0, n, batch_size), desc=f"perplexity {windows.source}", disable=not progress):
             ids = windows.ids[start : start + batch_size].to(device)
             logits = model(input_ids=ids, use_cache=False).logits  # (b, L, vocab)
-            pred = logits[:, windows.first_scored : -1].float()
+            pred = logits[:, windows.first_scored : -1]  # (b, L - 1 - first, vocab)
+            pred = pred if pred.dtype == torch.float64 else pred.float()
             target = ids[:, windows.first_scored + 1 :]
             nll = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
             total += float(nll)

@@ -1,0 +1,152 @@
+"""What can be evaluated, as one table of task kinds, and :func:`evaluate_model` that runs a list of
+perplexity sources and tasks on a model held in memory.
+
+Task specs: ``polarity-instruct`` (causal LM; accuracy by label likelihood on the 40 held-out polarity
+examples), ``polarity`` and ``glue:NAME`` (sequence classification; GLUE metrics on the validation
+split), ``lm-eval:TASK`` (causal LM; lm-evaluation-harness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..data.sources import SOURCES, resolve
+from ..errors import SvdadaptError
+from ..hub import require_hub
+from ..models import max_positions
+from ..runs import task_type_of
+from ..train.tasks import CLASSIFICATION_TASKS
+from .perplexity import evaluation_windows, perplexity
+
+DEFAULT_SEQ_LEN = 2048
+TASK_HELP = "polarity-instruct, polarity, glue:cola|sst2|mrpc|stsb|qnli|rte, lm-eval:TASK"
+
+
+def task_kind(spec: str) -> str:
+    """``instruct``, ``classification`` or ``lm-eval`` for a task spec; unknown specs are an error."""
+    if spec == "polarity-instruct":
+        return "instruct"
+    glue = spec.removeprefix("glue:")
+    if spec == "polarity" or (spec.startswith("glue:") and glue in CLASSIFICATION_TASKS and glue != "polarity"):
+        return "classification"
+    if spec.startswith("lm-eval:") and spec[8:].strip():
+        return "lm-eval"
+    raise SvdadaptError(f"unknown task {spec!r}; choose from {TASK_HELP}")
+
+
+def split_list(value: str | Sequence[str] | None) -> list[str]:
+    """``"a, b"`` or ``["a", "b"]`` → ``["a", "b"]`` (empty entries dropped)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [s.strip() for s in items if s.strip()]
+
+
+def check_source(spec: str) -> None:
+    """Fail early, before a model loads, on a perplexity source that is unknown or unreachable."""
+    if spec in SOURCES:
+        if SOURCES[spec].hub is not None:
+            require_hub(spec, f"download it elsewhere and pass a local text file, e.g. --perplexity {spec}.txt")
+    elif spec.startswith("hf:"):
+        require_hub(spec[3:], "pass a local text file")
+    else:
+        resolve(spec)  # a local file (cheap to read) or an unknown name (a clear error)
+
+
+def precheck(sources: Sequence[str], tasks: Sequence[str]) -> None:
+    """Every check that needs no model: task names, sources, and lm-eval's data and installation."""
+    for spec in tasks:
+        task_kind(spec)
+    for spec in sources:
+        check_source(spec)
+    harness = [t.removeprefix("lm-eval:") for t in tasks if task_kind(t) == "lm-eval"]
+    if harness:
+        from .harness import check_harness
+
+        check_harness(harness)
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    return task_type_of(model) == "CAUSAL_LM"
+
+
+def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
+    """``seq_len``, or 2048 capped at the model's positions; beyond the model's limit is an error."""
+    limit = max_positions(model)
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
+    if seq_len < 2:
+        raise SvdadaptError(f"--seq-len must be at least 2, got {seq_len}")
+    if limit is not None and seq_len > limit:
+        raise SvdadaptError(f"--seq-len {seq_len} is beyond this model's limit of {limit} positions")
+    return seq_len
+
+
+def check_compatible(model: nn.Module, sources: Sequence[str], tasks: Sequence[str]) -> None:
+    """Refuse, before any work, what this kind of model cannot be evaluated on."""
+    causal = is_causal_lm(model)
+    needs_lm = [*(f"perplexity on {s}" for s in sources), *(t for t in tasks if task_kind(t) != "classification")]
+    if needs_lm and not causal:
+        raise SvdadaptError(f"{needs_lm[0]} needs a causal language model; this model is not one")
+    if causal:
+        for t in tasks:
+            if task_kind(t) == "classification":
+                raise SvdadaptError(f"task {t} needs a sequence-classification model; this is a causal LM")
+
+
+def evaluate_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    perplexity_sources: Sequence[str] = ("wiki-heldout",),
+    tasks: Sequence[str] = (),
+    *,
+    seq_len: int | None = None,
+    max_windows: int | None = None,
+    batch_size: int = 4,
+    limit: int | None = None,
+    template: str | None = None,
+    data_dir: str | None = None,
+    num_fewshot: int | None = None,
+    lm_eval_include: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate an in-memory model: ``{"perplexity": {source: {...}}, "tasks": {task: {metric: ...}}}``.
+
+    Perplexity is over non-overlapping windows of ``seq_len`` tokens (the first ``max_windows``);
+    ``polarity-instruct`` is scored by label likelihood with ``template``; ``limit`` caps the
+    examples of each task.
+    """
+    from .classification import classification_metrics
+    from .harness import lm_eval_tasks
+    from .likelihood import label_likelihood_accuracy, polarity_choices
+
+    sources, tasks = split_list(perplexity_sources), split_list(tasks)
+    for name, value in (("batch_size", batch_size), ("max_windows", max_windows), ("limit", limit)):
+        if value is not None and value < 1:
+            raise SvdadaptError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    precheck(sources, tasks)
+    check_compatible(model, sources, tasks)
+    length = resolve_seq_len(model, seq_len) if sources else seq_len
+    results: dict = {"perplexity": {}, "tasks": {}}
+    for source in sources:
+        windows = evaluation_windows(source, tokenizer, length, max_windows)
+        results["perplexity"][source] = perplexity(model, windows, batch_size, progress).as_dict()
+    for spec in tasks:
+        kind = task_kind(spec)
+        if kind == "instruct":
+            examples = polarity_choices(limit)
+            result = label_likelihood_accuracy(model, tokenizer, examples, template, batch_size, progress)
+        elif kind == "classification":
+            task = CLASSIFICATION_TASKS[spec.removeprefix("glue:")]
+            result = classification_metrics(model, tokenizer, task, data_dir, limit, batch_size, progress)
+        else:
+            name = spec.removeprefix("lm-eval:")
+            found = lm_eval_tasks(model, tokenizer, [name], limit, batch_size, num_fewshot, lm_eval_include)
+            for task_name, metrics in found.items():
+                results["tasks"][f"lm-eval:{task_name}"] = metrics
+            continue
+        results["tasks"][spec] = result
+    return results

@@ -1,0 +1,85 @@
+"""Perplexity against a hand-computed float64 reference, with and without a BOS per window."""
+
+import math
+
+import pytest
+import torch
+
+from svdadapt.assets import news_text, tiny_model, tiny_tokenizer
+from svdadapt.evaluate import evaluation_windows, perplexity
+from svdadapt.evaluate.suite import evaluate_model
+
+SEQ_LEN = 24
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ppl") / "news.txt"
+    path.write_text(news_text()[:3000])
+    return path
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return tiny_model("llama", seed=3).double()
+
+
+def bos_tokenizer():
+    from tokenizers.processors import TemplateProcessing
+
+    tok = tiny_tokenizer()
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    return tok
+
+
+def reference(model, tok, text, seq_len, bos, max_windows):
+    """exp(mean CE) over windows of seq_len tokens cut from one tokenization of the text; with a BOS,
+    each window is BOS + seq_len - 1 text tokens. In each window the first text token is context only
+    (as each window's first token is in CorDA's evaluation); every later token is predicted."""
+    stream = tok(text, add_special_tokens=False)["input_ids"]
+    prefix = [tok.bos_token_id] if bos else []
+    body = seq_len - len(prefix)
+    nll, count = 0.0, 0
+    for w in range(min(len(stream) // body, max_windows)):
+        ids = prefix + stream[w * body : (w + 1) * body]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # (L, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        for t in range(len(prefix) + 1, seq_len):  # token t predicted from positions < t
+            nll -= float(logp[t - 1, ids[t]])
+            count += 1
+    return math.exp(nll / count), count
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_perplexity_matches_a_float64_hand_computation(text_file, model64, bos):
+    tok = bos_tokenizer() if bos else tiny_tokenizer()
+    windows = evaluation_windows(str(text_file), tok, SEQ_LEN, max_windows=5)
+    assert windows.ids.shape == (5, SEQ_LEN)
+    assert bool((windows.ids[:, 0] == tok.bos_token_id).all()) == bos
+    result = perplexity(model64, windows, batch_size=2, progress=False)
+    expected, count = reference(model64, tok, text_file.read_text(), SEQ_LEN, bos, 5)
+    assert result.tokens == count == 5 * (SEQ_LEN - 1 - int(bos))
+    assert result.perplexity == pytest.approx(expected, rel=1e-10)
+
+
+def test_batch_size_does_not_change_the_result(text_file):
+    model = tiny_model("llama", seed=3)
+    windows = evaluation_windows(str(text_file), tiny_tokenizer(), SEQ_LEN, max_windows=6)
+    one = perplexity(model, windows, batch_size=1, progress=False).perplexity
+    assert perplexity(model, windows, batch_size=4, progress=False).perplexity == pytest.approx(one, rel=1e-5)
+
+
+def test_evaluate_model_on_an_in_memory_model(text_file, model64):
+    tok = tiny_tokenizer()
+    results = evaluate_model(
+        model64, tok, [str(text_file), "news"], seq_len=SEQ_LEN, max_windows=3, batch_size=2, progress=False
+    )
+    expected, _ = reference(model64, tok, text_file.read_text(), SEQ_LEN, False, 3)
+    assert results["perplexity"][str(text_file)]["perplexity"] == pytest.approx(expected, rel=1e-10)
+    assert results["perplexity"]["news"]["windows"] == 3 and results["tasks"] == {}
+
+
+def test_default_window_is_capped_at_the_model_limit(model64):
+    results = evaluate_model(model64, tiny_tokenizer(), ["news"], max_windows=1, progress=False)
+    assert results["perplexity"]["news"]["seq_len"] == 256  # the tiny model's positions, below 2048
