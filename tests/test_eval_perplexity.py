@@ -34,8 +34,8 @@ def bos_tokenizer():
 
 def reference(model, tok, text, seq_len, bos, max_windows):
     """exp(mean CE) over windows of seq_len tokens cut from one tokenization of the text; with a BOS,
-    each window is BOS + seq_len - 1 text tokens. In each window the first text token is context only
-    (as each window's first token is in CorDA's evaluation); every later token is predicted."""
+    each window is BOS + seq_len - 1 text tokens and every text token is predicted; without, the
+    window's first token is context only (as in CorDA's evaluation)."""
     stream = tok(text, add_special_tokens=False)["input_ids"]
     prefix = [tok.bos_token_id] if bos else []
     body = seq_len - len(prefix)
@@ -45,7 +45,7 @@ def reference(model, tok, text, seq_len, bos, max_windows):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # (L, V)
         logp = torch.log_softmax(logits, dim=-1)
-        for t in range(len(prefix) + 1, seq_len):  # token t predicted from positions < t
+        for t in range(1, seq_len):  # token t predicted from positions < t
             nll -= float(logp[t - 1, ids[t]])
             count += 1
     return math.exp(nll / count), count
@@ -59,7 +59,7 @@ def test_perplexity_matches_a_float64_hand_computation(text_file, model64, bos):
     assert bool((windows.ids[:, 0] == tok.bos_token_id).all()) == bos
     result = perplexity(model64, windows, batch_size=2, progress=False)
     expected, count = reference(model64, tok, text_file.read_text(), SEQ_LEN, bos, 5)
-    assert result.tokens == count == 5 * (SEQ_LEN - 1 - int(bos))
+    assert result.tokens == count == 5 * (SEQ_LEN - 1)
     assert result.perplexity == pytest.approx(expected, rel=1e-10)
 
 

@@ -3,8 +3,9 @@
 The evaluation text (a source's evaluation split: wikitext2 → test, ptb → validation, bundled
 ``wiki-heldout``/``news``, or a local file) is joined by blank lines, tokenized once and cut into
 consecutive windows of ``seq_len`` tokens. When the tokenizer normally starts sequences with a BOS
-token, each window starts with one (and holds ``seq_len - 1`` text tokens); every text token after
-the window's first position is predicted and counted. PPL = exp(total NLL / predicted tokens).
+token, each window starts with one (and holds ``seq_len - 1`` text tokens), so every text token is
+predicted from a proper start; without one, the window's first token is context only (as in the
+CorDA repository). PPL = exp(total NLL / predicted tokens).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from ..errors import SvdadaptError
 class Windows:
     source: str
     ids: torch.Tensor  # (n, seq_len)
-    first_scored: int  # position of the first token whose prediction counts
 
 
 @dataclass
@@ -61,7 +61,7 @@ def evaluation_windows(
     if count == 0:
         raise SvdadaptError(f"{source} has {len(stream)} tokens, fewer than one window of {seq_len}; lower --seq-len")
     rows = [bos + stream[i * body : (i + 1) * body] for i in range(count)]
-    return Windows(source, torch.tensor(rows, dtype=torch.long), first_scored=len(bos))
+    return Windows(source, torch.tensor(rows, dtype=torch.long))
 
 
 @torch.no_grad()
@@ -76,9 +76,9 @@ def perplexity(model: nn.Module, windows: Windows, batch_size: int = 1, progress
         for start in tqdm(range(0, n, batch_size), desc=f"perplexity {windows.source}", disable=not progress):
             ids = windows.ids[start : start + batch_size].to(device)
             logits = model(input_ids=ids, use_cache=False).logits  # (b, L, vocab)
-            pred = logits[:, windows.first_scored : -1]  # (b, L - 1 - first, vocab)
+            pred = logits[:, :-1]  # (b, L - 1, vocab): position t predicts token t + 1
             pred = pred if pred.dtype == torch.float64 else pred.float()
-            target = ids[:, windows.first_scored + 1 :]
+            target = ids[:, 1:]
             nll = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
             total += float(nll)
             counted += target.numel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ..errors import SvdadaptError
 from ..plots import loss_curves
 from .datasets import CausalCollator, classification_features, sft_features
 from .tasks import classification_task, load_rows
-from .trainer import EpochLine, SvdadaptTrainer
+from .trainer import EpochLine, StepTimer, SvdadaptTrainer
 
 
 def head_modules(model) -> list[str]:
@@ -107,10 +108,10 @@ def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
         dataloader_num_workers=0,
         save_only_model=False,
     )
-    line = EpochLine(main, higher)
+    line, timer = EpochLine(main, higher), StepTimer()
     trainer = SvdadaptTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
-        compute_metrics=metrics, callbacks=[line], kasa_beta=opts.beta, kasa_gamma=opts.gamma,
+        compute_metrics=metrics, callbacks=[line, timer], kasa_beta=opts.beta, kasa_gamma=opts.gamma,
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
     checkpoint = get_last_checkpoint(args.output_dir) if opts.resume and Path(args.output_dir).is_dir() else None
@@ -129,5 +130,6 @@ def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
         "log": trainer.state.log_history,
         "loss_curve": str(curve) if curve else None,
         "train_seconds_per_step": output.metrics.get("train_runtime", 0) / max(output.global_step, 1),
+        "step_seconds_median": statistics.median(timer.seconds) if timer.seconds else None,
         "head_state": {h: {k: v.detach().cpu() for k, v in getattr(model, h).state_dict().items()} for h in heads},
     }

@@ -3,7 +3,9 @@ modules and the task head their own learning rates, and checkpoints only what tr
 
 from __future__ import annotations
 
+import math
 import os
+import time
 
 import torch
 from safetensors.torch import load_file
@@ -94,6 +96,20 @@ class SvdadaptTrainer(Trainer):
                 params[name].copy_(value)
 
 
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (forward, backward, update; evaluation excluded)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
 class EpochLine(TrainerCallback):
     """After each evaluation, print the KaSA seed's log line and track the best epoch."""
 
@@ -110,7 +126,7 @@ class EpochLine(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
-        epoch = round(state.epoch or 0) - 1
+        epoch = max(math.ceil((state.epoch or 0) - 1e-9) - 1, 0)
         score = metrics.get(self.main_metric)
         if score is not None and (self.best is None or (score > self.best[0] if self.higher else score < self.best[0])):
             self.best = (score, epoch, metrics)
