@@ -62,6 +62,12 @@ def _train(opts) -> None:
     print(f"trained run: {run.path} (merge or export it like a built run)")
 
 
+def _compress(opts) -> None:
+    from .compress import compress
+
+    print("\n".join(compress(opts).lines))
+
+
 def _eval(opts) -> None:
     from .evaluate.job import evaluate
     from .evaluate.report import results_table
@@ -74,6 +80,7 @@ def _eval(opts) -> None:
 def _commands() -> dict[str, Command]:
     from .build.job import BuildOptions
     from .calibrate.job import CalibrateOptions
+    from .compress import CompressOptions
     from .evaluate.job import EvalOptions
     from .export import ExportOptions
     from .merge import MergeOptions
@@ -88,6 +95,7 @@ def _commands() -> dict[str, Command]:
         "export": Command(ExportOptions, _export),
         "train": Command(TrainOptions, _train),
         "eval": Command(EvalOptions, _eval),
+        "compress": Command(CompressOptions, _compress),
     }
 
 

@@ -1,0 +1,117 @@
+"""The smallest components of every target layer, decomposed once per decomposition and reused by
+every point of a sweep; writing W − (the r smallest) into the model, and restoring W.
+
+Only what the largest point needs is kept: for each layer the r_max smallest components as
+U_d·diag(S_d) (out, r_max) and V_d (in, r_max), float32 on the CPU — for SmolLM2 at 50% about a
+third of the targets' own size. The original weights are kept (on the CPU, in their own dtype) so
+that every point starts from W exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..build.waves import Unit
+from ..decompose import Context, Decomposition, factorize
+from ..linalg import single_threaded
+from ..targets import in_out_features, set_weight_matrix, weight_matrix
+
+
+@dataclass
+class Dropped:
+    """The r_max smallest components of one layer, descending: the last r columns are the r smallest."""
+
+    US: torch.Tensor  # (out, r_max) = U_d diag(S_d)
+    V: torch.Tensor  # (in, r_max)
+    S: torch.Tensor  # (r_max,)
+    damping: float | None
+
+    def part(self, r: int) -> torch.Tensor:
+        """(out, in) part of W spanned by the r smallest components (0 < r ≤ r_max)."""
+        assert 0 < r <= self.S.shape[0], r
+        return self.US[:, -r:] @ self.V[:, -r:].T
+
+
+def min_dim(module: nn.Module) -> int:
+    """k = min(out, in) of a linear-like layer."""
+    return min(in_out_features(module))
+
+
+def shared_contexts(row: Decomposition, statistic: torch.Tensor | None, name: str) -> Callable[[float], Context]:
+    """K for one unit (layers reading one input), built once per damping and shared by its layers."""
+    cache: dict[float, Context] = {}
+    lock = threading.Lock()
+
+    def make(damping: float) -> Context:
+        with lock:
+            if damping not in cache:
+                cache[damping] = row.context(statistic, damping, name)
+            return cache[damping]
+
+    return make
+
+
+@torch.no_grad()
+def decompose_bottom(
+    row: Decomposition,
+    modules: dict[str, nn.Module],
+    r_max: dict[str, int],
+    waves: Iterable[list[Unit]],
+    progress: bool = True,
+) -> dict[str, Dropped]:
+    """The r_max[name] smallest components of every layer in ``waves`` (one factorization each)."""
+    on_cpu = all(m.weight.device.type == "cpu" for m in modules.values())
+    workers = min(torch.get_num_threads(), os.cpu_count() or 1) if on_cpu else 1
+
+    def job(item: tuple[str, Callable[[float], Context]]) -> tuple[str, Dropped]:
+        name, make = item
+        f = factorize(weight_matrix(modules[name]), make, name, want=("bottom", r_max[name]))
+        cpu = dict(device="cpu", dtype=torch.float32)
+        return name, Dropped((f.U * f.S).to(**cpu), f.V.to(**cpu), f.S.to(**cpu), f.damping)
+
+    found: dict[str, Dropped] = {}
+    bar = tqdm(total=len(r_max), desc=f"decomposing ({row.name})", unit="layer", disable=not progress)
+    with bar, ThreadPoolExecutor(workers) as pool:
+        for wave in waves:
+            items = [(n, shared_contexts(row, u.statistic, u.names[0])) for u in wave for n in u.names if n in r_max]
+            items.sort(key=lambda item: -r_max[item[0]] * min_dim(modules[item[0]]))  # longest first
+            with single_threaded(workers > 1):
+                for name, dropped in pool.map(job, items):
+                    found[name] = dropped
+                    bar.update(1)
+    return found
+
+
+def keep_originals(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """CPU copies of the layers' (out, in) weights, in their own dtype."""
+    return {name: weight_matrix(m).detach().to("cpu", copy=True) for name, m in modules.items()}
+
+
+@torch.no_grad()
+def write_point(
+    modules: dict[str, nn.Module],
+    originals: dict[str, torch.Tensor],
+    dropped: dict[str, Dropped],
+    ranks: dict[str, int],
+) -> None:
+    """Every layer with r > 0 becomes W − (its r smallest components), computed in float32, cast once."""
+    for name, r in ranks.items():
+        if r > 0:
+            W = weight_matrix(modules[name])
+            part = dropped[name].part(r).to(W.device)  # (out, in)
+            set_weight_matrix(modules[name], originals[name].to(W.device, torch.float32) - part)
+
+
+@torch.no_grad()
+def restore(modules: dict[str, nn.Module], originals: dict[str, torch.Tensor], names: Iterable[str]) -> None:
+    """Write the original weights back (exactly: same dtype, no arithmetic)."""
+    for name in names:
+        set_weight_matrix(modules[name], originals[name])

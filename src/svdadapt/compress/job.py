@@ -1,0 +1,155 @@
+"""``svdadapt compress``: the compression sweep as the command line runs it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..calibrate.job import MODEL_HELP, _check_device, default_device
+from ..decompose import DECOMPOSITIONS, as_float64
+from ..errors import SvdadaptError
+from ..evaluate import evaluation_windows
+from ..fingerprint import model_identity
+from ..models import load_model, max_positions
+from ..options import opt
+from ..store import CovarianceStore
+from ..targets import find_targets, weight_matrix
+from .discard import parse_discards
+from .report import PLOT_FILE, check_out, table, write_results
+from .sweep import Point, Sweep, check_decompositions, run_sweep
+
+
+@dataclass(kw_only=True)
+class CompressOptions:
+    """Compression sweep (CorDA's full_decompose, paper Figure 2 / Table 6): drop the r smallest
+    components of every target layer under each decomposition and measure perplexity at each r.
+
+    Each layer is decomposed once per decomposition (only the components the largest r needs) and
+    reused at every point; r = 0 is the base model. Writes results.csv, results.json and
+    perplexity_vs_discarded.png into --out."""
+
+    model: str = opt(help=MODEL_HELP)
+    out: str = opt(help="directory to write the results into (an earlier sweep there is replaced)", metavar="DIR")
+    covariances: str | None = opt(
+        None, "covariance store from `svdadapt calibrate` (needed by context and asvd)", metavar="DIR"
+    )
+    decomposition: str = opt(
+        "context,asvd,plain", "decompositions to compare, comma-separated: context (CorDA: SVD of W·C), "
+        "asvd (SVD of W·diag(mean|x|^0.5)), plain (SVD of W)", metavar="LIST",
+    )  # fmt: skip
+    discard: str = opt(
+        "0,0.1,0.25,0.5", "components to drop from every layer, comma-separated: counts (16), fractions of "
+        "min(out, in) (0.25) or percentages (25%%)", metavar="LIST",
+    )  # fmt: skip
+    eval: str = opt(
+        "wiki-heldout", "text to measure perplexity on: wiki-heldout, news, wikitext2, ptb, or a .txt file",
+        metavar="SOURCE",
+    )  # fmt: skip
+    seq_len: int = opt(512, "tokens per evaluation window")
+    max_windows: int | None = opt(
+        None, "evaluate the first N windows only (default: every window of the text)", metavar="N"
+    )
+    batch_size: int = opt(1, "windows per forward pass")
+    targets: str | None = opt(
+        None, "layers to compress: name suffixes or re:REGEX, comma-separated (default: every linear layer in blocks)"
+    )
+    device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
+
+
+@dataclass
+class Compressed:
+    out: Path
+    sweep: Sweep
+    plot: Path | None
+    lines: list[str]
+
+
+def _names(text: str) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in DECOMPOSITIONS]
+    if unknown or not names:
+        what = f"unknown decomposition {unknown[0]!r}" if unknown else "--decomposition is empty"
+        raise SvdadaptError(f"{what}; choose from {', '.join(DECOMPOSITIONS)}")
+    return names
+
+
+def _store(opts: CompressOptions, names: list[str]) -> CovarianceStore | None:
+    if not any(DECOMPOSITIONS[n].needs for n in names):
+        if opts.covariances:
+            print("svdadapt: note: plain SVD uses no calibration statistics; ignoring --covariances")
+        return None
+    if not opts.covariances:
+        check_decompositions(names, None)  # raises, naming the decomposition that needs a store
+    return CovarianceStore.load(Path(opts.covariances).expanduser())
+
+
+def _check_numbers(opts: CompressOptions, limit: int | None) -> None:
+    for flag, value in (("--seq-len", opts.seq_len), ("--batch-size", opts.batch_size)):
+        if value < 1:
+            raise SvdadaptError(f"{flag} must be positive, got {value}")
+    if opts.max_windows is not None and opts.max_windows < 1:
+        raise SvdadaptError(f"--max-windows must be positive, got {opts.max_windows}")
+    if limit is not None and opts.seq_len > limit:
+        raise SvdadaptError(f"--seq-len {opts.seq_len} is beyond this model's limit of {limit} positions")
+
+
+def compress(opts: CompressOptions, progress: bool = True) -> Compressed:
+    """Run a sweep as the CLI does; the results are written to ``opts.out``."""
+    started = time.monotonic()
+    names = _names(opts.decomposition)
+    discards = parse_discards(opts.discard)
+    _check_numbers(opts, None)
+    store = _store(opts, names)
+    out = Path(opts.out).expanduser()
+    check_out(out)
+    device = _check_device(opts.device or default_device())
+    loaded = load_model(opts.model, head="causal-lm", device=device)
+    _check_numbers(opts, max_positions(loaded.model))
+    identity = model_identity(loaded.model)
+    modules = find_targets(loaded.model, opts.targets)
+    if store is not None:
+        store.check_model(identity["fingerprint"])
+        missing = [n for n in modules if n not in store.module_to_group]
+        if missing:
+            raise SvdadaptError(
+                f"the covariance store lacks {len(missing)} target layers (e.g. {missing[0]}); "
+                "recalibrate with the same --targets"
+            )
+    for name, module in modules.items():  # fail before any long work starts
+        as_float64(weight_matrix(module), name)
+    windows = evaluation_windows(opts.eval, loaded.tokenizer, opts.seq_len, opts.max_windows)
+    n_windows = windows.ids.shape[0]
+    if progress:
+        print(f"svdadapt: {len(modules)} target layers; {opts.eval}: {n_windows} windows × {opts.seq_len} tokens")
+
+    def report(point: Point) -> None:
+        if progress:
+            tqdm.write(f"  {point.decomposition:<8} discard {point.discard:<6} (r = {point.ranks}) "
+                       f"perplexity {point.perplexity:.4g}")  # fmt: skip
+
+    sweep = run_sweep(
+        loaded.model, modules, names, discards, windows, store, opts.batch_size, progress, on_point=report
+    )
+    meta = {
+        "model": {**identity, "name": loaded.name, "location": loaded.location},
+        "covariances": None if store is None else {"path": str(store.path), **store.metadata.get("source", {})},
+        "eval": {"source": opts.eval, "seq_len": opts.seq_len, "windows": n_windows},
+        "targets": len(modules),
+        "decompositions": names,
+        "discard": [d.text for d in discards],
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    title = f"{loaded.name}: perplexity on {opts.eval}"
+    plot = write_results(out, sweep, discards, meta, title)
+    lines = [
+        f"compression sweep: {out}",
+        f"  {loaded.name}, {len(modules)} layers; perplexity on {opts.eval} "
+        f"({n_windows} windows × {opts.seq_len} tokens), base {sweep.base.perplexity:.4g}",
+        *table(sweep, discards),
+        f"  results.csv, results.json{', ' + PLOT_FILE if plot else ' (no plot: install matplotlib)'}",
+        f"  time {meta['seconds']:.1f} s",
+    ]
+    return Compressed(out, sweep, plot, lines)

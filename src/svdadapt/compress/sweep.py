@@ -1,0 +1,123 @@
+"""The compression sweep: for each decomposition, drop the r smallest components of every target
+layer at each point and measure perplexity; the model is restored to W after every point.
+
+Each decomposition factors each layer once (only the largest r's components are computed); the
+base model's perplexity is measured once and is every decomposition's r = 0 point (nothing is
+changed there).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..build.waves import waves_from_store, waves_without_statistics
+from ..decompose import DECOMPOSITIONS
+from ..errors import SvdadaptError
+from ..evaluate import PerplexityResult, Windows, perplexity
+from ..store import CovarianceStore
+from .discard import Discard, layer_ranks
+from .dropped import decompose_bottom, keep_originals, min_dim, restore, write_point
+
+
+@dataclass
+class Point:
+    """One measured point of the sweep."""
+
+    decomposition: str
+    discard: str  # as given: a count, or a fraction of each layer's k = min(out, in)
+    ranks: str  # the distinct per-layer r values, e.g. "19/58"
+    dropped: int  # Σ r over the target layers
+    share: float  # Σ r / Σ k: the fraction of all target components dropped
+    perplexity: float
+    nll: float
+    tokens: int
+    seconds: float  # writing the weights, evaluating, restoring (0 where nothing changes: the base measurement)
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+@dataclass
+class Sweep:
+    base: PerplexityResult
+    points: list[Point] = field(default_factory=list)
+    decompose_seconds: dict[str, float] = field(default_factory=dict)
+    dampings: dict[str, list[float]] = field(default_factory=dict)  # λ used (context decomposition)
+
+
+def check_decompositions(names: list[str], store: CovarianceStore | None) -> None:
+    """Unknown names, or statistics a decomposition needs without a store, are errors."""
+    for name in names:
+        if name not in DECOMPOSITIONS:
+            raise SvdadaptError(f"unknown decomposition {name!r}; choose from {', '.join(DECOMPOSITIONS)}")
+        if DECOMPOSITIONS[name].needs and store is None:
+            raise SvdadaptError(
+                f"the {name} decomposition needs calibration statistics: pass --covariances DIR (from "
+                "svdadapt calibrate), or sweep only --decomposition plain"
+            )
+
+
+def _waves(name: str, store: CovarianceStore | None, names: list[str]):
+    needs = DECOMPOSITIONS[name].needs
+    return waves_from_store(store, names, needs) if needs else waves_without_statistics(names)
+
+
+def run_sweep(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    decompositions: list[str],
+    points: list[Discard],
+    windows: Windows,
+    store: CovarianceStore | None = None,
+    batch_size: int = 1,
+    progress: bool = True,
+    on_point: Callable[[Point], None] | None = None,
+) -> Sweep:
+    """Perplexity of ``model`` with the smallest components of ``modules`` dropped, per decomposition
+    and point. ``on_point`` sees each point as soon as it is measured. The model ends as it began."""
+    check_decompositions(decompositions, store)
+    ks = {name: min_dim(m) for name, m in modules.items()}
+    ranks = layer_ranks(points, ks)
+    r_max = {name: max(r[name] for r in ranks) for name in modules}
+    r_max = {name: r for name, r in r_max.items() if r > 0}
+    total_k = sum(ks.values())
+
+    def point(decomposition, discard, chosen, result, seconds) -> Point:
+        distinct = "/".join(str(r) for r in sorted(set(chosen.values())))
+        dropped = sum(chosen.values())
+        return Point(decomposition, discard.text, distinct, dropped, dropped / total_k,
+                     result.perplexity, result.nll, result.tokens, round(seconds, 2))  # fmt: skip
+
+    base = perplexity(model, windows, batch_size, progress)
+    sweep = Sweep(base)
+    originals = keep_originals({n: modules[n] for n in r_max})
+    for decomposition in decompositions:
+        started = time.monotonic()
+        dropped = decompose_bottom(
+            DECOMPOSITIONS[decomposition], modules, r_max, _waves(decomposition, store, list(r_max)), progress
+        )
+        sweep.decompose_seconds[decomposition] = round(time.monotonic() - started, 2)
+        sweep.dampings[decomposition] = sorted({d.damping for d in dropped.values() if d.damping is not None})
+        for discard, chosen in tqdm(
+            list(zip(points, ranks)), desc=f"sweep ({decomposition})", unit="point", disable=not progress
+        ):
+            started = time.monotonic()
+            if not any(chosen.values()):  # nothing changes: the base model's measurement
+                result, seconds = base, 0.0
+            else:
+                try:
+                    write_point(modules, originals, dropped, chosen)
+                    result = perplexity(model, windows, batch_size, progress)
+                finally:
+                    restore(modules, originals, [n for n, r in chosen.items() if r > 0])
+                seconds = time.monotonic() - started
+            sweep.points.append(point(decomposition, discard, chosen, result, seconds))
+            if on_point is not None:
+                on_point(sweep.points[-1])
+        del dropped
+    return sweep
