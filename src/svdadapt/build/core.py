@@ -1,0 +1,112 @@
+"""Building adapters: decompose each target weight per the method row, initialise its adapter and
+write the new frozen base weight into the model in place.
+
+Layers of a wave are decomposed in parallel on CPU, one BLAS thread per worker (float64 GEMMs and
+eigensolvers of this size scale poorly across threads; independent layers scale perfectly).
+Only the r components a method takes are computed. Random initial values are drawn in model order
+beforehand, so results never depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapters.init import RandomInit, draw_random, init_layer
+from ..adapters.state import AdapterSet, LayerAdapter
+from ..decompose import DECOMPOSITIONS, factorize
+from ..linalg import single_threaded
+from ..methods import Method
+from ..targets import in_out_features, set_weight_matrix, weight_matrix
+from .plan import LayerPlan
+from .waves import Unit
+
+
+class SharedContexts:
+    """The decomposition contexts of one unit (layers reading one input), built once per damping
+    and shared by the unit's layers — one damped covariance and one Cholesky factor per group."""
+
+    def __init__(self, method: Method, statistic, name: str) -> None:
+        self.row = DECOMPOSITIONS[method.decomposition] if method.decomposition else None
+        self.statistic, self.name = statistic, name
+        self.contexts: dict[float, object] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, damping: float):
+        with self.lock:
+            if damping not in self.contexts:
+                self.contexts[damping] = self.row.context(self.statistic, damping, self.name)
+            return self.contexts[damping]
+
+
+def _build_layer(
+    method: Method, name: str, plan: LayerPlan, contexts: SharedContexts, random: RandomInit, dtype
+) -> tuple[LayerAdapter, torch.Tensor | None]:
+    W = weight_matrix(plan.module)  # (out, in)
+    factors = None
+    if method.decomposition is not None:
+        factors = factorize(W, contexts, name, want=(method.components, plan.rank))
+    return init_layer(method, W, factors, plan.rank, plan.alpha, random, dtype)
+
+
+def _cost(module: nn.Module) -> int:
+    in_f, out_f = in_out_features(module)
+    return in_f * out_f * min(in_f, out_f)
+
+
+def adapter_dtype(module: nn.Module) -> torch.dtype:
+    """float32 adapters on half-precision bases (as PEFT's autocast_adapter_dtype), else the base's."""
+    dtype = module.weight.dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.no_grad()
+def build_adapters(
+    method: Method,
+    plan: dict[str, LayerPlan],
+    waves: Iterable[list[Unit]],
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> AdapterSet:
+    """Initialise every planned layer's adapter; the model's base weights are changed in place."""
+    generator = torch.Generator().manual_seed(seed)
+    randoms = {
+        name: draw_random(method, p.rank, in_out_features(p.module)[0], generator) for name, p in plan.items()
+    }
+    on_cpu = all(p.module.weight.device.type == "cpu" for p in plan.values())
+    workers = workers or (min(torch.get_num_threads(), os.cpu_count() or 1) if on_cpu else 1)
+    built: dict[str, LayerAdapter] = {}
+
+    def job(item: tuple[str, SharedContexts]) -> tuple[str, LayerAdapter]:
+        name, contexts = item
+        p = plan[name]
+        adapter, new_base = _build_layer(method, name, p, contexts, randoms[name], adapter_dtype(p.module))
+        if new_base is not None:
+            set_weight_matrix(p.module, new_base)  # layers are distinct: safe from parallel workers
+        return name, adapter
+
+    bar = tqdm(total=len(plan), desc=f"building {method.name}", unit="layer", disable=not progress)
+    with bar, ThreadPoolExecutor(workers) as pool:
+        for wave in waves:  # the wave source may run model forwards: full threads there
+            items = []
+            for unit in wave:
+                contexts = SharedContexts(method, unit.statistic, unit.names[0])
+                items += [(name, contexts) for name in unit.names if name in plan]
+            items.sort(key=lambda item: -_cost(plan[item[0]].module))  # longest first: balanced workers
+            with single_threaded(workers > 1):
+                results = list(pool.map(job, items))
+            for name, adapter in results:
+                built[name] = adapter
+                bar.update(1)
+    missing = [n for n in plan if n not in built]
+    if missing:
+        raise RuntimeError(f"no statistics reached {len(missing)} layers, e.g. {missing[0]}")
+    conv1d = [n for n, p in plan.items() if type(p.module).__name__ == "Conv1D"]
+    return AdapterSet(method.name, {n: built[n] for n in plan}, conv1d)
