@@ -77,6 +77,12 @@ def _eval(opts) -> None:
     print(f"results: {out}" if out else "results: not written (pass --out FILE.json to keep them)")
 
 
+def _run(opts) -> None:
+    from .pipeline import run_recipe
+
+    run_recipe(opts)
+
+
 def _commands() -> dict[str, Command]:
     from .build.job import BuildOptions
     from .calibrate.job import CalibrateOptions
@@ -84,6 +90,7 @@ def _commands() -> dict[str, Command]:
     from .evaluate.job import EvalOptions
     from .export import ExportOptions
     from .merge import MergeOptions
+    from .pipeline import RunOptions
     from .quickstart import QuickstartOptions
     from .train.job import TrainOptions
 
@@ -96,6 +103,7 @@ def _commands() -> dict[str, Command]:
         "train": Command(TrainOptions, _train),
         "eval": Command(EvalOptions, _eval),
         "compress": Command(CompressOptions, _compress),
+        "run": Command(RunOptions, _run),
     }
 
 
