@@ -77,9 +77,7 @@ def build_adapters(
 ) -> AdapterSet:
     """Initialise every planned layer's adapter; the model's base weights are changed in place."""
     generator = torch.Generator().manual_seed(seed)
-    randoms = {
-        name: draw_random(method, p.rank, in_out_features(p.module)[0], generator) for name, p in plan.items()
-    }
+    randoms = {name: draw_random(method, p.rank, in_out_features(p.module)[0], generator) for name, p in plan.items()}
     on_cpu = all(p.module.weight.device.type == "cpu" for p in plan.values())
     workers = workers or (min(torch.get_num_threads(), os.cpu_count() or 1) if on_cpu else 1)
     built: dict[str, LayerAdapter] = {}

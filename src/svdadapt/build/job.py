@@ -141,7 +141,9 @@ def summary(run: Run) -> str:
     ranks = sorted({v["rank"] for v in layers.values()})
     dampings = sorted({v["damping"] for v in layers.values() if v["damping"] is not None})
     state = run.adapters()
-    trainable = sum(a.A.numel() + a.B.numel() + (0 if a.diag is None else a.diag.numel()) for a in state.layers.values())
+    trainable = sum(
+        a.A.numel() + a.B.numel() + (0 if a.diag is None else a.diag.numel()) for a in state.layers.values()
+    )
     base = f"residual weights in {run.path / 'base'}" if run.base_changed else "the original model, untouched"
     lines = [
         f"run: {run.path}",

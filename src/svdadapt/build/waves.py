@@ -51,7 +51,9 @@ def waves_from_store(store: CovarianceStore, names: list[str], needs: str) -> It
             unit.statistic = None  # free as soon as the wave is done
 
 
-def waves_on_the_fly(model, batches, modules: dict, needs: str, accumulate_dtype, progress: bool) -> Iterator[list[Unit]]:
+def waves_on_the_fly(
+    model, batches, modules: dict, needs: str, accumulate_dtype, progress: bool
+) -> Iterator[list[Unit]]:
     """Calibrate block by block and hand over each block's groups as one wave."""
     total = sum(int(b["input_ids"].shape[0]) for b in batches)
     for _, groups in iter_covariances(
