@@ -57,8 +57,11 @@ def child_svdadapt(tokens_file: str, mode: str, batch_size: int, dtype: str) -> 
 
 def child_cli(out: str) -> dict:
     """`svdadapt calibrate` as a user runs it: same wiki windows, block shards written to disk."""
+    import shutil
+
     from svdadapt.cli import main as svdadapt_main
 
+    shutil.rmtree(out, ignore_errors=True)  # a fresh store each repeat
     start = time.perf_counter()
     code = svdadapt_main(
         ["calibrate", "--model", "default", "--data", "wiki", "--samples", str(SAMPLES), "--seq-len", str(SEQ_LEN),

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,3 +189,21 @@ def mixed_conv1d(adapters: AdapterSet) -> None:
     """PEFT's fan_in_fan_out is one flag per adapter: refuse a mix of Conv1D and Linear targets."""
     if adapters.conv1d and len(adapters.conv1d) != len(adapters.layers):
         raise SvdadaptError("targets mix Conv1D and nn.Linear layers; PEFT cannot save that as one LoRA")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link (files in a run are replaced, never rewritten in place), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def copy_run(run: Run, out: Path) -> Run:
+    """A copy of ``run`` at ``out`` (without its checkpoints and evaluations) to train on while the
+    original stays as it is; files are hard-linked where the file system allows."""
+    check_run_out(out)
+    skip = shutil.ignore_patterns("checkpoints", "eval")
+    with atomic_directory(out) as tmp:
+        shutil.copytree(run.path, tmp, ignore=skip, copy_function=_link_or_copy, dirs_exist_ok=True)
+    return Run.open(out)

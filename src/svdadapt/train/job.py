@@ -11,12 +11,13 @@ from pathlib import Path
 from ..adapters.inject import adapter_state, inject
 from ..atomic import write_json
 from ..build.job import BuildOptions, build
-from ..calibrate.job import MODEL_HELP, _check_device, default_device
+from ..calibrate.job import MODEL_HELP, _check_device
+from ..distributed import is_main_process, launch_device, world_size
 from ..errors import SvdadaptError
 from ..kasa import check_coefficients
 from ..methods import METHODS, TRUNCATIONS
 from ..options import opt
-from ..runs import RUN_FILE, Run, update_run
+from ..runs import RUN_FILE, Run, copy_run, update_run
 from .tasks import TASK_CHOICES, classification_task
 
 SCHEDULES = ["linear", "cosine", "constant", "constant_with_warmup"]
@@ -27,7 +28,11 @@ class TrainOptions:
     """Fine-tune adapters on a task with transformers.Trainer: GLUE-style sequence classification
     (the task head trains in full) or instruction fine-tuning of a causal LM (loss on responses)."""
 
-    out: str = opt(help="run directory: built here first unless --run names an existing run")
+    out: str | None = opt(
+        None,
+        "run directory: built here first, or with --run a copy of RUN trained here (default with --run: "
+        "train RUN in place)",
+    )
     task: str = opt("sft", "what to train on", choices=TASK_CHOICES)
     run: str | None = opt(None, "an existing run (from svdadapt build) to train, in place of --model/--method")
     model: str | None = opt(None, MODEL_HELP)
@@ -74,6 +79,8 @@ class TrainOptions:
 
 
 def _validate(opts: TrainOptions) -> None:
+    if not opts.out and not opts.run:
+        raise SvdadaptError("give --out (the run directory to build and train), or --run RUN")
     check_coefficients(opts.beta, opts.gamma)
     for name in ("rank", "batch_size", "eval_batch_size", "grad_accum", "max_length", "logging_steps"):
         if getattr(opts, name) < 1:
@@ -108,12 +115,26 @@ def prepare_run(opts: TrainOptions, progress: bool) -> Run:
             )
         if task is None and run.meta.get("head") == "seq-cls":
             raise SvdadaptError(f"{opts.run} has a classification head; --task sft needs a causal LM run")
-        return run
+        out = Path(opts.out).expanduser() if opts.out else run.path
+        if out.resolve() == run.path.resolve():
+            return run
+        if opts.resume and (out / RUN_FILE).is_file():
+            return Run.open(out)
+        if world_size() > 1:
+            raise SvdadaptError("under a multi-process launcher, train --run RUN in place (leave out --out)")
+        return copy_run(run, out)
+    if not opts.out:
+        raise SvdadaptError("give --out (the run directory to build and train), or --run RUN")
     out = Path(opts.out).expanduser()
     if opts.resume and (out / RUN_FILE).is_file():
         return Run.open(out)
     if not opts.model or not opts.method:
         raise SvdadaptError("give --model and --method to build a run here, or --run to train an existing one")
+    if world_size() > 1:
+        raise SvdadaptError(
+            "under a multi-process launcher, train an existing run: `svdadapt build ... --out RUN` first, "
+            "then launch `svdadapt train --run RUN ...`"
+        )
     build_opts = BuildOptions(
         model=opts.model, method=opts.method, rank=opts.rank, alpha=opts.alpha, out=str(out),
         covariances=opts.covariances, data=opts.calib_data, samples=opts.calib_samples,
@@ -141,7 +162,7 @@ def train(opts: TrainOptions, progress: bool = True) -> Run:
     from .session import prepare_data, run_training
 
     _validate(opts)
-    device = _check_device(opts.device or default_device())
+    device = _check_device(opts.device or launch_device())
     started = time.monotonic()
     data = prepare_data(opts, _tokenizer(opts))  # bad data fails before a run is built
     run = prepare_run(opts, progress)
@@ -149,6 +170,8 @@ def train(opts: TrainOptions, progress: bool = True) -> Run:
     inject(loaded.model, run.adapters(), dropout=run.meta.get("dropout", opts.dropout))
     result = run_training(opts, run, loaded, data, progress)
     head = result.pop("head_state")
+    if not is_main_process():  # one writer: the other processes of a launch only trained
+        return run
     trained = adapter_state(loaded.model, run.meta["method"])
     summary = {**result, "seconds": round(time.monotonic() - started, 1), "task": opts.task}
     run = update_run(run, trained, head=head or None, training=summary)

@@ -117,7 +117,10 @@ def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
     checkpoint = get_last_checkpoint(args.output_dir) if opts.resume and Path(args.output_dir).is_dir() else None
     output = trainer.train(resume_from_checkpoint=checkpoint)
     model.eval()
-    curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", f"{run.meta['method']} on {opts.task}")
+    title = f"{run.meta['method']} on {opts.task}"
+    curve = None
+    if trainer.is_world_process_zero():
+        curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", title)
     best = line.best
     return {
         "train_loss": output.training_loss,

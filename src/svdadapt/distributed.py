@@ -1,0 +1,30 @@
+"""Multi-process launches (`torchrun`, `accelerate launch`): which process this is, and its device.
+
+Training under such a launcher is Trainer's own data parallelism; svdadapt only makes sure that one
+process writes the run and that each process starts on its own accelerator.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def world_size() -> int:
+    """Processes in the launch (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the launch, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def launch_device() -> str:
+    """The default device of this process: its own GPU under a launcher, else cuda or cpu."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    if world_size() > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cuda"
