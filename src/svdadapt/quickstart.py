@@ -30,9 +30,9 @@ QUICK_METHODS = {
 
 @dataclass(kw_only=True)
 class QuickstartOptions:
-    """Calibrate the embedded SmolLM2 on bundled Wikipedia text, build corda-kpa, lora and kasa adapters,
-    fine-tune each on the bundled polarity task, and compare task accuracy and held-out perplexity before
-    and after, into a report folder (no hub access; a few minutes on a 2-core CPU)."""
+    """Calibrate the embedded SmolLM2 on bundled Wikipedia text, build corda-kpa, lora and kasa (plain and
+    context truncation) adapters, fine-tune each on the bundled polarity task, and compare task accuracy
+    and held-out perplexity before and after, into a report folder (no hub access; minutes on a 2-core CPU)."""
 
     out: str = opt("svdadapt-quickstart", "directory for everything the quickstart writes")
     model: str = opt("default", "model to run it on (the embedded SmolLM2 by default)")

@@ -17,6 +17,13 @@ from .datasets import CausalCollator, classification_features, sft_features
 from .tasks import classification_task, load_rows
 from .trainer import EpochLine, StepTimer, SvdadaptTrainer
 
+# transformers 5 renamed gradient_checkpointing (the old name warns); older versions know only that one
+CHECKPOINTING = next(
+    name
+    for name in ("activation_checkpointing", "gradient_checkpointing")
+    if name in TrainingArguments.__dataclass_fields__
+)
+
 
 def head_modules(model) -> list[str]:
     """Top-level modules outside the model body that hold parameters: the task head."""
@@ -100,7 +107,7 @@ def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
         data_seed=opts.seed,
         bf16=opts.bf16,
         fp16=opts.fp16,
-        gradient_checkpointing=opts.gradient_checkpointing,
+        **{CHECKPOINTING: opts.gradient_checkpointing},
         report_to=[t for t in opts.report_to.split(",") if t and t != "none"] or "none",
         disable_tqdm=not progress,
         remove_unused_columns=False,
