@@ -160,7 +160,7 @@ def test_bad_inputs(capsys, tiny_dirs, cola_dir, stsb_dir, tmp_path):
     assert main(["build", "--model", str(tiny_dirs["bert"]), "--method", "lora", "--rank", "4", "--head", "seq-cls",
                  "--num-labels", "2", "--out", str(tmp_path / "cls"), "--device", "cpu"]) == 0  # fmt: skip
     capsys.readouterr()
-    msg = _bad(capsys, "train", "--run", tmp_path / "cls", "--task", "glue:stsb", "--data-dir", stsb_dir,
+    msg = _bad(capsys, "train", tmp_path / "cls", "--task", "glue:stsb", "--data-dir", stsb_dir,
                "--out", tmp_path / "cls")  # fmt: skip
     assert "regression task" in msg
     with pytest.raises(SystemExit):

@@ -23,7 +23,7 @@ def build_run(tiny_dirs, out):
 def test_training_into_a_copy_leaves_the_built_run_as_it_was(capsys, tiny_dirs, tmp_path):
     build_run(tiny_dirs, tmp_path / "built")
     before = (tmp_path / "built" / "adapter_state.safetensors").read_bytes()
-    assert main(["train", "--run", str(tmp_path / "built"), "--out", str(tmp_path / "trained"), *SFT]) == 0
+    assert main(["train", str(tmp_path / "built"), "--out", str(tmp_path / "trained"), *SFT]) == 0
     built, trained = Run.open(tmp_path / "built"), Run.open(tmp_path / "trained")
     assert built.meta["stage"] == "built" and trained.meta["stage"] == "trained"
     assert (tmp_path / "built" / "adapter_state.safetensors").read_bytes() == before
@@ -40,7 +40,7 @@ def test_torchrun_two_processes_train_one_run(tiny_dirs, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
               "-m", "svdadapt", "train"]  # fmt: skip
-    proc = subprocess.run([*launch, "--run", str(tmp_path / "run"), *SFT], env=env, capture_output=True, text=True)
+    proc = subprocess.run([*launch, str(tmp_path / "run"), *SFT], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "train_results.json").read_text())
     assert results["steps"] == 2  # 32 examples, 8 per process, 2 processes: 2 steps, not 4

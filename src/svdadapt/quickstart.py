@@ -42,7 +42,7 @@ class QuickstartOptions:
     calib_seq_len: int = opt(256, "tokens per calibration window")
     epochs: float = opt(1.0, "fine-tuning epochs on the 160 polarity training examples")
     module_lr: float = opt(5e-4, "adapter learning rate")
-    eval_windows: int = opt(16, "held-out wiki perplexity windows")
+    eval_windows: int = opt(12, "held-out wiki perplexity windows")
     eval_seq_len: int = opt(256, "tokens per perplexity window")
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
 
@@ -58,6 +58,14 @@ def _evaluate(model, tokenizer, opts: QuickstartOptions) -> dict:
         "accuracy": results["tasks"]["polarity-instruct"]["accuracy"],
         "perplexity": results["perplexity"]["wiki-heldout"]["perplexity"],
     }
+
+
+def _unchanged_at_init(method: str) -> bool:
+    """Is the adapted model exactly the original at init (untouched base, B = 0)? Then it needs no evaluation."""
+    from .methods import METHODS
+
+    row = METHODS[method]
+    return row.base == "original" and row.init == "lora"
 
 
 def _train_method(name: str, covariances: Path, opts: QuickstartOptions, out: Path):
@@ -159,6 +167,9 @@ def quickstart(opts: QuickstartOptions) -> dict:
         runs[name] = run = _train_method(name, covariances, opts, out)
         trained_in = time.monotonic() - t
         for stage, initial in (("at init", True), ("trained", False)):
+            if initial and _unchanged_at_init(QUICK_METHODS[name][0]):
+                rows[f"{name} {stage}"] = dict(rows["original (no adapter)"])  # B = 0 on the original W
+                continue
             loaded = run.load_base(device=device)
             inject(loaded.model, run.adapters(initial=initial))
             row = _evaluate(loaded.model, loaded.tokenizer, opts)

@@ -20,6 +20,7 @@ from ..options import opt
 from ..runs import RUN_FILE, Run, copy_run, update_run
 from .tasks import TASK_CHOICES, classification_task
 
+NO_RUN = "give --model, --method and --out to build a run and train it, or an existing run: svdadapt train RUN"
 SCHEDULES = ["linear", "cosine", "constant", "constant_with_warmup"]
 
 
@@ -30,11 +31,13 @@ class TrainOptions:
 
     out: str | None = opt(
         None,
-        "run directory: built here first, or with --run a copy of RUN trained here (default with --run: "
+        "run directory: built here first, or with RUN a copy of RUN trained here (default with RUN: "
         "train RUN in place)",
     )
     task: str = opt("sft", "what to train on", choices=TASK_CHOICES)
-    run: str | None = opt(None, "an existing run (from svdadapt build) to train, in place of --model/--method")
+    run: str | None = opt(
+        None, "an existing run (from svdadapt build) to train, in place of --model/--method", positional=True, nargs="?"
+    )
     model: str | None = opt(None, MODEL_HELP)
     method: str | None = opt(None, "adapter method when building the run here", choices=list(METHODS))
     rank: int = opt(8, "adapter rank r")
@@ -80,7 +83,7 @@ class TrainOptions:
 
 def _validate(opts: TrainOptions) -> None:
     if not opts.out and not opts.run:
-        raise SvdadaptError("give --out (the run directory to build and train), or --run RUN")
+        raise SvdadaptError(NO_RUN)
     check_coefficients(opts.beta, opts.gamma)
     for name in ("rank", "batch_size", "eval_batch_size", "grad_accum", "max_length", "logging_steps"):
         if getattr(opts, name) < 1:
@@ -97,7 +100,7 @@ def _validate(opts: TrainOptions) -> None:
 
 
 def prepare_run(opts: TrainOptions, progress: bool) -> Run:
-    """The run to train: ``--run``, an existing run at OUT (resume), or one built into OUT now."""
+    """The run to train: `RUN`, an existing run at OUT (resume), or one built into OUT now."""
     task = classification_task(opts.task)
     head = "seq-cls" if task is not None else "auto"
     if opts.run:
@@ -121,19 +124,19 @@ def prepare_run(opts: TrainOptions, progress: bool) -> Run:
         if opts.resume and (out / RUN_FILE).is_file():
             return Run.open(out)
         if world_size() > 1:
-            raise SvdadaptError("under a multi-process launcher, train --run RUN in place (leave out --out)")
+            raise SvdadaptError("under a multi-process launcher, train RUN in place (leave out --out)")
         return copy_run(run, out)
     if not opts.out:
-        raise SvdadaptError("give --out (the run directory to build and train), or --run RUN")
+        raise SvdadaptError(NO_RUN)
     out = Path(opts.out).expanduser()
     if opts.resume and (out / RUN_FILE).is_file():
         return Run.open(out)
     if not opts.model or not opts.method:
-        raise SvdadaptError("give --model and --method to build a run here, or --run to train an existing one")
+        raise SvdadaptError(NO_RUN)
     if world_size() > 1:
         raise SvdadaptError(
             "under a multi-process launcher, train an existing run: `svdadapt build ... --out RUN` first, "
-            "then launch `svdadapt train --run RUN ...`"
+            "then launch `svdadapt train RUN ...`"
         )
     build_opts = BuildOptions(
         model=opts.model, method=opts.method, rank=opts.rank, alpha=opts.alpha, out=str(out),
@@ -153,7 +156,7 @@ def _tokenizer(opts: TrainOptions):
     if opts.resume and (Path(opts.out).expanduser() / RUN_FILE).is_file():
         return load_tokenizer(Run.open(opts.out).base_location)
     if not opts.model:
-        raise SvdadaptError("give --model and --method to build a run here, or --run to train an existing one")
+        raise SvdadaptError(NO_RUN)
     return load_tokenizer(resolve_location(opts.model))
 
 
