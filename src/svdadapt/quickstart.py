@@ -130,7 +130,7 @@ def _table(rows: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        change = (r["perplexity"] / base["perplexity"] - 1) * 100
+        change = round((r["perplexity"] / base["perplexity"] - 1) * 100, 1) + 0.0  # + 0.0: no "-0.0%"
         seconds = f"{r['train_seconds']:.0f}" if "train_seconds" in r else "–"
         lines.append(f"| {name} | {r['accuracy']:.3f} | {r['perplexity']:.3f} | {change:+.1f}% | {seconds} |")
     return "\n".join(lines)
