@@ -99,7 +99,7 @@ def child_decomposition_timing() -> dict:
 
     from svdadapt.calibrate import collect_covariances
     from svdadapt.data import make_batches, make_samples, resolve
-    from svdadapt.decompose import context_svd
+    from svdadapt.decompose import context_svd, covariance_context, factorize
     from svdadapt.models import load_model
     from svdadapt.targets import find_targets, weight_matrix
 
@@ -116,6 +116,9 @@ def child_decomposition_timing() -> dict:
         timings = {}
         for label, fn in {
             "context": lambda W=W, C=C, name=name: context_svd(W, C, name=name),
+            "kpa bottom-r": lambda W=W, C=C, name=name: factorize(
+                W, lambda d: covariance_context(C, d, name), name, want=("bottom", RANK)
+            ),
             "plain svd float64": lambda W=W: torch.linalg.svd(W.double(), full_matrices=False),
             "plain svd float32": lambda W=W: torch.linalg.svd(W.float(), full_matrices=False),
         }.items():
@@ -203,11 +206,12 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name:56s} {value:6.2f}")
     print("\ndecomposition per layer of block 10 (ms, best of 3)")
-    print(f"{'layer':16s} {'shape':>12s} {'context':>9s} {'svd f64':>9s} {'svd f32':>9s} {'ctx/svd64':>9s}")
+    columns = ("context", "kpa r", "svd f64", "svd f32", "kpa/svd64")
+    print(f"{'layer':16s} {'shape':>12s} " + " ".join(f"{c:>9s}" for c in columns))
     for name, row in decomposition.items():
         shape = "x".join(map(str, row["shape"]))
-        ctx, f64, f32 = row["context"], row["plain svd float64"], row["plain svd float32"]
-        print(f"{name:16s} {shape:>12s} {ctx:9.1f} {f64:9.1f} {f32:9.1f} {ctx / f64:9.2f}")
+        ctx, kpa, f64, f32 = (row[k] for k in ("context", "kpa bottom-r", "plain svd float64", "plain svd float32"))
+        print(f"{name:16s} {shape:>12s} {ctx:9.1f} {kpa:9.1f} {f64:9.1f} {f32:9.1f} {kpa / f64:9.2f}")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"runs": runs, "ratios": ratios, "decomposition": decomposition}, indent=2)
