@@ -51,3 +51,29 @@ def test_torchrun_two_processes_train_one_run(tiny_dirs, tmp_path):
     )  # fmt: skip
     assert refused.returncode != 0 and "train an existing run" in refused.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_every_train_flag_passes_through_the_launchers():
+    """torchrun's parser rejects a flag that abbreviates two of its own (as --run did --run-path)."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+
+    from svdadapt.options import add_options
+    from svdadapt.train.job import TrainOptions
+
+    ours = argparse.ArgumentParser()
+    add_options(ours, TrainOptions)
+    flags = [s for action in ours._actions for s in action.option_strings if s.startswith("--")]
+    assert "--out" in flags and "--module-lr" in flags
+    parsers = [get_args_parser()]
+    try:
+        from accelerate.commands.launch import launch_command_parser
+
+        parsers.append(launch_command_parser())
+    except ImportError:  # accelerate is a dependency; its CLI module may move between versions
+        pass
+    for parser in parsers:
+        for flag in [*flags, "--config"]:
+            parsed = parser.parse_args(["-m", "svdadapt", "train", "RUN", flag])
+            assert parsed.training_script_args[-1] == flag
