@@ -224,3 +224,19 @@ DECOMPOSITIONS = {
         Decomposition("context", "covariance", covariance_context),
     )
 }
+
+
+def shared_contexts(row: Decomposition, statistic: torch.Tensor | None, name: str) -> Callable[[float], Context]:
+    """``make_context`` for :func:`factorize`, shared by the layers of one unit (layers reading one
+    input): K is built once per damping — one damped covariance and one Cholesky factor per group —
+    and safe to call from parallel workers."""
+    cache: dict[float, Context] = {}
+    lock = threading.Lock()
+
+    def make(damping: float) -> Context:
+        with lock:
+            if damping not in cache:
+                cache[damping] = row.context(statistic, damping, name)
+            return cache[damping]
+
+    return make

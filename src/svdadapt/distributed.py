@@ -21,7 +21,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def launch_device() -> str:
+def default_device() -> str:
     """The default device of this process: its own GPU under a launcher, else cuda or cpu."""
     if not torch.cuda.is_available():
         return "cpu"

@@ -33,6 +33,13 @@ def eigh(G: torch.Tensor, subset: tuple[int, int] | None = None) -> tuple[torch.
     return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
+def parallel_workers(on_cpu: bool) -> int:
+    """Layers decomposed side by side: one per core on CPU (each single-threaded), one on an accelerator."""
+    import os
+
+    return min(torch.get_num_threads(), os.cpu_count() or 1) if on_cpu else 1
+
+
 @contextmanager
 def single_threaded(enabled: bool = True):
     """One torch and one BLAS thread per worker of a pool: independent layers run side by side."""

@@ -9,9 +9,7 @@ beforehand, so results never depend on scheduling.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -20,33 +18,16 @@ from tqdm.auto import tqdm
 
 from ..adapters.init import RandomInit, draw_random, init_layer
 from ..adapters.state import AdapterSet, LayerAdapter
-from ..decompose import DECOMPOSITIONS, factorize
-from ..linalg import single_threaded
+from ..decompose import DECOMPOSITIONS, Context, factorize, shared_contexts
+from ..linalg import parallel_workers, single_threaded
 from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 from .plan import LayerPlan
 from .waves import Unit
 
 
-class SharedContexts:
-    """The decomposition contexts of one unit (layers reading one input), built once per damping
-    and shared by the unit's layers — one damped covariance and one Cholesky factor per group."""
-
-    def __init__(self, method: Method, statistic, name: str) -> None:
-        self.row = DECOMPOSITIONS[method.decomposition] if method.decomposition else None
-        self.statistic, self.name = statistic, name
-        self.contexts: dict[float, object] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, damping: float):
-        with self.lock:
-            if damping not in self.contexts:
-                self.contexts[damping] = self.row.context(self.statistic, damping, self.name)
-            return self.contexts[damping]
-
-
 def _build_layer(
-    method: Method, name: str, plan: LayerPlan, contexts: SharedContexts, random: RandomInit, dtype
+    method: Method, name: str, plan: LayerPlan, contexts: Callable[[float], Context] | None, random: RandomInit, dtype
 ) -> tuple[LayerAdapter, torch.Tensor | None]:
     W = weight_matrix(plan.module)  # (out, in)
     factors = None
@@ -77,12 +58,13 @@ def build_adapters(
 ) -> AdapterSet:
     """Initialise every planned layer's adapter; the model's base weights are changed in place."""
     generator = torch.Generator().manual_seed(seed)
+    row = DECOMPOSITIONS[method.decomposition] if method.decomposition else None
     randoms = {name: draw_random(method, p.rank, in_out_features(p.module)[0], generator) for name, p in plan.items()}
     on_cpu = all(p.module.weight.device.type == "cpu" for p in plan.values())
-    workers = workers or (min(torch.get_num_threads(), os.cpu_count() or 1) if on_cpu else 1)
+    workers = workers or parallel_workers(on_cpu)
     built: dict[str, LayerAdapter] = {}
 
-    def job(item: tuple[str, SharedContexts]) -> tuple[str, LayerAdapter]:
+    def job(item: tuple[str, Callable[[float], Context] | None]) -> tuple[str, LayerAdapter]:
         name, contexts = item
         p = plan[name]
         adapter, new_base = _build_layer(method, name, p, contexts, randoms[name], adapter_dtype(p.module))
@@ -95,7 +77,7 @@ def build_adapters(
         for wave in waves:  # the wave source may run model forwards: full threads there
             items = []
             for unit in wave:
-                contexts = SharedContexts(method, unit.statistic, unit.names[0])
+                contexts = shared_contexts(row, unit.statistic, unit.names[0]) if row else None
                 items += [(name, contexts) for name in unit.names if name in plan]
             items.sort(key=lambda item: -_cost(plan[item[0]].module))  # longest first: balanced workers
             with single_threaded(workers > 1):

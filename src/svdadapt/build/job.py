@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from ..calibrate.engine import DTYPES
-from ..calibrate.job import MODEL_HELP, _check_device, default_device
+from ..calibrate.job import MODEL_HELP, _check_device
 from ..data.options import DataOptions
 from ..decompose import as_float64
+from ..distributed import default_device
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity
 from ..methods import METHODS, TRUNCATIONS, get_method

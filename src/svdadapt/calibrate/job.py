@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..data.options import DataOptions
+from ..distributed import default_device
 from ..errors import SvdadaptError
 from ..models import describe_model, load_model, max_positions
 from ..options import opt
@@ -18,10 +19,6 @@ from .engine import DTYPES, MODES, iter_covariances, resolve_mode
 from .partial import PartialRun, check_out_dir
 
 MODEL_HELP = "local model directory, hub id, `default` (SmolLM2-135M-Instruct) or `default-encoder` (all-MiniLM-L6-v2)"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(kw_only=True)

@@ -9,8 +9,6 @@ that every point starts from W exactly.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,8 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..build.waves import Unit
-from ..decompose import Context, Decomposition, factorize
-from ..linalg import single_threaded
+from ..decompose import Context, Decomposition, factorize, shared_contexts
+from ..linalg import parallel_workers, single_threaded
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 
 
@@ -45,20 +43,6 @@ def min_dim(module: nn.Module) -> int:
     return min(in_out_features(module))
 
 
-def shared_contexts(row: Decomposition, statistic: torch.Tensor | None, name: str) -> Callable[[float], Context]:
-    """K for one unit (layers reading one input), built once per damping and shared by its layers."""
-    cache: dict[float, Context] = {}
-    lock = threading.Lock()
-
-    def make(damping: float) -> Context:
-        with lock:
-            if damping not in cache:
-                cache[damping] = row.context(statistic, damping, name)
-            return cache[damping]
-
-    return make
-
-
 @torch.no_grad()
 def decompose_bottom(
     row: Decomposition,
@@ -69,7 +53,7 @@ def decompose_bottom(
 ) -> dict[str, Dropped]:
     """The r_max[name] smallest components of every layer in ``waves`` (one factorization each)."""
     on_cpu = all(m.weight.device.type == "cpu" for m in modules.values())
-    workers = min(torch.get_num_threads(), os.cpu_count() or 1) if on_cpu else 1
+    workers = parallel_workers(on_cpu)
 
     def job(item: tuple[str, Callable[[float], Context]]) -> tuple[str, Dropped]:
         name, make = item

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..calibrate.job import MODEL_HELP, _check_device, default_device
+from ..calibrate.job import MODEL_HELP, _check_device
 from ..decompose import DECOMPOSITIONS, as_float64
+from ..distributed import default_device
 from ..errors import SvdadaptError
 from ..evaluate import evaluation_windows
 from ..fingerprint import model_identity

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..adapters.inject import inject
 from ..atomic import write_json
-from ..calibrate.job import _check_device, default_device
+from ..calibrate.job import _check_device
 from ..data.templates import TEMPLATES
+from ..distributed import default_device
 from ..errors import SvdadaptError
 from ..models import LoadedModel, load_model
 from ..options import opt
