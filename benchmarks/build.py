@@ -94,12 +94,11 @@ def child_peft(save_to: str | None = None) -> dict:
 
 
 def child_decomposition_timing() -> dict:
-    """Per layer shape of SmolLM2 block 10: our context decomposition vs one plain float64 SVD."""
-    import torch
-
+    """Per layer shape of SmolLM2 block 10: our context decomposition vs one plain float64 SVD, on
+    one thread as each of build's parallel workers runs it."""
     from svdadapt.calibrate import collect_covariances
     from svdadapt.data import make_batches, make_samples, resolve
-    from svdadapt.decompose import context_svd, covariance_context, factorize
+    from svdadapt.linalg import single_threaded
     from svdadapt.models import load_model
     from svdadapt.targets import find_targets, weight_matrix
 
@@ -110,27 +109,35 @@ def child_decomposition_timing() -> dict:
     modules = {n: m for n, m in find_targets(loaded.model, PROJECTIONS).items() if n.startswith(block)}
     store = collect_covariances(loaded.model, batches, list(modules))
     rows = {}
-    for name, module in modules.items():
-        W = weight_matrix(module).detach()
-        C = store.covariance(name)
-        timings = {}
-        for label, fn in {
-            "context": lambda W=W, C=C, name=name: context_svd(W, C, name=name),
-            "kpa bottom-r": lambda W=W, C=C, name=name: factorize(
-                W, lambda d: covariance_context(C, d, name), name, want=("bottom", RANK)
-            ),
-            "plain svd float64": lambda W=W: torch.linalg.svd(W.double(), full_matrices=False),
-            "plain svd float32": lambda W=W: torch.linalg.svd(W.float(), full_matrices=False),
-        }.items():
-            fn()
-            reps = []
-            for _ in range(3):
-                t = time.perf_counter()
-                fn()
-                reps.append(time.perf_counter() - t)
-            timings[label] = min(reps) * 1e3
-        rows[name[len(block) :]] = {"shape": list(W.shape), **timings}
+    with single_threaded():
+        for name, module in modules.items():
+            W = weight_matrix(module).detach()
+            rows[name[len(block) :]] = {"shape": list(W.shape), **_time_layer(W, store.covariance(name), name)}
     return {"timed_s": 0.0, "rows": rows}
+
+
+def _time_layer(W, C, name: str) -> dict:
+    """Best of 3 (after a warm-up), in milliseconds."""
+    import torch
+
+    from svdadapt.decompose import context_svd, covariance_context, factorize
+
+    contestants = {
+        "context": lambda: context_svd(W, C, name=name),
+        "kpa bottom-r": lambda: factorize(W, lambda d: covariance_context(C, d, name), name, want=("bottom", RANK)),
+        "plain svd float64": lambda: torch.linalg.svd(W.double(), full_matrices=False),
+        "plain svd float32": lambda: torch.linalg.svd(W.float(), full_matrices=False),
+    }
+    timings = {}
+    for label, fn in contestants.items():
+        fn()
+        reps = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            reps.append(time.perf_counter() - start)
+        timings[label] = min(reps) * 1e3
+    return timings
 
 
 CHILDREN = {

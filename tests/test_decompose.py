@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from svdadapt import SvdadaptError
-from svdadapt.decompose import asvd, context_svd, plain_svd
+from svdadapt import SvdadaptError, decompose, linalg
+from svdadapt.decompose import asvd, context_svd, factorize, identity_context, plain_svd
 
 SHAPES = [(48, 48), (24, 64), (96, 40)]  # square, out < in, out > in
 
@@ -64,6 +64,43 @@ def test_ill_conditioned_weights_take_the_full_svd_path():
     f = plain_svd(W)
     assert (f.product() - W).abs().max() < 1e-14
     torch.testing.assert_close(f.S[-3:], S[-3:], rtol=1e-3, atol=0)  # the smallest still resolved
+
+
+def _graded(out_f, in_f, smallest, seed=5):
+    """W = U diag(S) Vᵀ with S from 1 down to ``smallest`` (log-spaced): its Gram squares that."""
+    gen = torch.Generator().manual_seed(seed)
+    k = min(out_f, in_f)
+    U = torch.linalg.qr(torch.randn(out_f, k, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(in_f, k, generator=gen, dtype=torch.float64))[0]
+    S = torch.logspace(0, torch.log10(torch.tensor(smallest)).item(), k, dtype=torch.float64)
+    return (U * S) @ V.T, (U, S, V)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (96, 64), (64, 96)])  # square, tall, wide
+def test_bottom_components_below_gram_resolution_are_refined_not_blurred(shape, monkeypatch):
+    """σ_min/σ_max = 1e-9: the Gram (σ² down to 1e-18, below float64's 2e-16) cannot resolve the
+    bottom components — squaring would leave errors ~eps·σ_max²/σ_min ≈ 1e-7 — so they are refined
+    by inverse iteration on the QR factor, and no full SVD is taken. Tolerance 1e-13 absolute
+    (σ_max = 1): a backward-stable float64 method is within ~n·eps·σ_max ≈ 1e-14."""
+    W, (U, S, V) = _graded(*shape, smallest=1e-9)
+    monkeypatch.setattr(decompose, "_full_svd", lambda *a, **k: pytest.fail("took the full SVD"))
+    r = 4
+    f = factorize(W, lambda _: identity_context(), want=("bottom", r))
+    ref = (U[:, -r:] * S[-r:]) @ V[:, -r:].T  # norm ~4e-9
+    assert (f.product() - ref).norm() < 1e-13
+    torch.testing.assert_close(f.S, S[-r:], rtol=0, atol=1e-14)
+
+
+def test_refinement_that_does_not_settle_falls_back_to_the_full_svd(monkeypatch):
+    W, (U, S, V) = _graded(64, 64, smallest=1e-9)
+    monkeypatch.setattr(linalg, "REFINE_MAX_ITER", 1)  # one step cannot show convergence
+    calls = []
+    full = decompose._full_svd
+    monkeypatch.setattr(decompose, "_full_svd", lambda *a, **k: calls.append(1) or full(*a, **k))
+    f = factorize(W, lambda _: identity_context(), want=("bottom", 4))
+    assert calls == [1]
+    ref = (U[:, -4:] * S[-4:]) @ V[:, -4:].T
+    assert (f.product() - ref).norm() < 1e-13
 
 
 def test_singular_covariance_is_handled_by_damping_never_nan():

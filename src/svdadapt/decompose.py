@@ -10,7 +10,9 @@ are wanted (building adapters) only those r eigenpairs are computed. The other f
 W itself, so U·diag(S)·Vᵀ reproduces W (or, for r components, exactly the part of W they span) to
 float64 rounding by construction. Squaring blurs what lies below ~1e-8 of the largest singular
 value; where the components asked for could be blurred (a tiny singular value or spectral gap at
-the cut), a full SVD of M is used instead. K⁻¹ is never formed: C' is Cholesky-factored and solved
+the cut), the smallest ones are refined by block inverse iteration on the triangular factor of a
+QR of M — backward stable, seeded by the blurred Gram eigenvectors, a few triangular solves — and
+anything else takes a full SVD of M. K⁻¹ is never formed: C' is Cholesky-factored and solved
 against.
 """
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SvdadaptError
-from .linalg import eigh
+from .linalg import eigh, refine_bottom_singular
 
 GRAM_SAFE_RATIO = 1e-6  # full decompositions: below this σ_min/σ_max, use a full SVD
 # r components from the Gram: the subspace error measured on real SmolLM2 layers is ~1.5e-18 over
@@ -34,6 +36,7 @@ TINY_SAFE = 1e-14
 DEFAULT_DAMPING = 0.01  # λ in C' = C + λ·mean(diag C)·I, as PEFT starts it
 MAX_DAMPING = 1e4
 ASVD_ALPHA = 0.5
+REFINE_EXTRA = 24  # start vectors beyond r for the bottom-r refinement: faster convergence
 
 
 @dataclass
@@ -131,6 +134,22 @@ def _factors_from_gram(W, M, context, values, vectors, wide) -> Factors:
     return Factors((M @ H) / S, S, context.solve(H), context.damping)  # U S Vᵀ = M H Hᵀ K⁻¹
 
 
+def _refined_bottom(W, M, context, start, r, wide) -> Factors | None:
+    """The r smallest components of M by refining ``start`` (Gram eigenvectors) on the triangular
+    factor R of a QR of M (tall) or of Mᵀ (wide): either way RᵀR is the Gram matrix."""
+    a, tau = torch.geqrf(M.mT if wide else M)  # Householder QR, R = triu(a[:n])
+    n = a.shape[1]
+    R = a[:n].triu()  # (n, n)
+    found = refine_bottom_singular(R, start, r)
+    if found is None:
+        return None
+    P, S, Z = found  # R·Z = P·diag(S)
+    QP = torch.ormqr(a, tau, torch.cat([P, P.new_zeros(a.shape[0] - n, r)]))  # Q·[P; 0]
+    if wide:  # M = RᵀQᵀ: left vectors Z, right vectors Q·P
+        return Factors(Z, S, (W.T @ Z) / S, context.damping)  # V = K⁻¹H = WᵀU/S
+    return Factors(QP, S, context.solve(Z), context.damping)  # M = Q·R: left Q·P, right Z
+
+
 def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, int] | None = None) -> Factors:
     """Factors of W from the SVD of M = W·K (W float64, (out, in)).
 
@@ -149,10 +168,15 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
     kind, r = want
     scale = torch.trace(G)  # ≥ the largest eigenvalue
     if kind == "bottom":
-        values, vectors = eigh(G, (0, min(r, k - 1)))  # r + 1 smallest: the one past the cut gives the gap
-        gap = values[-1] - values[r - 1] if r < k else scale
+        count = min(r + REFINE_EXTRA, k)  # r + 1 would do for the gap; the rest seed a refinement
+        values, vectors = eigh(G, (0, count - 1))  # smallest, ascending
+        gap = values[r] - values[r - 1] if r < k else scale
         if values[0] > TINY_SAFE * scale and gap > GAP_SAFE * scale:
             return _factors_from_gram(W, M, context, values[:r].flip(0), vectors[:, :r].flip(1), wide)
+        if count < k:
+            refined = _refined_bottom(W, M, context, vectors, r, wide)
+            if refined is not None:
+                return refined
         return _full_svd(M, context, want)
     values, vectors = eigh(G, (max(k - r - 1, 0), k - 1))  # r + 1 largest
     gap = values[1] - values[0] if r < k else scale

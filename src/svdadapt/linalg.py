@@ -33,6 +33,42 @@ def eigh(G: torch.Tensor, subset: tuple[int, int] | None = None) -> tuple[torch.
     return torch.from_numpy(values), torch.from_numpy(vectors)
 
 
+REFINE_TOL = 1e-10  # subspace change per iteration at which refinement stops (float32 storage: ~6e-8)
+REFINE_MAX_ITER = 30
+
+
+def refine_bottom_singular(
+    R: torch.Tensor, start: torch.Tensor, r: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The r smallest singular triplets of an upper-triangular (n, n) R, refined from ``start``.
+
+    Block inverse iteration, X ← R⁻¹R⁻ᵀX with two triangular solves, then Rayleigh-Ritz (an SVD of
+    R·X, (n, k)); it stops when the r-dimensional Ritz subspace moves by less than 1e-10. Never
+    squares R: each step is backward stable, so the result is as accurate as a full SVD of R, at
+    the cost of k-column solves. ``start`` (n, k), k > r, should roughly span the bottom right
+    singular subspace (e.g. the Gram eigenvectors). Returns (P, S, Z) with R·Z = P·diag(S), S
+    descending, or None when R is singular or the iteration does not settle.
+    """
+    n, k = start.shape
+    X = start
+    previous = None
+    for _ in range(REFINE_MAX_ITER):
+        Y = torch.linalg.solve_triangular(R.mT, X, upper=False)  # R⁻ᵀX, (n, k)
+        X = torch.linalg.solve_triangular(R, Y, upper=True)  # R⁻¹R⁻ᵀX
+        if not bool(torch.isfinite(X).all()):
+            return None
+        X = torch.linalg.qr(X)[0]
+        P, S, Zh = torch.linalg.svd(R @ X, full_matrices=False)  # Ritz pairs, S descending
+        X = X @ Zh.mT  # (n, k) Ritz vectors
+        bottom = X[:, k - r :]  # (n, r)
+        if previous is not None:
+            moved = torch.linalg.matrix_norm(bottom - previous @ (previous.mT @ bottom), ord=2)
+            if moved < REFINE_TOL:
+                return P[:, k - r :], S[k - r :], bottom
+        previous = bottom
+    return None
+
+
 def parallel_workers(on_cpu: bool) -> int:
     """Layers decomposed side by side: one per core on CPU (each single-threaded), one on an accelerator."""
     import os

@@ -15,6 +15,7 @@ from ..decompose import as_float64
 from ..distributed import default_device
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity
+from ..memory import release_freed_memory
 from ..methods import METHODS, TRUNCATIONS, get_method
 from ..models import load_model, max_positions
 from ..options import opt
@@ -133,6 +134,7 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
         "build_seconds": round(time.monotonic() - started, 2),
     }
     changed = method.base != "original" or opts.head == "seq-cls"  # a new head lives in the base
+    release_freed_memory()  # writing reads every weight in: start it from a trimmed heap
     return write_run(out, meta, adapters, adapters, loaded.model, loaded.tokenizer, base_changed=changed)
 
 
