@@ -187,3 +187,13 @@ def test_run_round_trips_its_metadata(tiny_dirs, text_file, tmp_path):
     assert again.meta["method"] == "corda-kpa" and again.meta["stage"] == "built"
     assert again.meta["original"]["fingerprint"] != again.meta["base_fingerprint"]
     assert all(v["damping"] == 0.01 for v in again.meta["layers"].values())
+
+
+def test_freed_heap_memory_is_handed_back_on_glibc():
+    import platform
+    import sys
+
+    from svdadapt.memory import release_freed_memory
+
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert release_freed_memory() is expected
