@@ -144,10 +144,10 @@ def _refined_bottom(W, M, context, start, r, wide) -> Factors | None:
     if found is None:
         return None
     P, S, Z = found  # R·Z = P·diag(S)
-    QP = torch.ormqr(a, tau, torch.cat([P, P.new_zeros(a.shape[0] - n, r)]))  # Q·[P; 0]
-    if wide:  # M = RᵀQᵀ: left vectors Z, right vectors Q·P
-        return Factors(Z, S, (W.T @ Z) / S, context.damping)  # V = K⁻¹H = WᵀU/S
-    return Factors(QP, S, context.solve(Z), context.damping)  # M = Q·R: left Q·P, right Z
+    if wide:  # M = RᵀQᵀ: left vectors Z (right vectors Q·P, not needed: V = K⁻¹H = WᵀU/S)
+        return Factors(Z, S, (W.T @ Z) / S, context.damping)
+    U = torch.ormqr(a, tau, torch.cat([P, P.new_zeros(a.shape[0] - n, r)]))  # Q·[P; 0], (out, r)
+    return Factors(U, S, context.solve(Z), context.damping)  # M = Q·R: right vectors Z
 
 
 def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, int] | None = None) -> Factors:

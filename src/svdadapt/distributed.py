@@ -10,6 +10,8 @@ import os
 
 import torch
 
+from .errors import SvdadaptError
+
 
 def world_size() -> int:
     """Processes in the launch (1 without a launcher)."""
@@ -19,6 +21,18 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Rank 0 of the launch, or the only process."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_device(device: str | None) -> str:
+    """``--device`` as given (checked), or this process's default; a one-line error if unusable."""
+    device = device or default_device()
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SvdadaptError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SvdadaptError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
 
 
 def default_device() -> str:

@@ -7,6 +7,7 @@ divide-and-conquer solver (``evd``) is faster for all of them. On GPU, torch's s
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -49,7 +50,7 @@ def refine_bottom_singular(
     singular subspace (e.g. the Gram eigenvectors). Returns (P, S, Z) with R·Z = P·diag(S), S
     descending, or None when R is singular or the iteration does not settle.
     """
-    n, k = start.shape
+    k = start.shape[1]
     X = start
     previous = None
     for _ in range(REFINE_MAX_ITER):
@@ -71,8 +72,6 @@ def refine_bottom_singular(
 
 def parallel_workers(on_cpu: bool) -> int:
     """Layers decomposed side by side: one per core on CPU (each single-threaded), one on an accelerator."""
-    import os
-
     return min(torch.get_num_threads(), os.cpu_count() or 1) if on_cpu else 1
 
 

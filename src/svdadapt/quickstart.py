@@ -137,8 +137,8 @@ def _table(rows: dict) -> str:
 def quickstart(opts: QuickstartOptions) -> dict:
     from .adapters.inject import inject
     from .atomic import write_json
-    from .calibrate.job import CalibrateOptions, _check_device, calibrate, summary
-    from .distributed import default_device
+    from .calibrate.job import CalibrateOptions, calibrate, summary
+    from .distributed import resolve_device
     from .errors import SvdadaptError
     from .models import load_model
 
@@ -156,7 +156,7 @@ def quickstart(opts: QuickstartOptions) -> dict:
         )
     )  # fmt: skip
     print(summary(store))
-    device = _check_device(opts.device or default_device())
+    device = resolve_device(opts.device)
     original = load_model(opts.model, device=device)
     rows = {"original (no adapter)": _evaluate(original.model, original.tokenizer, opts)}
     del original

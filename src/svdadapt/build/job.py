@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from ..calibrate.engine import DTYPES
-from ..calibrate.job import MODEL_HELP, _check_device
+from ..calibrate.job import MODEL_HELP
 from ..data.options import DataOptions
 from ..decompose import as_float64
-from ..distributed import default_device
+from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity
 from ..memory import release_freed_memory
@@ -100,7 +100,7 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
         raise SvdadaptError(f"--dropout must be in [0, 1), got {opts.dropout}")
     out = Path(opts.out).expanduser()
     check_run_out(out)
-    device = _check_device(opts.device or default_device())
+    device = resolve_device(opts.device)
     head_kwargs = {}
     if opts.head == "seq-cls":
         if not opts.num_labels or opts.num_labels < 1:

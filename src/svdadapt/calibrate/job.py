@@ -6,10 +6,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..data.options import DataOptions
-from ..distributed import default_device
+from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..models import describe_model, load_model, max_positions
 from ..options import opt
@@ -44,16 +42,6 @@ class CalibrateOptions(DataOptions):
     checkpoint_seconds: float = opt(120.0, "whole-model mode: seconds between resumable checkpoints")
 
 
-def _check_device(device: str) -> str:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SvdadaptError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SvdadaptError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return device
-
-
 def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
     """Run a calibration as the CLI does; returns the store written to ``opts.out``."""
     started = time.monotonic()
@@ -62,7 +50,7 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
         raise SvdadaptError(f"--checkpoint-seconds must be positive, got {opts.checkpoint_seconds}")
     out = Path(opts.out).expanduser()
     check_out_dir(out, opts.resume)
-    device = _check_device(opts.device or default_device())
+    device = resolve_device(opts.device)
     loaded = load_model(opts.model, device=device)
     opts.validate(max_positions(loaded.model))
     targets = find_targets(loaded.model, opts.targets)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..calibrate.job import MODEL_HELP, _check_device
+from ..calibrate.job import MODEL_HELP
 from ..decompose import DECOMPOSITIONS, as_float64
-from ..distributed import default_device
+from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..evaluate import evaluation_windows
 from ..fingerprint import model_identity
@@ -106,7 +106,7 @@ def compress(opts: CompressOptions, progress: bool = True) -> Compressed:
     store = _store(opts, names)
     out = Path(opts.out).expanduser()
     check_out(out)
-    device = _check_device(opts.device or default_device())
+    device = resolve_device(opts.device)
     loaded = load_model(opts.model, head="causal-lm", device=device)
     _check_numbers(opts, max_positions(loaded.model))
     identity = model_identity(loaded.model)

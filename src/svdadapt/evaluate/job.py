@@ -9,9 +9,8 @@ from pathlib import Path
 
 from ..adapters.inject import inject
 from ..atomic import write_json
-from ..calibrate.job import _check_device
 from ..data.templates import TEMPLATES
-from ..distributed import default_device
+from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..models import LoadedModel, load_model
 from ..options import opt
@@ -98,7 +97,7 @@ def evaluate(opts: EvalOptions, progress: bool = True) -> tuple[dict, Path | Non
     out = _out_path(opts)
     if out is not None and out.is_dir():
         raise SvdadaptError(f"--out {out} is a directory; name a JSON file")
-    device = _check_device(opts.device or default_device())
+    device = resolve_device(opts.device)
     loaded, about = load_target(opts.target, device)
     if not sources and not tasks:
         sources, tasks = _default_tasks(loaded, about)

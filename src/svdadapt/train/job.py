@@ -11,8 +11,8 @@ from pathlib import Path
 from ..adapters.inject import adapter_state, inject
 from ..atomic import write_json
 from ..build.job import BuildOptions, build
-from ..calibrate.job import MODEL_HELP, _check_device
-from ..distributed import default_device, is_main_process, world_size
+from ..calibrate.job import MODEL_HELP
+from ..distributed import is_main_process, resolve_device, world_size
 from ..errors import SvdadaptError
 from ..kasa import check_coefficients
 from ..methods import METHODS, TRUNCATIONS
@@ -165,7 +165,7 @@ def train(opts: TrainOptions, progress: bool = True) -> Run:
     from .session import prepare_data, run_training
 
     _validate(opts)
-    device = _check_device(opts.device or default_device())
+    device = resolve_device(opts.device)
     started = time.monotonic()
     data = prepare_data(opts, _tokenizer(opts))  # bad data fails before a run is built
     run = prepare_run(opts, progress)
