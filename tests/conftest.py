@@ -36,6 +36,16 @@ def padded_batches(vocab: int = 512, seed: int = 0) -> list[dict[str, torch.Tens
 
 
 @pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    """20k characters of the bundled news text as a .txt calibration source."""
+    from svdadapt.assets import news_text
+
+    path = tmp_path_factory.mktemp("text") / "news.txt"
+    path.write_text(news_text()[:20000])
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir():
     """The real embedded SmolLM2-135M-Instruct (converted once into $SVDADAPT_HOME)."""
     from svdadapt.assets import default_model_dir

@@ -18,15 +18,6 @@ RESIDUAL = ["pissa", "milora", "corda-ipa", "corda-kpa"]
 AUTO = {"llama": AutoModelForCausalLM, "gpt2": AutoModelForCausalLM, "bert": AutoModel}
 
 
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    from svdadapt.assets import news_text
-
-    path = tmp_path_factory.mktemp("text") / "news.txt"
-    path.write_text(news_text()[:20000])
-    return path
-
-
 def make_run(tiny_dirs, text_file, out, kind="llama", method="corda-kpa", **extra):
     values = dict(
         model=str(tiny_dirs[kind]), method=method, rank=4, alpha=8.0, out=str(out), device="cpu",

@@ -186,11 +186,16 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
     return _full_svd(M, context, want)
 
 
+def check_finite(W: torch.Tensor, name: str = "layer") -> None:
+    """Refuse non-finite weights with a message naming the layer."""
+    if not bool(torch.isfinite(W).all()):
+        raise SvdadaptError(f"weight of {name} has non-finite values (inf/nan); the model is damaged")
+
+
 def as_float64(W: torch.Tensor, name: str = "layer") -> torch.Tensor:
     """W in float64, refusing non-finite weights with a message naming the layer."""
     W = W.detach().to(torch.float64)
-    if not bool(torch.isfinite(W).all()):
-        raise SvdadaptError(f"weight of {name} has non-finite values (inf/nan); the model is damaged")
+    check_finite(W, name)
     return W
 
 

@@ -7,24 +7,28 @@ import hashlib
 import torch
 from torch import nn
 
-_SAMPLES_PER_TENSOR = 4096
+_WINDOWS, _WINDOW = 16, 256  # values sampled per tensor: 16 evenly spaced runs of 256
 
 
 @torch.no_grad()
 def weights_fingerprint(model: nn.Module) -> str:
-    """sha256 over every parameter's name, shape and ≤4096 evenly strided values (as float32).
+    """sha256 over every parameter's name, shape and 4096 sampled values (as float32): 16 evenly
+    spaced runs of 256 consecutive values (all values of smaller tensors).
 
     Two models with the same architecture but different weights (another checkpoint, a residual
-    base after CorDA) get different fingerprints; the cost is independent of model size.
+    base after CorDA) get different fingerprints; the cost is independent of model size, and runs
+    of consecutive values read a few pages per tensor, not every page of a memory-mapped model.
     """
     digest = hashlib.sha256()
     for name, param in model.named_parameters(remove_duplicate=True):
         flat = param.detach().reshape(-1)
-        step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
-        sample = flat[::step][:_SAMPLES_PER_TENSOR].to(device="cpu", dtype=torch.float32)
+        if flat.numel() > _WINDOWS * _WINDOW:
+            last = flat.numel() - _WINDOW
+            starts = torch.tensor([i * last // (_WINDOWS - 1) for i in range(_WINDOWS)])  # (16,), exact integers
+            flat = flat[(starts[:, None] + torch.arange(_WINDOW)).reshape(-1).to(flat.device)]  # (4096,)
         digest.update(name.encode())
         digest.update(str(tuple(param.shape)).encode())
-        digest.update(sample.numpy().tobytes())
+        digest.update(flat.to(device="cpu", dtype=torch.float32).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -1,10 +1,15 @@
-"""Handing memory that a finished stage freed back to the operating system."""
+"""Handing memory that a finished stage freed, or no longer reads, back to the operating system."""
 
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
 import platform
 import sys
+from pathlib import Path
+
+import torch
 
 
 def release_freed_memory() -> bool:
@@ -22,3 +27,64 @@ def release_freed_memory() -> bool:
         return False
     trim(0)  # returns whether anything was released; either way the call did its job
     return True
+
+
+MADV_DONTNEED = 4
+
+
+def file_mappings(paths: list[str], clean_only: bool = False) -> list[tuple[int, int]]:
+    """Address ranges (start, end) of this process's private mappings of ``paths`` (Linux), e.g. a
+    safetensors checkpoint that transformers mapped instead of reading; empty where unknown.
+    ``clean_only``: just those with no page written (no copy-on-write copy, per /proc/self/smaps)."""
+    wanted = {os.path.realpath(p) for p in paths}
+    try:
+        lines = Path("/proc/self/smaps" if clean_only else "/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges: list[tuple[int, int]] = []
+    current = None
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            current = None
+            if len(fields) == 6 and fields[1].endswith("p") and fields[5] in wanted:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                ranges.append((start, end))
+                current = len(ranges) - 1
+        elif current is not None and fields[0] == "Anonymous:" and int(fields[1]) != 0:
+            ranges[current] = (0, 0)  # written to: its pages hold values the file does not
+    return [r for r in ranges if r != (0, 0)]
+
+
+def drop_file_pages(ranges: list[tuple[int, int]]) -> int:
+    """Unmap the resident pages of whole private file mappings that were never written (from
+    ``file_mappings(..., clean_only=True)``); later reads fault them back in from the page cache,
+    unchanged. Returns the bytes of address space advised."""
+    return sum(_dont_need(start, end) for start, end in ranges)
+
+
+def _dont_need(first: int, last: int) -> int:
+    if last <= first:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED) != 0:
+        return 0
+    return last - first
+
+
+def drop_mapped_pages(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> int:
+    """Unmap the whole pages under a CPU tensor that lies inside one of ``ranges`` (private file
+    mappings from :func:`file_mappings`); returns the bytes dropped (0 if it does not lie there).
+
+    Safe only for pages never written through the mapping: a later read faults them back in from
+    the file, unchanged. The caller must no longer need the tensor's values from memory: it is for
+    weights whose new values were written elsewhere (see build.base_file).
+    """
+    if tensor.device.type != "cpu" or not ranges:
+        return 0
+    begin = tensor.data_ptr()
+    end = begin + tensor.numel() * tensor.element_size()
+    if not any(lo <= begin and end <= hi for lo, hi in ranges):
+        return 0
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: neighbours share the edge pages
+    return _dont_need(first, end // mmap.PAGESIZE * mmap.PAGESIZE)

@@ -157,6 +157,24 @@ def write_run(
     base_changed: bool,
 ) -> Run:
     """Write a complete run directory atomically (an existing run at ``out`` is replaced)."""
+    with atomic_directory(out) as tmp:
+        meta = write_run_files(tmp, out, meta, adapters, initial, base_model, tokenizer, base_changed)
+    return Run(out, meta)
+
+
+def write_run_files(
+    directory: Path,
+    out: Path,
+    meta: dict,
+    adapters: AdapterSet,
+    initial: AdapterSet,
+    base_model: nn.Module,
+    tokenizer,
+    base_changed: bool,
+    base_written: bool = False,
+) -> dict:
+    """Write a run's files into ``directory``, the staging directory of an atomic write to ``out``;
+    ``base_written``: base/ is already there (streamed during the build). Returns run.json's content."""
     base_location = str(out / "base") if base_changed else meta["original"]["location"]
     meta = {
         "format": FORMAT,
@@ -167,22 +185,21 @@ def write_run(
         "layers": adapters.describe(),
         "conv1d": adapters.conv1d,
     }
-    with atomic_directory(out) as tmp:
-        if base_changed:
-            base_model.save_pretrained(tmp / "base", safe_serialization=True)
-            tokenizer.save_pretrained(tmp / "base")
-        write_peft_lora(
-            tmp / "adapter",
-            _peft_layers(adapters),
-            base_location,
-            fan_in_fan_out=bool(adapters.conv1d),
-            task_type=meta["task_type"],
-            dropout=meta.get("dropout", 0.0),
-        )
-        write_safetensors(tmp / STATE_FILE, adapters.tensors())
-        write_safetensors(tmp / INITIAL_FILE, initial.tensors())
-        write_json(tmp / RUN_FILE, meta)
-    return Run(out, meta)
+    if base_changed and not base_written:
+        base_model.save_pretrained(directory / "base", safe_serialization=True)
+        tokenizer.save_pretrained(directory / "base")
+    write_peft_lora(
+        directory / "adapter",
+        _peft_layers(adapters),
+        base_location,
+        fan_in_fan_out=bool(adapters.conv1d),
+        task_type=meta["task_type"],
+        dropout=meta.get("dropout", 0.0),
+    )
+    write_safetensors(directory / STATE_FILE, adapters.tensors())
+    write_safetensors(directory / INITIAL_FILE, initial.tensors())
+    write_json(directory / RUN_FILE, meta)
+    return meta
 
 
 def mixed_conv1d(adapters: AdapterSet) -> None:

@@ -32,12 +32,17 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
-def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
-    """Overwrite the layer's weight from an (out, in) matrix, cast to the layer's dtype once."""
+def stored_weight(module: nn.Module, matrix: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """An (out, in) matrix as the layer stores its weight: layout, dtype and (default) device."""
     weight = module.weight
     value = matrix.T if isinstance(module, Conv1D) else matrix
+    return value.to(dtype=weight.dtype, device=weight.device if device is None else device)
+
+
+def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
+    """Overwrite the layer's weight from an (out, in) matrix, cast to the layer's dtype once."""
     with torch.no_grad():
-        weight.copy_(value.to(dtype=weight.dtype, device=weight.device))
+        module.weight.copy_(stored_weight(module, matrix))
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:

@@ -55,8 +55,12 @@ def build_adapters(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    put_base: Callable[[str, nn.Module, torch.Tensor], None] | None = None,
 ) -> AdapterSet:
-    """Initialise every planned layer's adapter; the model's base weights are changed in place."""
+    """Initialise every planned layer's adapter. New base weights (out, in) go to
+    ``put_base(name, module, W)`` (e.g. a :class:`~.base_file.StreamedBase`), by default into the
+    model in place."""
+    put_base = put_base or (lambda _name, module, W: set_weight_matrix(module, W))
     generator = torch.Generator().manual_seed(seed)
     row = DECOMPOSITIONS[method.decomposition] if method.decomposition else None
     randoms = {name: draw_random(method, p.rank, in_out_features(p.module)[0], generator) for name, p in plan.items()}
@@ -69,7 +73,7 @@ def build_adapters(
         p = plan[name]
         adapter, new_base = _build_layer(method, name, p, contexts, randoms[name], adapter_dtype(p.module))
         if new_base is not None:
-            set_weight_matrix(p.module, new_base)  # layers are distinct: safe from parallel workers
+            put_base(name, p.module, new_base)  # layers are distinct: safe from parallel workers
         return name, adapter
 
     bar = tqdm(total=len(plan), desc=f"building {method.name}", unit="layer", disable=not progress)

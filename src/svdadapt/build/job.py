@@ -8,20 +8,22 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_directory
 from ..calibrate.engine import DTYPES
 from ..calibrate.job import MODEL_HELP
 from ..data.options import DataOptions
-from ..decompose import as_float64
+from ..decompose import check_finite
 from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity
-from ..memory import release_freed_memory
+from ..memory import drop_mapped_pages, release_freed_memory
 from ..methods import METHODS, TRUNCATIONS, get_method
 from ..models import load_model, max_positions
 from ..options import opt
-from ..runs import Run, check_run_out, mixed_conv1d, write_run
+from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
 from ..store import CovarianceStore
 from ..targets import find_targets, weight_matrix
+from .base_file import StreamedBase, checkpoint_mappings
 from .core import build_adapters
 from .plan import plan_layers
 from .waves import waves_from_store, waves_on_the_fly, waves_without_statistics
@@ -110,32 +112,41 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
     loaded = load_model(opts.model, head=opts.head, device=device, **head_kwargs)
     modules = find_targets(loaded.model, opts.targets)
     plan = plan_layers(modules, opts.rank, opts.alpha, opts.rank_pattern, opts.alpha_pattern)
+    mapped = checkpoint_mappings(loaded.location)
     for name, layer in plan.items():  # fail before any long work starts
-        as_float64(weight_matrix(layer.module), name)
+        check_finite(weight_matrix(layer.module), name)
+        drop_mapped_pages(layer.module.weight, mapped)  # the check read it in; the build reads it when due
     original = {
         **model_identity(loaded.model), "body_fingerprint": body_fingerprint(loaded.model),
         "name": loaded.name, "location": loaded.location,
     }  # fmt: skip
     waves, calibration = _statistics_waves(opts, loaded, method, plan, modules, progress)
-    adapters = build_adapters(method, plan, waves, seed=opts.seed, progress=progress)
-    mixed_conv1d(adapters)
-    meta = {
-        "stage": "built",
-        "method": method.name,
-        "decomposition": method.decomposition,
-        "rank": opts.rank,
-        "alpha": opts.alpha if opts.alpha is not None else opts.rank,
-        "dropout": opts.dropout,
-        "seed": opts.seed,
-        "head": opts.head,
-        "num_labels": opts.num_labels,
-        "original": original,
-        "calibration": calibration,
-        "build_seconds": round(time.monotonic() - started, 2),
-    }
     changed = method.base != "original" or opts.head == "seq-cls"  # a new head lives in the base
-    release_freed_memory()  # writing reads every weight in: start it from a trimmed heap
-    return write_run(out, meta, adapters, adapters, loaded.model, loaded.tokenizer, base_changed=changed)
+    with atomic_directory(out) as tmp:
+        streamed = StreamedBase.start(loaded.model, loaded.location, list(plan), tmp / "base") if changed else None
+        put_base = streamed.put if streamed is not None else None
+        adapters = build_adapters(method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base)
+        mixed_conv1d(adapters)
+        if streamed is not None:
+            streamed.finish(loaded.model, loaded.tokenizer)
+        meta = {
+            "stage": "built",
+            "method": method.name,
+            "decomposition": method.decomposition,
+            "rank": opts.rank,
+            "alpha": opts.alpha if opts.alpha is not None else opts.rank,
+            "dropout": opts.dropout,
+            "seed": opts.seed,
+            "head": opts.head,
+            "num_labels": opts.num_labels,
+            "original": original,
+            "calibration": calibration,
+            "build_seconds": round(time.monotonic() - started, 2),
+        }
+        release_freed_memory()  # writing reads every weight in: start it from a trimmed heap
+        written = streamed is not None
+        meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, loaded.tokenizer, changed, written)
+    return Run(out, meta)
 
 
 def summary(run: Run) -> str:

@@ -1,0 +1,129 @@
+"""The residual base streamed into a copy of the checkpoint: the same files save_pretrained writes,
+used only when the checkpoint is verifiably the loaded model, and pages handed back to the OS."""
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from svdadapt.build import base_file
+from svdadapt.build.base_file import StreamedBase
+from svdadapt.memory import drop_file_pages, drop_mapped_pages, file_mappings
+from svdadapt.models import load_model
+from svdadapt.targets import find_targets
+
+from .test_build import make_run
+
+LINUX = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def _spy_start(monkeypatch, enabled: bool) -> list:
+    """Record what StreamedBase.start returned (or make it decline, as for an unverifiable checkpoint)."""
+    results = []
+    original = StreamedBase.start.__func__
+
+    def start(cls, *args, **kwargs):
+        result = original(cls, *args, **kwargs) if enabled else None
+        results.append(result)
+        return result
+
+    monkeypatch.setattr(StreamedBase, "start", classmethod(start))
+    return results
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])  # gpt2: Conv1D weights stored (in, out)
+def test_streamed_base_is_what_save_pretrained_writes(kind, tiny_dirs, text_file, tmp_path, monkeypatch):
+    streamed = _spy_start(monkeypatch, enabled=True)
+    run = make_run(tiny_dirs, text_file, tmp_path / "streamed", kind)
+    assert streamed and streamed[-1] is not None  # the tiny checkpoint is the model: streaming was used
+    _spy_start(monkeypatch, enabled=False)
+    saved = make_run(tiny_dirs, text_file, tmp_path / "saved", kind)
+
+    a = load_file(str(run.path / "base" / "model.safetensors"))
+    b = load_file(str(saved.path / "base" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+        if (saved.path / "base" / name).is_file():
+            assert json.loads((run.path / "base" / name).read_text()) == json.loads(
+                (saved.path / "base" / name).read_text()
+            ), name
+    assert run.meta["base_fingerprint"] == saved.meta["base_fingerprint"]
+    run.load_base()  # the fingerprint recorded is the one the written base loads with
+
+
+def _start(model_dir, tmp_path, **load_kwargs):
+    loaded = load_model(str(model_dir), **load_kwargs)
+    names = list(find_targets(loaded.model, None))
+    return loaded, StreamedBase.start(loaded.model, loaded.location, names, tmp_path / "base")
+
+
+def test_a_checkpoint_that_is_not_the_loaded_model_is_not_streamed(tiny_dirs, tmp_path):
+    loaded, streamed = _start(tiny_dirs["llama"], tmp_path / "ok")
+    assert streamed is not None
+
+    # weights changed in memory after loading: the file no longer holds them
+    loaded = load_model(str(tiny_dirs["llama"]))
+    with torch.no_grad():
+        loaded.model.model.layers[0].mlp.up_proj.weight.mul_(2)
+    names = list(find_targets(loaded.model, None))
+    assert StreamedBase.start(loaded.model, loaded.location, names, tmp_path / "changed") is None
+
+    # a new classification head is not in the checkpoint
+    assert _start(tiny_dirs["bert"], tmp_path / "head", head="seq-cls", num_labels=3)[1] is None
+
+    # stored in bfloat16, loaded as float32: save_pretrained would write float32
+    bf16 = tmp_path / "bf16"
+    bf16.mkdir()
+    for path in tiny_dirs["llama"].iterdir():
+        (bf16 / path.name).write_bytes(path.read_bytes())
+    tensors = load_file(str(bf16 / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, str(bf16 / "model.safetensors"))
+    assert _start(bf16, tmp_path / "cast")[1] is None
+    assert not (tmp_path / "changed").exists() and not (tmp_path / "cast").exists()  # nothing written
+
+
+def test_slots_read_from_the_header_locate_each_tensor(tmp_path):
+    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(5, dtype=torch.bfloat16)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    slots = base_file.read_slots(tmp_path / "model.safetensors")
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    for key, tensor in tensors.items():
+        slot = slots[key]
+        assert slot.shape == tuple(tensor.shape) and slot.dtype == tensor.dtype
+        stored = torch.frombuffer(bytearray(raw[slot.offset : slot.offset + slot.nbytes]), dtype=slot.dtype)
+        assert torch.equal(stored.reshape(tensor.shape), tensor)
+
+
+def _rss_file_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("RssFile:")).split()[1])
+
+
+@pytest.mark.skipif(not LINUX, reason="page release uses Linux's /proc and madvise")
+def test_pages_of_a_clean_private_mapping_go_back_and_read_the_same(tmp_path):
+    path = tmp_path / "weights.bin"
+    values = torch.randn(8 << 20)  # 32 MiB
+    path.write_bytes(values.numpy().tobytes())
+    mapped = torch.from_file(str(path), shared=False, size=values.numel(), dtype=torch.float32)
+    assert torch.equal(mapped, values)  # read in: resident
+    ranges = file_mappings([str(path)], clean_only=True)
+    assert len(ranges) == 1
+    before = _rss_file_kib()
+    assert drop_file_pages(ranges) >= 32 << 20
+    assert _rss_file_kib() < before - 24 * 1024  # most of the 32 MiB left this process
+    assert torch.equal(mapped, values)  # and reads fault the same values back in
+
+    part = mapped[1000:3_000_000]
+    assert drop_mapped_pages(part, ranges) > 10 << 20
+    assert drop_mapped_pages(torch.randn(10), ranges) == 0  # heap memory is never touched
+    assert torch.equal(mapped, values)
+
+    mapped[0] = 1.0  # written: a copy-on-write page the file does not hold
+    assert file_mappings([str(path)], clean_only=True) == []
+    assert file_mappings([str(path)]) == ranges
