@@ -123,3 +123,58 @@ def test_bad_statistics_and_weights_are_clear_errors():
     W[1, 1] = float("inf")
     with pytest.raises(SvdadaptError, match="weight of l has non-finite"):
         plain_svd(W, name="l")
+
+
+@pytest.mark.parametrize(("n", "subset"), [(200, (0, 23)), (40, (10, 39)), (5, (0, 4))])
+def test_direct_lapack_eigensolver_is_scipys_evr_bit_for_bit(n, subset):
+    import scipy.linalg
+
+    from svdadapt.linalg import eigh
+
+    A = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    G = A @ A.T  # (n, n)
+    values, vectors = eigh(G, subset)
+    ref_values, ref_vectors = scipy.linalg.eigh(G.numpy(), subset_by_index=list(subset), driver="evr")
+    assert torch.equal(values, torch.from_numpy(ref_values))
+    assert torch.equal(vectors, torch.from_numpy(ref_vectors))
+
+
+def test_direct_lapack_eigensolver_lets_go_of_the_gil():
+    """Parallel workers' eigensolvers overlap only if the call releases the GIL: a pure-Python
+    counter in another thread must make progress while one call runs."""
+    import threading
+
+    from svdadapt.linalg import _syevr_subset
+
+    A = torch.randn(600, 600, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    G = (A @ A.T).numpy()
+    ticks = []
+    done = threading.Event()
+
+    def count():  # can only run while the main thread does not hold the GIL
+        while not done.is_set():
+            ticks.append(1)
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    try:
+        while not ticks:
+            pass
+        before = len(ticks)
+        assert _syevr_subset(G, 0, 9) is not None  # tens of ms
+        during = len(ticks) - before
+    finally:
+        done.set()
+        thread.join()
+    assert during > 1000
+
+
+def test_all_finite_sees_nan_and_both_infinities():
+    from svdadapt.linalg import all_finite
+
+    x = torch.randn(50, 30)
+    assert all_finite(x) and all_finite(torch.empty(0))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[7, 3] = bad
+        assert not all_finite(y) and not all_finite(y.double()) and not all_finite(y.bfloat16())

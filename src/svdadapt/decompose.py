@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SvdadaptError
-from .linalg import eigh, refine_bottom_singular
+from .linalg import all_finite, eigh, refine_bottom_singular
 
 GRAM_SAFE_RATIO = 1e-6  # full decompositions: below this σ_min/σ_max, use a full SVD
 # r components from the Gram: the subspace error measured on real SmolLM2 layers is ~1.5e-18 over
@@ -92,7 +92,7 @@ def activation_context(mean_abs: torch.Tensor, alpha: float = ASVD_ALPHA) -> Con
 def covariance_context(C: torch.Tensor, damping: float = DEFAULT_DAMPING, name: str = "layer") -> Context:
     """CorDA's K = C' = C + λ·mean(diag C)·I. Its Cholesky factor is computed only if a solve needs it
     (layers with out ≤ in never do), once, and shared by every layer decomposed with this context."""
-    if not bool(torch.isfinite(C).all()):
+    if not all_finite(C):
         raise SvdadaptError(f"covariance of {name} has non-finite values; recalibrate")
     damped = C.detach().to(torch.float64, copy=True)  # (in, in)
     scale = torch.diagonal(damped).mean()
@@ -188,7 +188,7 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
 
 def check_finite(W: torch.Tensor, name: str = "layer") -> None:
     """Refuse non-finite weights with a message naming the layer."""
-    if not bool(torch.isfinite(W).all()):
+    if not all_finite(W):
         raise SvdadaptError(f"weight of {name} has non-finite values (inf/nan); the model is damaged")
 
 

@@ -10,7 +10,6 @@ beforehand, so results never depend on scheduling.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from ..adapters.init import RandomInit, draw_random, init_layer
 from ..adapters.state import AdapterSet, LayerAdapter
 from ..decompose import DECOMPOSITIONS, Context, factorize, shared_contexts
-from ..linalg import parallel_workers, single_threaded
+from ..linalg import layer_pool, parallel_workers, single_threaded
 from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 from .plan import LayerPlan
@@ -77,7 +76,7 @@ def build_adapters(
         return name, adapter
 
     bar = tqdm(total=len(plan), desc=f"building {method.name}", unit="layer", disable=not progress)
-    with bar, ThreadPoolExecutor(workers) as pool:
+    with bar, layer_pool(workers) as pool:
         for wave in waves:  # the wave source may run model forwards: full threads there
             items = []
             for unit in wave:

@@ -10,7 +10,6 @@ that every point starts from W exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..build.waves import Unit
 from ..decompose import Context, Decomposition, factorize, shared_contexts
-from ..linalg import parallel_workers, single_threaded
+from ..linalg import layer_pool, parallel_workers, single_threaded
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 
 
@@ -63,7 +62,7 @@ def decompose_bottom(
 
     found: dict[str, Dropped] = {}
     bar = tqdm(total=len(r_max), desc=f"decomposing ({row.name})", unit="layer", disable=not progress)
-    with bar, ThreadPoolExecutor(workers) as pool:
+    with bar, layer_pool(workers) as pool:
         for wave in waves:
             items = [(n, shared_contexts(row, u.statistic, u.names[0])) for u in wave for n in u.names if n in r_max]
             items.sort(key=lambda item: -r_max[item[0]] * min_dim(modules[item[0]]))  # longest first
