@@ -127,3 +127,25 @@ def test_pages_of_a_clean_private_mapping_go_back_and_read_the_same(tmp_path):
     mapped[0] = 1.0  # written: a copy-on-write page the file does not hold
     assert file_mappings([str(path)], clean_only=True) == []
     assert file_mappings([str(path)]) == ranges
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_copy_except_leaves_only_the_holes_unwritten(kernel_copy, tmp_path, monkeypatch):
+    if not kernel_copy:  # e.g. across file systems on an old kernel: the buffered path
+        monkeypatch.setattr(base_file.os, "copy_file_range", lambda *a: (_ for _ in ()).throw(OSError(18, "EXDEV")))
+        monkeypatch.setattr(base_file, "COPY_CHUNK", 1000)
+    source = tmp_path / "source.bin"
+    data = bytes(range(256)) * 40  # 10240 bytes
+    source.write_bytes(data)
+    holes = [base_file.Slot("source.bin", 5000, (250,), torch.float32), base_file.Slot("x", 16, (3,), torch.int8)]
+    base_file.copy_except(source, tmp_path / "target.bin", holes)
+    copied = (tmp_path / "target.bin").read_bytes()
+    assert len(copied) == len(data)
+    assert copied[16:19] == b"\0" * 3 and copied[5000:6000] == b"\0" * 1000
+    assert copied[:16] == data[:16] and copied[19:5000] == data[19:5000] and copied[6000:] == data[6000:]
+
+
+def test_finishing_with_a_target_never_written_is_an_error(tiny_dirs, tmp_path):
+    loaded, streamed = _start(tiny_dirs["llama"], tmp_path)
+    with pytest.raises(RuntimeError, match="never written"):
+        streamed.finish(loaded.model, loaded.tokenizer)

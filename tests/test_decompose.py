@@ -178,3 +178,13 @@ def test_all_finite_sees_nan_and_both_infinities():
         y = x.clone()
         y[7, 3] = bad
         assert not all_finite(y) and not all_finite(y.double()) and not all_finite(y.bfloat16())
+
+
+@pytest.mark.parametrize("shape", [(300, 250), (40, 700), (1000, 96)])
+def test_triangular_gram_product_is_the_full_product_and_symmetric(shape):
+    from svdadapt.linalg import gram
+
+    X = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    G = gram(X, block=64)
+    assert torch.equal(G, G.T)
+    torch.testing.assert_close(G, X.T @ X, rtol=1e-13, atol=1e-12)  # summation order may differ

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SvdadaptError
-from .linalg import all_finite, eigh, refine_bottom_singular
+from .linalg import all_finite, eigh, gram, refine_bottom_singular
 
 GRAM_SAFE_RATIO = 1e-6  # full decompositions: below this σ_min/σ_max, use a full SVD
 # r components from the Gram: the subspace error measured on real SmolLM2 layers is ~1.5e-18 over
@@ -129,7 +129,7 @@ def _factors_from_gram(W, M, context, values, vectors, wide) -> Factors:
     S = values.clamp_min(0).sqrt()
     if wide:
         U = vectors  # (out, k)
-        return Factors(U, S, (W.T @ U) / S, context.damping)  # U S Vᵀ = U Uᵀ W
+        return Factors(U, S, (U.T @ W).T / S, context.damping)  # U S Vᵀ = U Uᵀ W
     H = vectors  # (in, k)
     return Factors((M @ H) / S, S, context.solve(H), context.damping)  # U S Vᵀ = M H Hᵀ K⁻¹
 
@@ -145,7 +145,7 @@ def _refined_bottom(W, M, context, start, r, wide) -> Factors | None:
         return None
     P, S, Z = found  # R·Z = P·diag(S)
     if wide:  # M = RᵀQᵀ: left vectors Z (right vectors Q·P, not needed: V = K⁻¹H = WᵀU/S)
-        return Factors(Z, S, (W.T @ Z) / S, context.damping)
+        return Factors(Z, S, (Z.T @ W).T / S, context.damping)
     U = torch.ormqr(a, tau, torch.cat([P, P.new_zeros(a.shape[0] - n, r)]))  # Q·[P; 0], (out, r)
     return Factors(U, S, context.solve(Z), context.damping)  # M = Q·R: right vectors Z
 
@@ -158,7 +158,7 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
     out_f, in_f = W.shape
     wide = out_f <= in_f
     M = context.apply(W)  # (out, in)
-    G = M @ M.T if wide else M.T @ M  # (k, k), k = min(out, in)
+    G = gram(M.T if wide else M)  # (k, k), k = min(out, in): MMᵀ or MᵀM
     k = G.shape[0]
     if want is None:
         values, vectors = eigh(G)

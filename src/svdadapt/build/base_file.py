@@ -1,12 +1,12 @@
-"""The new frozen base, written while it is built: a copy of the original safetensors checkpoint
-whose target weights are overwritten in place as each layer's new weight is final.
+"""The new frozen base, written while it is built, in the original safetensors checkpoint's own
+layout: every tensor a method leaves alone is copied by the kernel, and each target's bytes are
+written once, when its new weight is final.
 
-The copy is the kernel's (``shutil.copyfile`` uses sendfile), so weights a method leaves alone
-never pass through this process's memory. Each new weight goes to its byte range with one
-``pwrite``; the layer's parameter then reads it from a private mapping of the new file, and the
-original weight's pages (transformers maps safetensors checkpoints privately) are handed back to
-the OS. The build then holds about one block's weights at a time instead of a second copy of every
-target, and the base costs no ``save_pretrained`` at the end.
+The copies (``os.copy_file_range``) never pass through this process's memory. Each new weight goes
+to its byte range with one ``pwrite``; the layer's parameter then reads it from a private mapping
+of the new file, and the original weight's pages (transformers maps safetensors checkpoints
+privately) are handed back to the OS. The build then holds about one block's weights at a time
+instead of a second copy of every target, and the base costs no ``save_pretrained`` at the end.
 
 Used only when the checkpoint is verifiably the loaded model's state: the same keys (tied copies
 aside), shapes and dtypes, no remote code, and the targets' stored values equal to the loaded ones
@@ -127,12 +127,56 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-class StreamedBase:
-    """Writes new base weights into ``directory`` (a copy of the checkpoint) as they are final."""
+COPY_CHUNK = 8 << 20
 
-    def __init__(self, directory: Path, source: Path, slots: dict[str, Slot], shards: list[str]) -> None:
+
+def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
+    """Bytes [offset, offset + count) of one file to the same place in another, in the kernel where
+    it can (copy_file_range), else through a small buffer."""
+    end = offset + count
+    while offset < end:
+        try:
+            done = os.copy_file_range(src, dst, end - offset, offset, offset)
+        except (AttributeError, OSError):  # not Linux, or across file systems on an old kernel
+            done = 0
+        if done == 0:
+            chunk = os.pread(src, min(COPY_CHUNK, end - offset), offset)
+            if not chunk:
+                raise OSError(f"unexpected end of file copying at byte {offset}")
+            _pwrite_all(dst, memoryview(chunk), offset)
+            done = len(chunk)
+        offset += done
+
+
+def copy_except(source: Path, target: Path, holes: list[Slot]) -> None:
+    """``target``: a file the size of ``source`` holding its bytes except in ``holes`` (left to be
+    written)."""
+    size = os.path.getsize(source)
+    src = os.open(source, os.O_RDONLY)
+    try:
+        dst = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            os.ftruncate(dst, size)
+            position = 0
+            for hole in sorted(holes, key=lambda h: h.offset):
+                _copy_range(src, dst, position, hole.offset - position)
+                position = hole.offset + hole.nbytes
+            _copy_range(src, dst, position, size - position)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+class StreamedBase:
+    """Writes new base weights into ``directory`` (the checkpoint's layout) as they are final."""
+
+    def __init__(
+        self, directory: Path, source: Path, slots: dict[str, Slot], shards: list[str], pending: set[str]
+    ) -> None:
         self.directory = directory
         self.slots = slots
+        self._pending = pending  # target tensors not written yet
         self._fds = {s: os.open(directory / s, os.O_RDWR) for s in shards}
         self._maps = {  # private mappings of the new files, read lazily: (file size,) bytes
             s: torch.from_file(str(directory / s), shared=False, size=os.path.getsize(directory / s), dtype=torch.uint8)
@@ -145,8 +189,8 @@ class StreamedBase:
 
     @classmethod
     def start(cls, model: nn.Module, location: str, names: list[str], directory: Path) -> StreamedBase | None:
-        """Copy the checkpoint of ``model`` (loaded from ``location``) to ``directory`` for the layers
-        ``names`` to be rewritten, or return None (nothing written) when it is not safe to."""
+        """Start ``directory``: the checkpoint of ``model`` (loaded from ``location``) but for the weights
+        of layers ``names``, to be :meth:`put`; or return None (nothing written) when that is not safe."""
         source = checkpoint_dir(location)
         if source is None or getattr(model.config, "auto_map", None):
             return None
@@ -171,9 +215,12 @@ class StreamedBase:
             if slot.offset % slot.dtype.itemsize or not _stored_as_loaded(state[key], source / slot.shard, slot):
                 return None
         directory.mkdir(parents=True)
-        for name in shards + ([INDEX] if (source / INDEX).is_file() else []):
-            shutil.copyfile(source / name, directory / name)
-        return cls(directory, source, slots, shards)
+        if (source / INDEX).is_file():
+            shutil.copyfile(source / INDEX, directory / INDEX)
+        pending = {f"{name}.weight" for name in names}
+        for shard in shards:
+            copy_except(source / shard, directory / shard, [slots[k] for k in pending if slots[k].shard == shard])
+        return cls(directory, source, slots, shards, pending)
 
     def put(self, name: str, module: nn.Module, matrix: torch.Tensor) -> None:
         """Layer ``name``'s new (out, in) weight: written to the file, then read from there (safe to
@@ -182,6 +229,7 @@ class StreamedBase:
         value = stored_weight(module, matrix, device="cpu").contiguous()
         slot = self.slots[f"{name}.weight"]
         _pwrite_all(self._fds[slot.shard], memoryview(value.reshape(-1).view(torch.uint8).numpy()), slot.offset)
+        self._pending.discard(f"{name}.weight")
         with torch.no_grad():
             if weight.device.type != "cpu":
                 weight.copy_(value.to(weight.device))
@@ -193,6 +241,8 @@ class StreamedBase:
 
     def finish(self, model: nn.Module, tokenizer) -> None:
         """Write the config files (as ``save_pretrained`` does) and the tokenizer; close the files."""
+        if self._pending:
+            raise RuntimeError(f"{len(self._pending)} base weights were never written, e.g. {min(self._pending)}")
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..linalg import mirror_upper_blocks
+
 DEFAULT_BLOCK = 96  # 6 column blocks for d = 576: ~58% of a full Gram's work
 
 
@@ -65,11 +67,7 @@ class GramAccumulator:
         return self._mirror(self.gram)
 
     def _mirror(self, gram: torch.Tensor) -> torch.Tensor:
-        # diagonal blocks are computed whole; copy each upper off-diagonal strip to its mirror
-        step = self._block_width()
-        for start in range(step, self.dim, step):
-            gram[start:, start - step : start] = gram[start - step : start, start:].T
-        return gram
+        return mirror_upper_blocks(gram, self._block_width())
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors that fully describe the sums (for checkpoints and all-reduce)."""
