@@ -143,7 +143,8 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
             "calibration": calibration,
             "build_seconds": round(time.monotonic() - started, 2),
         }
-        release_freed_memory()  # writing reads every weight in: start it from a trimmed heap
+        if streamed is None:  # save_pretrained reads every weight in: start it from a trimmed heap
+            release_freed_memory()
         written = streamed is not None
         meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, loaded.tokenizer, changed, written)
     return Run(out, meta)
