@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ _WINDOWS, _WINDOW = 16, 256  # values sampled per tensor: 16 evenly spaced runs 
 
 
 @torch.no_grad()
-def weights_fingerprint(model: nn.Module) -> str:
+def weights_fingerprint(model: nn.Module, after_each: Callable[[torch.Tensor], object] | None = None) -> str:
     """sha256 over every parameter's name, shape and 4096 sampled values (as float32): 16 evenly
     spaced runs of 256 consecutive values (all values of smaller tensors).
 
@@ -29,6 +30,8 @@ def weights_fingerprint(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(str(tuple(param.shape)).encode())
         digest.update(flat.to(device="cpu", dtype=torch.float32).numpy().tobytes())
+        if after_each is not None:  # e.g. hand back the file pages the sample mapped in
+            after_each(param)
     return digest.hexdigest()
 
 

@@ -171,21 +171,22 @@ def write_run_files(
     base_model: nn.Module,
     tokenizer,
     base_changed: bool,
-    base_written: bool = False,
+    base_fingerprint: str | None = None,
 ) -> dict:
-    """Write a run's files into ``directory``, the staging directory of an atomic write to ``out``;
-    ``base_written``: base/ is already there (streamed during the build). Returns run.json's content."""
+    """Write a run's files into ``directory``, the staging directory of an atomic write to ``out``.
+    ``base_fingerprint``: base/ is already there (streamed during the build) with these weights.
+    Returns run.json's content."""
     base_location = str(out / "base") if base_changed else meta["original"]["location"]
     meta = {
         "format": FORMAT,
         "version": VERSION,
         **meta,
-        "base_fingerprint": weights_fingerprint(base_model),
+        "base_fingerprint": base_fingerprint or weights_fingerprint(base_model),
         "task_type": task_type_of(base_model),
         "layers": adapters.describe(),
         "conv1d": adapters.conv1d,
     }
-    if base_changed and not base_written:
+    if base_changed and base_fingerprint is None:
         base_model.save_pretrained(directory / "base", safe_serialization=True)
         tokenizer.save_pretrained(directory / "base")
     write_peft_lora(

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..fingerprint import weights_fingerprint
 from ..memory import drop_file_pages, drop_mapped_pages, file_mappings
 from ..targets import stored_weight
 
@@ -239,8 +240,10 @@ class StreamedBase:
             weight.data = mapped.view(weight.dtype).view(weight.shape)
             drop_mapped_pages(old, self._original)
 
-    def finish(self, model: nn.Module, tokenizer) -> None:
-        """Write the config files (as ``save_pretrained`` does) and the tokenizer; close the files."""
+    def finish(self, model: nn.Module, tokenizer) -> str:
+        """Write the config files (as ``save_pretrained`` does) and the tokenizer, close the files, and
+        return the new base's weights fingerprint (read without keeping the new file's pages: the
+        page cache maps them in large folios, a few samples would map in most of the file)."""
         if self._pending:
             raise RuntimeError(f"{len(self._pending)} base weights were never written, e.g. {min(self._pending)}")
         for fd in self._fds.values():
@@ -252,3 +255,5 @@ class StreamedBase:
         if model.can_generate():
             model.generation_config.save_pretrained(self.directory)
         tokenizer.save_pretrained(self.directory)
+        written = file_mappings([str(self.directory / s) for s in self._maps], clean_only=True)
+        return weights_fingerprint(model, after_each=lambda t: drop_mapped_pages(t, written))

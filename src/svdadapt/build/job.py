@@ -127,8 +127,7 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
         put_base = streamed.put if streamed is not None else None
         adapters = build_adapters(method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base)
         mixed_conv1d(adapters)
-        if streamed is not None:
-            streamed.finish(loaded.model, loaded.tokenizer)
+        base_fingerprint = streamed.finish(loaded.model, loaded.tokenizer) if streamed is not None else None
         meta = {
             "stage": "built",
             "method": method.name,
@@ -145,8 +144,9 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
         }
         if streamed is None:  # save_pretrained reads every weight in: start it from a trimmed heap
             release_freed_memory()
-        written = streamed is not None
-        meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, loaded.tokenizer, changed, written)
+        meta = write_run_files(
+            tmp, out, meta, adapters, adapters, loaded.model, loaded.tokenizer, changed, base_fingerprint
+        )
     return Run(out, meta)
 
 
