@@ -147,21 +147,6 @@ def update_run(
     return Run(run.path, new_meta)
 
 
-def write_run(
-    out: Path,
-    meta: dict,
-    adapters: AdapterSet,
-    initial: AdapterSet,
-    base_model: nn.Module,
-    tokenizer,
-    base_changed: bool,
-) -> Run:
-    """Write a complete run directory atomically (an existing run at ``out`` is replaced)."""
-    with atomic_directory(out) as tmp:
-        meta = write_run_files(tmp, out, meta, adapters, initial, base_model, tokenizer, base_changed)
-    return Run(out, meta)
-
-
 def write_run_files(
     directory: Path,
     out: Path,

@@ -17,6 +17,7 @@ the base with ``save_pretrained`` as before.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -46,14 +47,7 @@ class Slot:
 
     @property
     def nbytes(self) -> int:
-        return _numel(self.shape) * self.dtype.itemsize
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def read_slots(path: Path) -> dict[str, Slot] | None:
