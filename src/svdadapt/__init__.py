@@ -4,10 +4,13 @@ The library twin of PEFT's CorDA and KaSA initialisations, end to end: calibrate
 decompose, build adapters, train, merge/export, evaluate and compress.
 """
 
-from .calibrate import collect_covariances, iter_covariances
-from .errors import SvdadaptError
-from .store import CovarianceStore
-from .targets import find_targets
+from .collector import collection_paused
+
+with collection_paused():  # torch and transformers: ~1M long-lived objects, no garbage
+    from .calibrate import collect_covariances, iter_covariances
+    from .errors import SvdadaptError
+    from .store import CovarianceStore
+    from .targets import find_targets
 
 __version__ = "0.1.0"
 

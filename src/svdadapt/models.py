@@ -16,6 +16,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .collector import collection_paused
 from .errors import SvdadaptError
 from .fingerprint import model_identity
 from .hub import require_hub
@@ -108,7 +109,8 @@ def load_model(
     if dtype is None:
         dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
     try:
-        model = HEADS[head].from_pretrained(location, dtype=dtype, use_safetensors=True, **model_kwargs)
+        with collection_paused():  # the first load imports most of transformers' modelling code
+            model = HEADS[head].from_pretrained(location, dtype=dtype, use_safetensors=True, **model_kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SvdadaptError(f"could not load model {spec!r}: {first}") from None

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..cpu_matmul import fast_linear
 from ..targets import block_lists
 from .capture import InputCapture
 from .result import FinishedGroup, finish
@@ -156,7 +157,7 @@ def blockwise_pass(
                 block.to(exec_device)
                 hooked = by_block.get(index) if index >= start_block else None
                 capture = InputCapture(hooked or {}, accumulate_dtype, device if device is not None else exec_device)
-                with capture:
+                with capture, fast_linear():
                     for record in records:
                         capture.begin_batch(record.mask)
                         record.hidden = _run_block(block, record, index, exec_device)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..cpu_matmul import fast_linear
 from .capture import InputCapture
 from .result import FinishedGroup, finish
 from .runner import batch_samples, forward_module, model_inputs, module_device
@@ -79,7 +80,7 @@ def full_pass(
     was_training = model.training
     model.eval()
     try:
-        with capture:
+        with capture, fast_linear():
             for batch in batches:
                 capture.begin_batch(batch.get("attention_mask"))
                 runner(**model_inputs(runner, batch, run_device))
