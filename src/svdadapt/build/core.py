@@ -36,8 +36,12 @@ def _build_layer(
 
 
 def _cost(module: nn.Module) -> int:
+    """Relative cost of a layer's decomposition, to hand the longest out first: the context product
+    W·K, its Gram matrix and the eigensolver (about 4k³: its reduction is half matrix-vector work).
+    On SmolLM2's layers it orders them as measured (down 95, gate/up 60, q/o 45, k/v 8 ms)."""
     in_f, out_f = in_out_features(module)
-    return in_f * out_f * min(in_f, out_f)
+    k = min(in_f, out_f)
+    return out_f * in_f * in_f + k * k * max(in_f, out_f) + 4 * k**3
 
 
 def adapter_dtype(module: nn.Module) -> torch.dtype:
