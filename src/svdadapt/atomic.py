@@ -33,6 +33,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """Every file under ``root`` on disk, then every directory (files written through
+    :func:`atomic_path` are already there and cost nothing; others, e.g. a model saved by
+    ``save_pretrained`` or written in place, are flushed now)."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(directory))
+
+
 @contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is renamed over ``target`` in one step."""
@@ -71,7 +85,7 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``target`` (which may exist).
 
     An interrupted write leaves only a hidden ``.<name>.*.tmp`` directory behind, never a directory
-    under ``target``'s name that looks complete.
+    under ``target``'s name that looks complete: everything in it is on disk before the rename.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +93,7 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield tmp
+        _fsync_tree(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old.{os.getpid()}")
