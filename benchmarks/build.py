@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,7 +148,8 @@ def run_process(cmd: list[str], env: dict | None = None) -> tuple[str, float, fl
     """Run ``cmd`` (with ``env`` added to the environment); its stdout, wall seconds and peak RSS
     in GiB (os.wait4's ru_maxrss)."""
     start = time.perf_counter()
-    environment = {**os.environ, **(env or {})}
+    inherited = {k: v for k, v in os.environ.items() if k != "SVDADAPT_ONEDNN"}  # svdadapt's own choice
+    environment = {**inherited, **(env or {})}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -158,6 +160,7 @@ def run_process(cmd: list[str], env: dict | None = None) -> tuple[str, float, fl
 
 def run_child(name: str, **kwargs) -> dict:
     if name == "svdadapt_cli":
+        shutil.rmtree(kwargs["out"], ignore_errors=True)  # each repeat writes a new run, none replaces one
         _, wall, rss = run_process(cli_command(kwargs["out"]), kwargs.get("env"))
         timed = json.loads((Path(kwargs["out"]) / "run.json").read_text())["build_seconds"]
         return {"timed_s": timed, "wall_s": wall, "peak_rss_gib": rss}

@@ -110,11 +110,11 @@ def child_gemm() -> dict:
     with torch's own BLAS and with oneDNN (what svdadapt uses where it prefers it)."""
     import torch
 
-    from svdadapt.cpu_matmul import _works, gram_rows
+    from svdadapt.cpu_matmul import _product, _works
 
     products = {"torch": lambda x, xT, acc: acc.addmm_(x.T, x)}
-    if _works():
-        products["onednn"] = lambda x, xT, acc: acc.add_(gram_rows(xT, 0, x.shape[1]))
+    if _works():  # oneDNN itself, whatever svdadapt would choose on this machine
+        products["onednn"] = lambda x, xT, acc: acc.add_(_product(xT, xT))
     report = {}
     for label, product in products.items():
         rates = []
@@ -150,8 +150,9 @@ def run_child(name: str, **kwargs) -> dict:
         cmd = cli_command(kwargs["out"])
     else:
         cmd = [sys.executable, __file__, "--child", name, "--kwargs", json.dumps(kwargs)]
+    environment = {k: v for k, v in os.environ.items() if k != "SVDADAPT_ONEDNN"}  # svdadapt's own choice
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start

@@ -43,9 +43,42 @@ def test_state_round_trip_continues_identically():
     for x in xs[:2]:
         first.add(x)
     second = GramAccumulator(40)
-    second.load_state({k: v.clone() for k, v in first.state().items()})
+    second.load_state(first.checkpoint())
     for x in xs[2:]:
         second.add(x)
     assert torch.equal(second.gram, straight.gram)
     assert torch.equal(second.abs_sum, straight.abs_sum)
     assert second.count == straight.count
+
+
+@pytest.mark.parametrize(("saved_at", "resumed_at"), [(96, 192), (192, 96), (64, 192), (192, 192)])
+def test_a_checkpoint_resumes_at_another_block_width(saved_at, resumed_at):
+    """Which entries of the running triangle hold sums depends on the block width; a checkpoint
+    taken at one (or a triangle-only one of earlier versions, width 96) resumes at any other."""
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(30, 577, generator=gen, dtype=torch.float64) for _ in range(4)]
+    straight = GramAccumulator(577, block=resumed_at)
+    for x in xs:
+        straight.add(x)
+    first = GramAccumulator(577, block=saved_at)
+    for x in xs[:2]:
+        first.add(x)
+    resumed = GramAccumulator(577, block=resumed_at)
+    resumed.load_state(first.checkpoint())
+    for x in xs[2:]:
+        resumed.add(x)
+    # float64 throughout: only the order of the sums differs
+    torch.testing.assert_close(resumed.full_gram(), straight.full_gram(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_triangle_only_checkpoint_of_the_former_width_resumes():
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(30, 577, generator=gen, dtype=torch.float64) for _ in range(2)]
+    old = GramAccumulator(577, block=96)
+    old.add(xs[0])
+    legacy = {k: v.clone() for k, v in old.state().items()}  # what earlier versions saved
+    resumed = GramAccumulator(577)
+    resumed.load_state(legacy)
+    resumed.add(xs[1])
+    reference = torch.cat(xs).T @ torch.cat(xs)
+    torch.testing.assert_close(resumed.full_gram(), reference, rtol=1e-12, atol=1e-12)

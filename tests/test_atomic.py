@@ -30,3 +30,12 @@ def test_a_failed_write_leaves_nothing_under_the_name(tmp_path):
         (tmp / "half").write_text("x")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_special_files_inside_are_skipped_not_opened(tmp_path):
+    """A fifo left in a run directory (e.g. hard-linked along) must neither block nor fail the write."""
+    with atomic_directory(tmp_path / "run") as tmp:
+        os.mkfifo(tmp / "pipe")
+        os.symlink(tmp / "missing", tmp / "dangling")
+        (tmp / "run.json").write_text("{}")
+    assert (tmp_path / "run" / "run.json").read_text() == "{}"

@@ -84,3 +84,45 @@ def test_covariance_sums_match_float64_on_either_back_end(monkeypatch, onednn, d
     err = (acc.full_gram() - ref).abs().max() / ref.abs().max()
     assert err < 1e-6
     assert torch.equal(acc.full_gram(), acc.full_gram().T)
+
+
+def _odd_biases(out: int) -> dict:
+    return {
+        "strided": torch.randn(2 * out)[::2],  # e.g. one half of a fused bias
+        "expanded": torch.zeros(1).expand(out),
+        "scalar": torch.tensor(0.5),
+        "one value": torch.randn(1),
+        "2-D": torch.randn(1, out),
+    }
+
+
+@needs_onednn
+@pytest.mark.parametrize("kind", list(_odd_biases(40)))
+def test_shapes_onednn_does_not_take_stay_with_torch(monkeypatch, kind):
+    monkeypatch.setattr(cpu_matmul, "onednn_preferred", lambda: True)
+    x, w = torch.randn(5, 96), torch.randn(40, 96)
+    bias = _odd_biases(40)[kind]
+    try:
+        expected = F.linear(x, w, bias)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            cpu_matmul.linear(x, w, bias)
+        return
+    torch.testing.assert_close(cpu_matmul.linear(x, w, bias), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_mismatched_shapes_get_torchs_own_error(monkeypatch):
+    monkeypatch.setattr(cpu_matmul, "onednn_preferred", lambda: True)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        cpu_matmul.linear(torch.randn(5, 96), torch.randn(40, 95))
+
+
+def test_the_decision_ignores_default_dtype_and_device(monkeypatch):
+    expected = cpu_matmul._works()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert cpu_matmul._works() == expected
+    finally:
+        torch.set_default_dtype(previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,10 +41,13 @@ def _fsync_tree(root: Path) -> None:
     for directory, _, files in os.walk(root, topdown=False):
         for name in files:
             path = os.path.join(directory, name)
-            if os.path.islink(path):
+            if not stat.S_ISREG(os.lstat(path).st_mode):  # links, fifos, sockets: nothing to flush
                 continue
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         _fsync_dir(Path(directory))
 
 

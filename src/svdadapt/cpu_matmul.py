@@ -59,32 +59,39 @@ def _works() -> bool:
         if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
             return False
         generator = torch.Generator().manual_seed(0)
-        x = torch.randn(64, 48, generator=generator)
-        w = torch.randn(32, 48, generator=generator)
-        b = torch.randn(32, generator=generator)
+        f32 = {"generator": generator, "dtype": torch.float32, "device": "cpu"}  # whatever the defaults
+        x, w, b = torch.randn(64, 48, **f32), torch.randn(32, 48, **f32), torch.randn(32, **f32)
         return bool(torch.allclose(_product(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
 
-def _eligible(*tensors: torch.Tensor | None) -> bool:
-    grad = torch.is_grad_enabled()
-    return all(
-        t is None
-        or (
-            isinstance(t, torch.Tensor)
-            and type(t) in (torch.Tensor, nn.Parameter)  # no subclasses (quantized, sharded, ...)
-            and t.dtype == torch.float32
-            and t.device.type == "cpu"
-            and not (grad and t.requires_grad)
-        )
-        for t in tensors
+def _plain(t: torch.Tensor) -> bool:
+    return (
+        isinstance(t, torch.Tensor)
+        and type(t) in (torch.Tensor, nn.Parameter)  # no subclasses (quantized, sharded, ...)
+        and t.layout == torch.strided
+        and t.dtype == torch.float32
+        and t.device.type == "cpu"
+        and not (torch.is_grad_enabled() and t.requires_grad)
     )
+
+
+def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Plain float32 CPU tensors needing no gradient, in the shapes oneDNN's product takes: x
+    (..., in), weight (out, in), bias None or contiguous (out,). Anything else stays with torch."""
+    if not (_plain(x) and _plain(weight) and x.dim() >= 1 and weight.dim() == 2 and x.numel()):
+        return False
+    if x.shape[-1] != weight.shape[1]:
+        return False  # torch's own error message
+    if bias is None:
+        return True
+    return _plain(bias) and bias.dim() == 1 and bias.shape[0] == weight.shape[0] and bias.is_contiguous()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: x (..., in), weight (out, in) -> (..., out)."""
-    if x.numel() and onednn_preferred() and _eligible(x, weight, bias):
+    if onednn_preferred() and _eligible(x, weight, bias):
         return _product(x, weight, bias)
     return F.linear(x, weight, bias)
 

@@ -17,9 +17,14 @@ from ..cpu_matmul import gram_rows, onednn_preferred
 from ..linalg import mirror_upper_blocks
 
 # 3 column blocks for d = 576 (~67% of a full Gram's work), 8 for d = 1536 (~56%): as fast as
-# narrower ones with MKL, faster with oneDNN. The same on every back end, so that saved sums resume
-# anywhere (which entries hold sums depends on it).
+# narrower ones with MKL, faster with oneDNN. The same on every back end, so that distributed ranks
+# all-reduce triangles of the same shape (checkpoints hold the full matrix, any width resumes them).
 DEFAULT_BLOCK = 192
+NARROWEST_BLOCK = 96  # the width of earlier versions, whose checkpoints held only the triangle
+
+
+def _block_width(dim: int, block: int) -> int:
+    return dim if dim <= 2 * block else block
 
 
 def compute_dtype_for(activation_dtype: torch.dtype) -> torch.dtype:
@@ -66,7 +71,7 @@ class GramAccumulator:
         return batch_abs
 
     def _block_width(self) -> int:
-        return self.dim if self.dim <= 2 * self.block else self.block
+        return _block_width(self.dim, self.block)
 
     def full_gram(self) -> torch.Tensor:
         """Σ x xᵀ as a full symmetric (d, d) matrix (a new tensor; the sums stay usable)."""
@@ -80,15 +85,24 @@ class GramAccumulator:
         return mirror_upper_blocks(gram, self._block_width())
 
     def state(self) -> dict[str, torch.Tensor]:
-        """Tensors that fully describe the sums (for checkpoints and all-reduce)."""
+        """The running sums themselves, not copies (for an in-place all-reduce); ``gram`` holds only
+        the block-upper triangle, so it means something only at this block width."""
         return {
             "gram": self.gram,
             "abs_sum": self.abs_sum,
             "count": torch.tensor([self.count], dtype=torch.float64, device=self.device),
         }
 
+    def checkpoint(self) -> dict[str, torch.Tensor]:
+        """A copy of the sums that any accumulator of this dimension resumes from, whatever its
+        block width: ``gram`` is the full symmetric Σ x xᵀ."""
+        return {**{k: v.clone() for k, v in self.state().items()}, "gram": self.full_gram()}
+
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore sums written by :meth:`state`."""
-        self.gram.copy_(state["gram"])
+        """Restore sums written by :meth:`checkpoint` or :meth:`state`. A triangle-only ``gram`` (from
+        :meth:`state`, or a checkpoint of a version that saved those) is completed first at the
+        narrowest width ever used: its diagonal blocks lie inside every wider width's, so whichever
+        width accumulated it, every entry it lacks is mirrored from one it has."""
+        self.gram.copy_(mirror_upper_blocks(state["gram"].clone(), _block_width(self.dim, NARROWEST_BLOCK)))
         self.abs_sum.copy_(state["abs_sum"])
         self.count = int(state["count"].item())

@@ -36,7 +36,7 @@ def snapshot(capture: InputCapture, batches_done: int, samples_done: int) -> Ful
         batches_done=batches_done,
         samples_done=samples_done,
         group_of=dict(capture.group_of),
-        sums={key: g.sums.state() for key, g in capture.groups.items()},
+        sums={key: g.sums.checkpoint() for key, g in capture.groups.items()},
     )
 
 
