@@ -93,9 +93,9 @@ def child_peft(save_to: str | None = None) -> dict:
 def child_decomposition_timing() -> dict:
     """Per layer shape of SmolLM2 block 10: our context decomposition vs one plain float64 SVD, on
     one thread as each of build's parallel workers runs it."""
+    from svdadapt.backend.scheduling import single_threaded
     from svdadapt.calibrate import collect_covariances
     from svdadapt.data import make_batches, make_samples, resolve
-    from svdadapt.linalg import single_threaded
     from svdadapt.models import load_model
     from svdadapt.targets import find_targets, weight_matrix
 

@@ -6,7 +6,7 @@ process; the parent reads each child's wall time and peak RSS (os.wait4) and the
 timed section the child reports. The floor is the bare forward time plus the covariance FLOPs
 (2 * tokens * sum over unique layer inputs of d_in^2) at the float32 GEMM rate measured here, with
 torch's own kernels; the strict floor takes the fastest forward and GEMM rate, oneDNN's included
-(which svdadapt uses for float32 products where torch's BLAS is slower, see svdadapt.cpu_matmul).
+(which svdadapt uses for float32 products where torch's BLAS is slower, see svdadapt.backend.onednn).
 
     python benchmarks/calibrate.py            # prints a table; --json FILE also writes the figures
 """
@@ -73,12 +73,12 @@ def child_forward(tokens_file: str, batch_size: int, body_only: bool, onednn: bo
 
     import torch
 
-    from svdadapt.cpu_matmul import fast_linear
+    from svdadapt import backend
 
     model, ids = _load(tokens_file)
     runner = model.model if body_only else model
     start = time.perf_counter()
-    with torch.no_grad(), fast_linear() if onednn else contextlib.nullcontext():
+    with torch.no_grad(), backend.on("cpu").forward_products() if onednn else contextlib.nullcontext():
         for i in range(0, len(ids), batch_size):
             runner(input_ids=ids[i : i + batch_size], use_cache=False)
     return {"timed_s": time.perf_counter() - start}
@@ -110,7 +110,7 @@ def child_gemm() -> dict:
     with torch's own BLAS and with oneDNN (what svdadapt uses where it prefers it)."""
     import torch
 
-    from svdadapt.cpu_matmul import _product, _works
+    from svdadapt.backend.onednn import _product, _works
 
     products = {"torch": lambda x, xT, acc: acc.addmm_(x.T, x)}
     if _works():  # oneDNN itself, whatever svdadapt would choose on this machine

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
+from svdadapt.backend import gram as gram_module
 from svdadapt.calibrate import GramAccumulator
 
 
 @pytest.mark.parametrize("dim", [5, 64, 300, 577])
 def test_block_triangle_equals_full_gram_in_float64(dim):
     gen = torch.Generator().manual_seed(dim)
-    acc = GramAccumulator(dim, torch.float64, block=128)
+    acc = GramAccumulator(dim, torch.float64)
     chunks = [torch.randn(n, dim, generator=gen, dtype=torch.float64) for n in (17, 1, 40)]
     for x in chunks:
         acc.add(x)
@@ -52,31 +53,37 @@ def test_state_round_trip_continues_identically():
 
 
 @pytest.mark.parametrize(("saved_at", "resumed_at"), [(96, 192), (192, 96), (64, 192), (192, 192)])
-def test_a_checkpoint_resumes_at_another_block_width(saved_at, resumed_at):
-    """Which entries of the running triangle hold sums depends on the block width; a checkpoint
-    taken at one (or a triangle-only one of earlier versions, width 96) resumes at any other."""
+def test_a_checkpoint_resumes_at_another_block_width(saved_at, resumed_at, monkeypatch):
+    """Which entries of the running triangle hold sums depends on the block width (the back end's);
+    a checkpoint taken at one resumes at any other."""
     gen = torch.Generator().manual_seed(3)
     xs = [torch.randn(30, 577, generator=gen, dtype=torch.float64) for _ in range(4)]
-    straight = GramAccumulator(577, block=resumed_at)
-    for x in xs:
-        straight.add(x)
-    first = GramAccumulator(577, block=saved_at)
+    monkeypatch.setattr(gram_module, "GRAM_BLOCK", saved_at)
+    first = GramAccumulator(577)
     for x in xs[:2]:
         first.add(x)
-    resumed = GramAccumulator(577, block=resumed_at)
-    resumed.load_state(first.checkpoint())
+    saved = first.checkpoint()
+    monkeypatch.setattr(gram_module, "GRAM_BLOCK", resumed_at)
+    straight = GramAccumulator(577)
+    for x in xs:
+        straight.add(x)
+    resumed = GramAccumulator(577)
+    resumed.load_state(saved)
     for x in xs[2:]:
         resumed.add(x)
     # float64 throughout: only the order of the sums differs
     torch.testing.assert_close(resumed.full_gram(), straight.full_gram(), rtol=1e-12, atol=1e-12)
 
 
-def test_a_triangle_only_checkpoint_of_the_former_width_resumes():
+@pytest.mark.parametrize("former", [96, 192])
+def test_a_triangle_only_checkpoint_of_a_former_width_resumes(former, monkeypatch):
     gen = torch.Generator().manual_seed(4)
     xs = [torch.randn(30, 577, generator=gen, dtype=torch.float64) for _ in range(2)]
-    old = GramAccumulator(577, block=96)
+    monkeypatch.setattr(gram_module, "GRAM_BLOCK", former)
+    old = GramAccumulator(577)
     old.add(xs[0])
     legacy = {k: v.clone() for k, v in old.state().items()}  # what earlier versions saved
+    monkeypatch.undo()
     resumed = GramAccumulator(577)
     resumed.load_state(legacy)
     resumed.add(xs[1])

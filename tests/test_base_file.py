@@ -1,5 +1,5 @@
-"""The residual base streamed into a copy of the checkpoint: the same files save_pretrained writes,
-used only when the checkpoint is verifiably the loaded model, and pages handed back to the OS."""
+"""The writer of a run's base: streamed into a copy of the checkpoint, the same files save_pretrained
+writes, used only when the checkpoint is verifiably the loaded model, and pages handed back to the OS."""
 
 import json
 import platform
@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from svdadapt.build import base_file
-from svdadapt.build.base_file import StreamedBase
-from svdadapt.memory import drop_file_pages, drop_mapped_pages, file_mappings
+from svdadapt.backend import base_writer, checkpoint
+from svdadapt.backend.base_writer import SavedBase, StreamedBase
+from svdadapt.backend.memory import drop_file_pages, drop_mapped_pages, file_mappings
 from svdadapt.models import load_model
 from svdadapt.targets import find_targets
 
@@ -21,27 +21,29 @@ from .test_build import make_run
 LINUX = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-def _spy_start(monkeypatch, enabled: bool) -> list:
-    """Record what StreamedBase.start returned (or make it decline, as for an unverifiable checkpoint)."""
-    results = []
-    original = StreamedBase.start.__func__
+def _spy_writer(monkeypatch, streaming: bool) -> list:
+    """Record the writers a build opens (or make streaming decline, as for an unverifiable checkpoint)."""
+    opened = []
+    original = base_writer.open_base_writer
+    if not streaming:
+        monkeypatch.setattr(base_writer, "streamable", lambda *args: None)
 
-    def start(cls, *args, **kwargs):
-        result = original(cls, *args, **kwargs) if enabled else None
-        results.append(result)
-        return result
+    def spy(*args, **kwargs):
+        opened.append(original(*args, **kwargs))
+        return opened[-1]
 
-    monkeypatch.setattr(StreamedBase, "start", classmethod(start))
-    return results
+    monkeypatch.setattr("svdadapt.backend.open_base_writer", spy)
+    return opened
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])  # gpt2: Conv1D weights stored (in, out)
 def test_streamed_base_is_what_save_pretrained_writes(kind, tiny_dirs, text_file, tmp_path, monkeypatch):
-    streamed = _spy_start(monkeypatch, enabled=True)
+    opened = _spy_writer(monkeypatch, streaming=True)
     run = make_run(tiny_dirs, text_file, tmp_path / "streamed", kind)
-    assert streamed and streamed[-1] is not None  # the tiny checkpoint is the model: streaming was used
-    _spy_start(monkeypatch, enabled=False)
+    assert isinstance(opened[-1], StreamedBase)  # the tiny checkpoint is the model: streaming was used
+    opened = _spy_writer(monkeypatch, streaming=False)
     saved = make_run(tiny_dirs, text_file, tmp_path / "saved", kind)
+    assert isinstance(opened[-1], SavedBase)
 
     a = load_file(str(run.path / "base" / "model.safetensors"))
     b = load_file(str(saved.path / "base" / "model.safetensors"))
@@ -57,10 +59,16 @@ def test_streamed_base_is_what_save_pretrained_writes(kind, tiny_dirs, text_file
     run.load_base()  # the fingerprint recorded is the one the written base loads with
 
 
+def _keys(model) -> list[str]:
+    return [f"{name}.weight" for name in find_targets(model, None)]
+
+
 def _start(model_dir, tmp_path, **load_kwargs):
     loaded = load_model(str(model_dir), **load_kwargs)
-    names = list(find_targets(loaded.model, None))
-    return loaded, StreamedBase.start(loaded.model, loaded.location, names, tmp_path / "base")
+    streamed = base_writer.streamable(loaded.model, loaded.location, _keys(loaded.model))
+    if streamed is not None:
+        streamed.start(tmp_path / "base")
+    return loaded, streamed
 
 
 def test_a_checkpoint_that_is_not_the_loaded_model_is_not_streamed(tiny_dirs, tmp_path):
@@ -71,8 +79,7 @@ def test_a_checkpoint_that_is_not_the_loaded_model_is_not_streamed(tiny_dirs, tm
     loaded = load_model(str(tiny_dirs["llama"]))
     with torch.no_grad():
         loaded.model.model.layers[0].mlp.up_proj.weight.mul_(2)
-    names = list(find_targets(loaded.model, None))
-    assert StreamedBase.start(loaded.model, loaded.location, names, tmp_path / "changed") is None
+    assert base_writer.streamable(loaded.model, loaded.location, _keys(loaded.model)) is None
 
     # a new classification head is not in the checkpoint
     assert _start(tiny_dirs["bert"], tmp_path / "head", head="seq-cls", num_labels=3)[1] is None
@@ -91,7 +98,7 @@ def test_a_checkpoint_that_is_not_the_loaded_model_is_not_streamed(tiny_dirs, tm
 def test_slots_read_from_the_header_locate_each_tensor(tmp_path):
     tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(5, dtype=torch.bfloat16)}
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    slots = base_file.read_slots(tmp_path / "model.safetensors")
+    slots = checkpoint.read_slots(tmp_path / "model.safetensors")
     raw = (tmp_path / "model.safetensors").read_bytes()
     for key, tensor in tensors.items():
         slot = slots[key]
@@ -132,13 +139,13 @@ def test_pages_of_a_clean_private_mapping_go_back_and_read_the_same(tmp_path):
 @pytest.mark.parametrize("kernel_copy", [True, False])
 def test_copy_except_leaves_only_the_holes_unwritten(kernel_copy, tmp_path, monkeypatch):
     if not kernel_copy:  # e.g. across file systems on an old kernel: the buffered path
-        monkeypatch.setattr(base_file.os, "copy_file_range", lambda *a: (_ for _ in ()).throw(OSError(18, "EXDEV")))
-        monkeypatch.setattr(base_file, "COPY_CHUNK", 1000)
+        monkeypatch.setattr(checkpoint.os, "copy_file_range", lambda *a: (_ for _ in ()).throw(OSError(18, "EXDEV")))
+        monkeypatch.setattr(checkpoint, "COPY_CHUNK", 1000)
     source = tmp_path / "source.bin"
     data = bytes(range(256)) * 40  # 10240 bytes
     source.write_bytes(data)
-    holes = [base_file.Slot("source.bin", 5000, (250,), torch.float32), base_file.Slot("x", 16, (3,), torch.int8)]
-    base_file.copy_except(source, tmp_path / "target.bin", holes)
+    holes = [checkpoint.Slot("source.bin", 5000, (250,), torch.float32), checkpoint.Slot("x", 16, (3,), torch.int8)]
+    checkpoint.copy_except(source, tmp_path / "target.bin", holes)
     copied = (tmp_path / "target.bin").read_bytes()
     assert len(copied) == len(data)
     assert copied[16:19] == b"\0" * 3 and copied[5000:6000] == b"\0" * 1000

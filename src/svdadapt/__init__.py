@@ -4,7 +4,7 @@ The library twin of PEFT's CorDA and KaSA initialisations, end to end: calibrate
 decompose, build adapters, train, merge/export, evaluate and compress.
 """
 
-from .collector import collection_paused
+from .backend import collection_paused
 
 with collection_paused():  # torch and transformers: ~1M long-lived objects, no garbage
     from .calibrate import collect_covariances, iter_covariances

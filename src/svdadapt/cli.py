@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .collector import set_aside_live_objects
+from .backend import set_aside_live_objects
 from .errors import SvdadaptError
 from .options import add_options, from_namespace
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import backend
 from .errors import SvdadaptError
-from .linalg import all_finite, eigh, gram, refine_bottom_singular
+from .linalg import all_finite, refine_bottom_singular
 
 GRAM_SAFE_RATIO = 1e-6  # full decompositions: below this σ_min/σ_max, use a full SVD
 # r components from the Gram: the subspace error measured on real SmolLM2 layers is ~1.5e-18 over
@@ -158,10 +159,11 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
     out_f, in_f = W.shape
     wide = out_f <= in_f
     M = context.apply(W)  # (out, in)
-    G = gram(M.T if wide else M)  # (k, k), k = min(out, in): MMᵀ or MᵀM
+    kernels = backend.on(M.device)
+    G = kernels.gram(M.T if wide else M)  # (k, k), k = min(out, in): MMᵀ or MᵀM
     k = G.shape[0]
     if want is None:
-        values, vectors = eigh(G)
+        values, vectors = kernels.eigh(G)
         if values[0] > GRAM_SAFE_RATIO**2 * values[-1]:
             return _factors_from_gram(W, M, context, values.flip(0), vectors.flip(1), wide)
         return _full_svd(M, context)
@@ -169,7 +171,7 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
     scale = torch.trace(G)  # ≥ the largest eigenvalue
     if kind == "bottom":
         count = min(r + REFINE_EXTRA, k)  # r + 1 would do for the gap; the rest seed a refinement
-        values, vectors = eigh(G, (0, count - 1))  # smallest, ascending
+        values, vectors = kernels.eigh(G, (0, count - 1))  # smallest, ascending
         gap = values[r] - values[r - 1] if r < k else scale
         if values[0] > TINY_SAFE * scale and gap > GAP_SAFE * scale:
             return _factors_from_gram(W, M, context, values[:r].flip(0), vectors[:, :r].flip(1), wide)
@@ -178,7 +180,7 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
             if refined is not None:
                 return refined
         return _full_svd(M, context, want)
-    values, vectors = eigh(G, (max(k - r - 1, 0), k - 1))  # r + 1 largest
+    values, vectors = kernels.eigh(G, (max(k - r - 1, 0), k - 1))  # r + 1 largest
     gap = values[1] - values[0] if r < k else scale
     if gap > GAP_SAFE * scale:
         start = 1 if r < k else 0

@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .collector import collection_paused
+from .backend import collection_paused
 from .errors import SvdadaptError
 from .fingerprint import model_identity
 from .hub import require_hub

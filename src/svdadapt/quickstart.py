@@ -137,8 +137,8 @@ def _table(rows: dict) -> str:
 def quickstart(opts: QuickstartOptions) -> dict:
     from .adapters.inject import inject
     from .atomic import write_json
+    from .backend import resolve_device
     from .calibrate.job import CalibrateOptions, calibrate, summary
-    from .distributed import resolve_device
     from .errors import SvdadaptError
     from .models import load_model
 

@@ -154,26 +154,22 @@ def write_run_files(
     adapters: AdapterSet,
     initial: AdapterSet,
     base_model: nn.Module,
-    tokenizer,
     base_changed: bool,
-    base_fingerprint: str | None = None,
+    base_fingerprint: str,
 ) -> dict:
-    """Write a run's files into ``directory``, the staging directory of an atomic write to ``out``.
-    ``base_fingerprint``: base/ is already there (streamed during the build) with these weights.
+    """Write a run's files into ``directory``, the staging directory of an atomic write to ``out``
+    whose base/ (if ``base_changed``) is already written, with weights ``base_fingerprint``.
     Returns run.json's content."""
     base_location = str(out / "base") if base_changed else meta["original"]["location"]
     meta = {
         "format": FORMAT,
         "version": VERSION,
         **meta,
-        "base_fingerprint": base_fingerprint or weights_fingerprint(base_model),
+        "base_fingerprint": base_fingerprint,
         "task_type": task_type_of(base_model),
         "layers": adapters.describe(),
         "conv1d": adapters.conv1d,
     }
-    if base_changed and base_fingerprint is None:
-        base_model.save_pretrained(directory / "base", safe_serialization=True)
-        tokenizer.save_pretrained(directory / "base")
     write_peft_lora(
         directory / "adapter",
         _peft_layers(adapters),

@@ -8,22 +8,20 @@ from pathlib import Path
 
 import torch
 
+from .. import backend
 from ..atomic import atomic_directory
 from ..calibrate.engine import DTYPES
 from ..calibrate.job import MODEL_HELP
 from ..data.options import DataOptions
 from ..decompose import check_finite
-from ..distributed import resolve_device
 from ..errors import SvdadaptError
-from ..fingerprint import body_fingerprint, model_identity
-from ..memory import drop_mapped_pages, release_freed_memory
+from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
 from ..methods import METHODS, TRUNCATIONS, get_method
 from ..models import load_model, max_positions
 from ..options import opt
 from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
 from ..store import CovarianceStore
-from ..targets import find_targets, weight_matrix
-from .base_file import StreamedBase, checkpoint_mappings
+from ..targets import find_targets, stored_weight, weight_matrix
 from .core import build_adapters
 from .plan import plan_layers
 from .waves import waves_from_store, waves_on_the_fly, waves_without_statistics
@@ -102,7 +100,7 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
         raise SvdadaptError(f"--dropout must be in [0, 1), got {opts.dropout}")
     out = Path(opts.out).expanduser()
     check_run_out(out)
-    device = resolve_device(opts.device)
+    device = backend.resolve_device(opts.device)
     head_kwargs = {}
     if opts.head == "seq-cls":
         if not opts.num_labels or opts.num_labels < 1:
@@ -112,22 +110,26 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
     loaded = load_model(opts.model, head=opts.head, device=device, **head_kwargs)
     modules = find_targets(loaded.model, opts.targets)
     plan = plan_layers(modules, opts.rank, opts.alpha, opts.rank_pattern, opts.alpha_pattern)
-    mapped = checkpoint_mappings(loaded.location)
+    changed = method.base != "original" or opts.head == "seq-cls"  # a new head lives in the base
+    base = backend.open_base_writer(loaded.model, loaded.location, [f"{n}.weight" for n in plan], changed)
     for name, layer in plan.items():  # fail before any long work starts
         check_finite(weight_matrix(layer.module), name)
-        drop_mapped_pages(layer.module.weight, mapped)  # the check read it in; the build reads it when due
+        base.release(layer.module.weight)  # the check read it in; the build reads it when due
     original = {
         **model_identity(loaded.model), "body_fingerprint": body_fingerprint(loaded.model),
         "name": loaded.name, "location": loaded.location,
     }  # fmt: skip
     waves, calibration = _statistics_waves(opts, loaded, method, plan, modules, progress)
-    changed = method.base != "original" or opts.head == "seq-cls"  # a new head lives in the base
     with atomic_directory(out) as tmp:
-        streamed = StreamedBase.start(loaded.model, loaded.location, list(plan), tmp / "base") if changed else None
-        put_base = streamed.put if streamed is not None else None
+        base.start(tmp / "base")
+
+        def put_base(name: str, module, matrix) -> None:
+            base.put(f"{name}.weight", module.weight, stored_weight(module, matrix))
+
         adapters = build_adapters(method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base)
         mixed_conv1d(adapters)
-        base_fingerprint = streamed.finish(loaded.model, loaded.tokenizer) if streamed is not None else None
+        base.finish(loaded.model, loaded.tokenizer)
+        base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
         meta = {
             "stage": "built",
             "method": method.name,
@@ -142,11 +144,7 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
             "calibration": calibration,
             "build_seconds": round(time.monotonic() - started, 2),
         }
-        if streamed is None:  # save_pretrained reads every weight in: start it from a trimmed heap
-            release_freed_memory()
-        meta = write_run_files(
-            tmp, out, meta, adapters, adapters, loaded.model, loaded.tokenizer, changed, base_fingerprint
-        )
+        meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, changed, base_fingerprint)
     return Run(out, meta)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibrate import iter_covariances
+from ..calibrate import PassSettings, iter_covariances
 from ..calibrate.result import FinishedGroup
 from ..store import CovarianceStore
 
@@ -56,7 +56,6 @@ def waves_on_the_fly(
 ) -> Iterator[list[Unit]]:
     """Calibrate block by block and hand over each block's groups as one wave."""
     total = sum(int(b["input_ids"].shape[0]) for b in batches)
-    for _, groups in iter_covariances(
-        model, batches, modules, accumulate_dtype, progress=progress, total_samples=total
-    ):
+    settings = PassSettings(accumulate_dtype=accumulate_dtype, progress=progress, total_samples=total)
+    for _, groups in iter_covariances(model, batches, modules, settings):
         yield [Unit(g.members, _statistic(g, needs)) for g in groups]

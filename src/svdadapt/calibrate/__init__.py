@@ -4,6 +4,7 @@ from .accumulator import GramAccumulator
 from .capture import InputCapture
 from .engine import DTYPES, MODES, collect_covariances, iter_covariances
 from .result import FinishedGroup
+from .settings import PassSettings
 
 __all__ = [
     "DTYPES",
@@ -11,6 +12,7 @@ __all__ = [
     "FinishedGroup",
     "GramAccumulator",
     "InputCapture",
+    "PassSettings",
     "collect_covariances",
     "iter_covariances",
 ]

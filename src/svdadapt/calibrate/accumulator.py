@@ -1,9 +1,8 @@
 """Running sums for one covariance group: Σ x xᵀ (upper block triangle only), Σ |x|, token count.
 
-The Gram product is symmetric, so only the block-upper triangle is computed: with column blocks of
-width ``block`` the work is about (1 + 1/nblocks)/2 of a full ``xᵀx`` and runs as plain GEMMs on any
-device. Products run in float32 (or the activations' own dtype if wider, e.g. float64 test models),
-on oneDNN where :mod:`~svdadapt.cpu_matmul` prefers it, and are added into sums kept in
+The Gram product is symmetric, so only the block-upper triangle is computed (the back end's
+triangular product, on whatever kernels suit the device). Products run in float32 (or the
+activations' own dtype if wider, e.g. float64 test models) and are added into sums kept in
 ``accumulate_dtype``.
 """
 
@@ -13,18 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..cpu_matmul import gram_rows, onednn_preferred
-from ..linalg import mirror_upper_blocks
+from .. import backend
 
-# 3 column blocks for d = 576 (~67% of a full Gram's work), 8 for d = 1536 (~56%): as fast as
-# narrower ones with MKL, faster with oneDNN. The same on every back end, so that distributed ranks
-# all-reduce triangles of the same shape (checkpoints hold the full matrix, any width resumes them).
-DEFAULT_BLOCK = 192
-NARROWEST_BLOCK = 96  # the width of earlier versions, whose checkpoints held only the triangle
-
-
-def _block_width(dim: int, block: int) -> int:
-    return dim if dim <= 2 * block else block
+# The block width of versions whose checkpoints held only the triangle: every width used since is
+# a multiple of it, so its diagonal blocks lie inside theirs.
+NARROWEST_BLOCK = 96
 
 
 def compute_dtype_for(activation_dtype: torch.dtype) -> torch.dtype:
@@ -39,7 +31,6 @@ class GramAccumulator:
     dim: int
     accumulate_dtype: torch.dtype = torch.float64
     device: torch.device | str = "cpu"
-    block: int = DEFAULT_BLOCK
     gram: torch.Tensor = field(init=False)  # (d, d), block-upper triangle of Σ x xᵀ
     abs_sum: torch.Tensor = field(init=False)  # (d,), Σ |x|
     count: int = field(init=False, default=0)
@@ -47,6 +38,7 @@ class GramAccumulator:
     def __post_init__(self) -> None:
         self.gram = torch.zeros(self.dim, self.dim, dtype=self.accumulate_dtype, device=self.device)
         self.abs_sum = torch.zeros(self.dim, dtype=self.accumulate_dtype, device=self.device)
+        self._kernels = backend.on(self.device)
 
     def add(self, x: torch.Tensor) -> torch.Tensor:
         """Add rows ``x`` (n, d); return this batch's Σ|x| (d,) so callers can check it is finite."""
@@ -54,39 +46,20 @@ class GramAccumulator:
         batch_abs = x.abs().sum(dim=0)  # (d,)
         self.abs_sum += batch_abs.to(self.accumulate_dtype)
         self.count += x.shape[0]
-        d, step = self.dim, self._block_width()
-        if x.dtype == torch.float32 and x.device.type == "cpu" and onednn_preferred():
-            xT = x.T.contiguous()  # (d, n)
-            for start in range(0, d, step):
-                self.gram[start : start + step, start:] += gram_rows(xT, start, start + step)
-            return batch_abs
-        same_dtype = x.dtype == self.accumulate_dtype
-        for start in range(0, d, step):
-            rows = x[:, start : start + step]  # (n, b)
-            target = self.gram[start : start + step, start:]  # (b, d - start)
-            if same_dtype:
-                target.addmm_(rows.T, x[:, start:])
-            else:
-                target += torch.mm(rows.T, x[:, start:]).to(self.accumulate_dtype)
+        self._kernels.accumulate_gram(self.gram, x)
         return batch_abs
-
-    def _block_width(self) -> int:
-        return _block_width(self.dim, self.block)
 
     def full_gram(self) -> torch.Tensor:
         """Σ x xᵀ as a full symmetric (d, d) matrix (a new tensor; the sums stay usable)."""
-        return self._mirror(self.gram.clone())
+        return backend.mirror_upper(self.gram.clone())
 
     def finish_(self) -> torch.Tensor:
         """Σ x xᵀ, completed in place: cheapest, but no more :meth:`add` after it."""
-        return self._mirror(self.gram)
-
-    def _mirror(self, gram: torch.Tensor) -> torch.Tensor:
-        return mirror_upper_blocks(gram, self._block_width())
+        return backend.mirror_upper(self.gram)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The running sums themselves, not copies (for an in-place all-reduce); ``gram`` holds only
-        the block-upper triangle, so it means something only at this block width."""
+        the block-upper triangle."""
         return {
             "gram": self.gram,
             "abs_sum": self.abs_sum,
@@ -103,6 +76,7 @@ class GramAccumulator:
         :meth:`state`, or a checkpoint of a version that saved those) is completed first at the
         narrowest width ever used: its diagonal blocks lie inside every wider width's, so whichever
         width accumulated it, every entry it lacks is mirrored from one it has."""
-        self.gram.copy_(mirror_upper_blocks(state["gram"].clone(), _block_width(self.dim, NARROWEST_BLOCK)))
+        narrowest = self.dim if self.dim <= 2 * NARROWEST_BLOCK else NARROWEST_BLOCK
+        self.gram.copy_(backend.mirror_upper(state["gram"].clone(), narrowest))
         self.abs_sum.copy_(state["abs_sum"])
         self.count = int(state["count"].item())

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cpu_matmul import fast_linear
+from .. import backend
 from ..targets import block_lists
 from .capture import InputCapture
 from .result import FinishedGroup, finish
 from .runner import batch_samples, forward_module, model_inputs, module_device
+from .settings import PassSettings
 
 
 class _StopForward(Exception):
@@ -118,18 +119,13 @@ def blockwise_pass(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     targets: dict[str, nn.Module],
-    accumulate_dtype: torch.dtype,
-    device: torch.device | str | None = None,
-    exec_device: torch.device | str | None = None,
-    total_samples: int | None = None,
-    start_block: int = 0,
-    progress: bool = True,
-    store_dtype: torch.dtype = torch.float32,
+    settings: PassSettings,
 ) -> Iterator[tuple[int, list[FinishedGroup]]]:
     """Yield ``(block index, finished groups of that block)`` for every block holding targets.
 
-    ``exec_device`` runs the blocks (default: where the model is); blocks stored elsewhere are
-    moved there one at a time. Blocks before ``start_block`` only propagate hidden states (resume).
+    ``settings.exec_device`` runs the blocks (default: where the model is); blocks stored elsewhere
+    are moved there one at a time. Blocks before ``settings.start_block`` only propagate hidden
+    states (resume).
     """
     found = find_stack(model, list(targets))
     if found is None:
@@ -137,7 +133,9 @@ def blockwise_pass(
     stack_name, stack = found
     runner, _ = forward_module(model, list(targets))
     home = module_device(runner)
-    exec_device = torch.device(exec_device) if exec_device is not None else home
+    exec_device = torch.device(settings.exec_device) if settings.exec_device is not None else home
+    sums_device = settings.sums_device if settings.sums_device is not None else exec_device
+    start_block = settings.start_block
     was_training = model.training
     model.eval()
     try:
@@ -149,15 +147,16 @@ def blockwise_pass(
             by_block.setdefault(index, {})[name] = module
         last = max(by_block)
         todo = sum(1 for i in by_block if i >= start_block)
-        bar = tqdm(total=todo * samples, desc="calibrating", unit="sample", disable=not progress)
+        bar = tqdm(total=todo * samples, desc="calibrating", unit="sample", disable=not settings.progress)
+        products = backend.on(exec_device).forward_products
         with bar:
             for index in range(last + 1):
                 block = stack[index]
                 block_home = module_device(block)
                 block.to(exec_device)
                 hooked = by_block.get(index) if index >= start_block else None
-                capture = InputCapture(hooked or {}, accumulate_dtype, device if device is not None else exec_device)
-                with capture, fast_linear():
+                capture = InputCapture(hooked or {}, settings.accumulate_dtype, sums_device)
+                with capture, products():
                     for record in records:
                         capture.begin_batch(record.mask)
                         record.hidden = _run_block(block, record, index, exec_device)
@@ -167,7 +166,7 @@ def blockwise_pass(
                             bar.update(record.samples)
                 block.to(block_home)
                 if hooked:
-                    yield index, [finish(g, store_dtype) for g in capture.groups.values()]
+                    yield index, [finish(g, settings.store_dtype) for g in capture.groups.values()]
                 del capture
     finally:
         model.train(was_training)

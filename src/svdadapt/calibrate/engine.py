@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from .. import backend
 from ..errors import SvdadaptError
 from ..fingerprint import model_identity
 from ..targets import find_targets
 from .blockwise import blockwise_pass, find_stack
-from .full import FullPassState, full_pass
-from .result import FinishedGroup, distributed
+from .full import full_pass
+from .result import FinishedGroup
+from .settings import PassSettings
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -38,23 +38,11 @@ class Tally:
             yield batch
 
 
-def _full(model, batches, targets, dtype, device, total, resume, progress, store_dtype, **_):
-    state, on_checkpoint = resume if resume is not None else (None, None)
-    passed = full_pass(
-        model, batches, targets, dtype, device, total, state, on_checkpoint, progress=progress, store_dtype=store_dtype
-    )
-    yield 0, list(passed)
+def _full(model, batches, targets, settings: PassSettings) -> Iterator[tuple[int, list[FinishedGroup]]]:
+    yield 0, list(full_pass(model, batches, targets, settings))
 
 
-def _blockwise(model, batches, targets, dtype, device, total, resume, progress, store_dtype, start_block=0,
-               exec_device=None):  # fmt: skip
-    yield from blockwise_pass(
-        model, batches, targets, dtype, device, exec_device, total, start_block=start_block, progress=progress,
-        store_dtype=store_dtype,
-    )  # fmt: skip
-
-
-MODES: dict[str, Callable] = {"full": _full, "blockwise": _blockwise}
+MODES: dict[str, Callable] = {"full": _full, "blockwise": blockwise_pass}
 
 
 def resolve_mode(model: nn.Module, targets: dict[str, nn.Module], mode: str) -> str:
@@ -68,47 +56,20 @@ def resolve_mode(model: nn.Module, targets: dict[str, nn.Module], mode: str) -> 
     return mode
 
 
-def _rank_share(batches: Sequence | Iterable) -> Iterable:
-    """Under torch.distributed, each rank takes every world_size-th batch."""
-    if not distributed():
-        return batches
-    return itertools.islice(batches, dist.get_rank(), None, dist.get_world_size())
-
-
 def iter_covariances(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     targets: str | Sequence[str] | dict[str, nn.Module] | None = None,
-    accumulate_dtype: torch.dtype = torch.float64,
-    *,
-    device: torch.device | str | None = None,
+    settings: PassSettings | None = None,
     mode: str = "auto",
-    progress: bool = True,
-    total_samples: int | None = None,
-    start_block: int = 0,
-    exec_device: torch.device | str | None = None,
-    full_resume: tuple[FullPassState | None, Callable | None] | None = None,
-    store_dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, list[FinishedGroup]]]:
     """Yield ``(unit, finished groups)`` as covariances become final: one unit per block in
     block-wise mode (so callers can decompose and free them at once), a single unit 0 otherwise.
 
-    Sums run in ``accumulate_dtype``; the final means are handed over in ``store_dtype``."""
+    In a process group each process takes its share of the batches and the sums are added up."""
     modules = targets if isinstance(targets, dict) else find_targets(model, targets)
     driver = MODES[resolve_mode(model, modules, mode)]
-    yield from driver(
-        model,
-        _rank_share(batches),
-        modules,
-        accumulate_dtype,
-        device,
-        total_samples,
-        full_resume,
-        progress,
-        store_dtype,
-        start_block=start_block,
-        exec_device=exec_device,
-    )
+    yield from driver(model, backend.share_of(batches), modules, settings or PassSettings())
 
 
 def collect_covariances(
@@ -134,11 +95,9 @@ def collect_covariances(
 
     tally = Tally()
     total = sum(int(b["input_ids"].shape[0]) for b in batches) if isinstance(batches, Sequence) else None
+    settings = PassSettings(accumulate_dtype, store_dtype, device, progress=progress, total_samples=total)
     store = CovarianceStore()
-    for unit, groups in iter_covariances(
-        model, tally.watch(batches), targets, accumulate_dtype,
-        device=device, mode=mode, progress=progress, total_samples=total, store_dtype=store_dtype,
-    ):  # fmt: skip
+    for unit, groups in iter_covariances(model, tally.watch(batches), targets, settings, mode):
         for group in groups:
             store.add(group, shard_name(unit))
     store.metadata.update(

@@ -8,48 +8,18 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cpu_matmul import fast_linear
+from .. import backend
 from .capture import InputCapture
 from .result import FinishedGroup, finish
+from .resume import restore, snapshot
 from .runner import batch_samples, forward_module, model_inputs, module_device
-
-
-@dataclass
-class FullPassState:
-    """A resumable point of a whole-model pass: batches consumed and every group's sums."""
-
-    batches_done: int = 0
-    samples_done: int = 0
-    group_of: dict[str, str] = field(default_factory=dict)
-    sums: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-
-
-def snapshot(capture: InputCapture, batches_done: int, samples_done: int) -> FullPassState:
-    return FullPassState(
-        batches_done=batches_done,
-        samples_done=samples_done,
-        group_of=dict(capture.group_of),
-        sums={key: g.sums.checkpoint() for key, g in capture.groups.items()},
-    )
-
-
-def restore(capture: InputCapture, state: FullPassState) -> None:
-    modules = capture.modules
-    for name, key in state.group_of.items():
-        if key == name:
-            capture.join(name, key, modules[name])
-    for name, key in state.group_of.items():
-        if key != name:
-            capture.join(name, key, modules[name])
-    for key, tensors in state.sums.items():
-        capture.groups[key].sums.load_state(tensors)
+from .settings import PassSettings
 
 
 @torch.no_grad()
@@ -57,30 +27,25 @@ def full_pass(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     targets: dict[str, nn.Module],
-    accumulate_dtype: torch.dtype,
-    device: torch.device | str | None = None,
-    total_samples: int | None = None,
-    resume_from: FullPassState | None = None,
-    on_checkpoint: Callable[[FullPassState], None] | None = None,
-    checkpoint_seconds: float = 120.0,
-    progress: bool = True,
-    store_dtype: torch.dtype = torch.float32,
+    settings: PassSettings,
 ) -> Iterator[FinishedGroup]:
     """Run all batches through ``model`` and yield each group's final statistics at the end."""
     runner, _ = forward_module(model, list(targets))
     run_device = module_device(runner)
-    capture = InputCapture(targets, accumulate_dtype, device)
+    capture = InputCapture(targets, settings.accumulate_dtype, settings.sums_device)
     done, samples = 0, 0
-    if resume_from is not None:
-        restore(capture, resume_from)
-        done, samples = resume_from.batches_done, resume_from.samples_done
+    if settings.resume is not None:
+        restore(capture, settings.resume)
+        done, samples = settings.resume.batches_done, settings.resume.samples_done
         batches = itertools.islice(batches, done, None)
-    bar = tqdm(total=total_samples, initial=samples, desc="calibrating", unit="sample", disable=not progress)
+    bar = tqdm(
+        total=settings.total_samples, initial=samples, desc="calibrating", unit="sample", disable=not settings.progress
+    )
     last_save = time.monotonic()
     was_training = model.training
     model.eval()
     try:
-        with capture, fast_linear():
+        with capture, backend.on(run_device).forward_products():
             for batch in batches:
                 capture.begin_batch(batch.get("attention_mask"))
                 runner(**model_inputs(runner, batch, run_device))
@@ -88,12 +53,12 @@ def full_pass(
                 done += 1
                 samples += batch_samples(batch)
                 bar.update(batch_samples(batch))
-                if on_checkpoint is not None and time.monotonic() - last_save >= checkpoint_seconds:
-                    on_checkpoint(snapshot(capture, done, samples))
+                if settings.on_checkpoint is not None and time.monotonic() - last_save >= settings.checkpoint_seconds:
+                    settings.on_checkpoint(snapshot(capture, done, samples))
                     last_save = time.monotonic()
     finally:
         bar.close()
         model.train(was_training)
     for group in list(capture.groups.values()):
-        yield finish(group, store_dtype)
+        yield finish(group, settings.store_dtype)
         del capture.groups[group.key]  # free each group's sums as soon as it is handed over

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backend import resolve_device
 from ..data.options import DataOptions
-from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..models import describe_model, load_model, max_positions
 from ..options import opt
@@ -15,6 +15,7 @@ from ..store import CovarianceStore
 from ..targets import find_targets
 from .engine import DTYPES, MODES, iter_covariances, resolve_mode
 from .partial import PartialRun, check_out_dir
+from .settings import PassSettings
 
 MODEL_HELP = "local model directory, hub id, `default` (SmolLM2-135M-Instruct) or `default-encoder` (all-MiniLM-L6-v2)"
 
@@ -72,13 +73,12 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
         return CovarianceStore.load(out)
     done = run.done_units()
     state = run.load_full_state() if mode == "full" else None
-    for unit, groups in iter_covariances(
-        loaded.model, batches, targets, DTYPES[opts.accumulate_dtype],
-        mode=mode, progress=progress, total_samples=sum(len(b["input_ids"]) for b in batches),
-        start_block=(max(done) + 1) if done else 0,
-        full_resume=(state, run.save_full_state) if mode == "full" else None,
-        store_dtype=DTYPES[opts.store_dtype],
-    ):  # fmt: skip
+    settings = PassSettings(
+        accumulate_dtype=DTYPES[opts.accumulate_dtype], store_dtype=DTYPES[opts.store_dtype], progress=progress,
+        total_samples=sum(len(b["input_ids"]) for b in batches), start_block=(max(done) + 1) if done else 0,
+        resume=state, on_checkpoint=run.save_full_state, checkpoint_seconds=opts.checkpoint_seconds,
+    )  # fmt: skip
+    for unit, groups in iter_covariances(loaded.model, batches, targets, settings, mode):
         run.write_unit(unit, groups)
     store = run.finish(
         {

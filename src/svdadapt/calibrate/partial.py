@@ -17,8 +17,8 @@ from safetensors import safe_open
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
 from ..store import METADATA_FILE, CovarianceStore, StoredGroup, shard_name
-from .full import FullPassState
 from .result import FinishedGroup
+from .resume import FullPassState
 
 PARTIAL = ".partial"
 FULL_STATE = "full-state.safetensors"

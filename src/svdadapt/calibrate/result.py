@@ -1,12 +1,12 @@
-"""What calibration produces per covariance group, and the cross-rank reduction of partial sums."""
+"""What calibration produces per covariance group, from the running sums of all processes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
+from .. import backend
 from .capture import Group
 
 
@@ -22,18 +22,13 @@ class FinishedGroup:
     masked: bool = True
 
 
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def finish(group: Group, store_dtype: torch.dtype = torch.float32) -> FinishedGroup:
-    """Turn running sums into means in ``store_dtype`` (the sums are consumed); all-reduces sums
-    and counts first when torch.distributed runs."""
+    """Turn running sums into means in ``store_dtype`` (the sums are consumed), summed over every
+    process of a process group first."""
     sums = group.sums
-    if distributed():
+    if backend.in_process_group():
         state = sums.state()
-        for tensor in state.values():
-            dist.all_reduce(tensor)
+        backend.sum_across_processes(state.values())
         sums.count = int(state["count"].item())
     count = max(sums.count, 1)
     covariance = sums.finish_().div_(count).to(store_dtype)

@@ -9,16 +9,16 @@ that every point starts from W exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import backend
 from ..build.waves import Unit
-from ..decompose import Context, Decomposition, factorize, shared_contexts
-from ..linalg import layer_pool, parallel_workers, single_threaded
+from ..decompose import Decomposition, factorize, shared_contexts
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 
 
@@ -51,25 +51,24 @@ def decompose_bottom(
     progress: bool = True,
 ) -> dict[str, Dropped]:
     """The r_max[name] smallest components of every layer in ``waves`` (one factorization each)."""
-    on_cpu = all(m.weight.device.type == "cpu" for m in modules.values())
-    workers = parallel_workers(on_cpu)
+    device = next(iter(modules.values())).weight.device if modules else "cpu"
 
-    def job(item: tuple[str, Callable[[float], Context]]) -> tuple[str, Dropped]:
-        name, make = item
-        f = factorize(weight_matrix(modules[name]), make, name, want=("bottom", r_max[name]))
-        cpu = dict(device="cpu", dtype=torch.float32)
-        return name, Dropped((f.U * f.S).to(**cpu), f.V.to(**cpu), f.S.to(**cpu), f.damping)
+    def job(name: str, make) -> backend.LayerJob[Dropped]:
+        def run() -> Dropped:
+            f = factorize(weight_matrix(modules[name]), make, name, want=("bottom", r_max[name]))
+            cpu = dict(device="cpu", dtype=torch.float32)
+            return Dropped((f.U * f.S).to(**cpu), f.V.to(**cpu), f.S.to(**cpu), f.damping)
+
+        return backend.LayerJob(name, tuple(weight_matrix(modules[name]).shape), run)
 
     found: dict[str, Dropped] = {}
     bar = tqdm(total=len(r_max), desc=f"decomposing ({row.name})", unit="layer", disable=not progress)
-    with bar, layer_pool(workers) as pool:
+    with bar, backend.on(device).layer_pool() as pool:
         for wave in waves:
-            items = [(n, shared_contexts(row, u.statistic, u.names[0])) for u in wave for n in u.names if n in r_max]
-            items.sort(key=lambda item: -r_max[item[0]] * min_dim(modules[item[0]]))  # longest first
-            with single_threaded(workers > 1):
-                for name, dropped in pool.map(job, items):
-                    found[name] = dropped
-                    bar.update(1)
+            jobs = [job(n, shared_contexts(row, u.statistic, u.names[0])) for u in wave for n in u.names if n in r_max]
+            for name, dropped in pool.map(jobs):
+                found[name] = dropped
+                bar.update(1)
     return found
 
 

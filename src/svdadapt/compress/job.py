@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..backend import resolve_device
 from ..calibrate.job import MODEL_HELP
 from ..decompose import DECOMPOSITIONS, as_float64
-from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..evaluate import evaluation_windows
 from ..fingerprint import model_identity

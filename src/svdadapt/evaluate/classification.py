@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..cpu_matmul import fast_linear
+from .. import backend
 from ..errors import SvdadaptError
 from ..hub import require_hub
 from ..models import max_positions
@@ -77,7 +77,7 @@ def classification_logits(
             group = rows[start : start + batch_size]
             texts = [[r[c] for r in group] for c in task.columns]
             batch = tokenizer(*texts, truncation=True, max_length=length, padding=True, return_tensors="pt")
-            with fast_linear():
+            with backend.on(device).forward_products():
                 logits = model(**batch.to(device)).logits  # (b, num_labels)
             out.append(logits.float().cpu().numpy())
     finally:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..adapters.inject import inject
 from ..atomic import write_json
+from ..backend import resolve_device
 from ..data.templates import TEMPLATES
-from ..distributed import resolve_device
 from ..errors import SvdadaptError
 from ..models import LoadedModel, load_model
 from ..options import opt

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..cpu_matmul import fast_linear
+from .. import backend
 from ..data.batching import pad_batch
 from ..data.records import Example
 from ..data.samples import Sample
@@ -74,7 +74,7 @@ def response_logprobs(
             group = samples[start : start + batch_size]
             batch = pad_batch(group, pad_id)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (b, L)
-            with fast_linear():
+            with backend.on(device).forward_products():
                 logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (b, L-1, V)
             logits = logits if logits.dtype == torch.float64 else logits.float()
             logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (b, L-1)

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..cpu_matmul import fast_linear
+from .. import backend
 from ..data.samples import adds_bos
 from ..data.sources import EVAL_SPLITS, resolve
 from ..errors import SvdadaptError
@@ -76,7 +76,7 @@ def perplexity(model: nn.Module, windows: Windows, batch_size: int = 1, progress
     try:
         for start in tqdm(range(0, n, batch_size), desc=f"perplexity {windows.source}", disable=not progress):
             ids = windows.ids[start : start + batch_size].to(device)
-            with fast_linear():
+            with backend.on(device).forward_products():
                 logits = model(input_ids=ids, use_cache=False).logits  # (b, L, vocab)
             pred = logits[:, :-1]  # (b, L - 1, vocab): position t predicts token t + 1
             pred = pred if pred.dtype == torch.float64 else pred.float()

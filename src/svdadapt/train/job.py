@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ..adapters.inject import adapter_state, inject
 from ..atomic import write_json
+from ..backend import is_main_process, resolve_device, world_size
 from ..build.job import BuildOptions, build
 from ..calibrate.job import MODEL_HELP
-from ..distributed import is_main_process, resolve_device, world_size
 from ..errors import SvdadaptError
 from ..kasa import check_coefficients
 from ..methods import METHODS, TRUNCATIONS

@@ -2,8 +2,8 @@
 
 Importing torch and transformers creates about a million long-lived objects and no garbage; with
 the collector on they trigger dozens of full collections, and the interpreter's collections at
-exit walk all of them again. On the 2-core benchmark machine that is ~0.3 s of imports and ~1 s of
-exit per ``svdadapt`` process. Reference counting still frees everything that is not in a cycle.
+exit walk all of them again (what that costs is in docs/performance.md). Reference counting still
+frees everything that is not in a cycle.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 torch's CPU wheels multiply float32 matrices with MKL, which runs its AVX2 kernels on CPUs that
 are not Intel's; oneDNN (also in the wheel) picks kernels by instruction set, so on an AVX-512 AMD
-EPYC it is about twice as fast (measured: 400 vs 180 GFLOP/s on 2 cores, at the shapes of
-calibration). Both compute in full float32 and differ only in the order of the sums.
+EPYC it is much faster (figures in docs/performance.md). Both compute in full float32 and differ
+only in the order of the sums.
 
 Used only where no gradient is needed: the forward passes of calibration and evaluation (every
-``F.linear`` inside :func:`fast_linear`) and the covariance products. ``SVDADAPT_ONEDNN=0`` or ``1`` overrides the
-choice, which is otherwise: oneDNN when MKL is torch's BLAS, the CPU is not Intel's, torch runs
-AVX-512 code, and a small product agrees with torch's own.
+``F.linear`` inside :func:`fast_linear`) and the covariance products. ``SVDADAPT_ONEDNN=0`` or ``1``
+overrides the choice, which is otherwise: oneDNN when MKL is torch's BLAS, the CPU is not Intel's,
+torch runs AVX-512 code, and a small product agrees with torch's own.
 """
 
 from __future__ import annotations

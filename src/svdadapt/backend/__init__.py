@@ -1,0 +1,52 @@
+"""The back end: every decision about how work runs fast on this machine, behind a few entry points.
+
+Domain code (calibrate, decompose, build, train, evaluate, compress) calls only what this face
+exports, never the modules behind it:
+
+- ``on(device)`` → a :class:`Backend` for that kind of device: ``forward_products()`` (the context
+  for forward passes without gradients), ``accumulate_gram`` / ``gram`` (triangular Gram products),
+  ``eigh`` (symmetric eigensolvers) and ``layer_pool()`` (per-layer jobs over workers, longest first
+  by one cost model). A CUDA or multi-process back end is a new :class:`Backend`, not a branch in
+  domain code.
+- ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
+  or saved); the one place that hands memory back to the OS.
+- processes and devices: ``resolve_device``, ``default_device``, ``world_size``,
+  ``is_main_process``, ``share_of``, ``sum_across_processes``.
+- the garbage collector: ``collection_paused``, ``set_aside_live_objects``.
+"""
+
+from .process import collection_paused, set_aside_live_objects
+
+with collection_paused():  # torch: many long-lived objects, no garbage
+    from .base_writer import BaseWriter, open_base_writer
+    from .devices import Backend, on
+    from .gram import mirror_upper
+    from .launch import (
+        default_device,
+        in_process_group,
+        is_main_process,
+        resolve_device,
+        share_of,
+        sum_across_processes,
+        world_size,
+    )
+    from .scheduling import LayerJob, LayerPool
+
+__all__ = [
+    "Backend",
+    "BaseWriter",
+    "LayerJob",
+    "LayerPool",
+    "collection_paused",
+    "default_device",
+    "in_process_group",
+    "is_main_process",
+    "mirror_upper",
+    "on",
+    "open_base_writer",
+    "resolve_device",
+    "set_aside_live_objects",
+    "share_of",
+    "sum_across_processes",
+    "world_size",
+]
