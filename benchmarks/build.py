@@ -117,11 +117,11 @@ def _time_layer(W, C, name: str) -> dict:
     """Best of 3 (after a warm-up), in milliseconds."""
     import torch
 
-    from svdadapt.decompose import context_svd, covariance_context, factorize
+    from svdadapt.decompose import Take, context_svd, covariance_context, factorize
 
     contestants = {
         "context": lambda: context_svd(W, C, name=name),
-        "kpa bottom-r": lambda: factorize(W, lambda d: covariance_context(C, d, name), name, want=("bottom", RANK)),
+        "kpa bottom-r": lambda: factorize(W, lambda d: covariance_context(C, d, name), name, want=(Take.BOTTOM, RANK)),
         "plain svd float64": lambda: torch.linalg.svd(W.double(), full_matrices=False),
         "plain svd float32": lambda: torch.linalg.svd(W.float(), full_matrices=False),
     }

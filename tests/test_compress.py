@@ -12,6 +12,7 @@ import svdadapt.compress.sweep as sweep_module
 from svdadapt import SvdadaptError
 from svdadapt.cli import main
 from svdadapt.compress import CompressOptions, compress, layer_ranks, parse_discards, run_sweep
+from svdadapt.decompose import Take
 from svdadapt.evaluate import PerplexityResult, evaluation_windows, perplexity
 from svdadapt.models import load_model
 from svdadapt.store import CovarianceStore
@@ -156,7 +157,7 @@ def test_each_layer_is_decomposed_once_per_decomposition(tiny, covs, monkeypatch
     )
     assert len(calls) == 3 * len(modules)
     assert sorted(calls) == sorted(
-        (n, ("bottom", max(2, round(0.25 * min(weight_matrix(m).shape))))) for n, m in modules.items() for _ in names
+        (n, (Take.BOTTOM, max(2, round(0.25 * min(weight_matrix(m).shape))))) for n, m in modules.items() for _ in names
     )
 
 

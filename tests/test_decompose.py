@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from svdadapt import SvdadaptError, decompose, linalg
-from svdadapt.decompose import asvd, context_svd, factorize, identity_context, plain_svd
+from svdadapt.decompose import Take, asvd, context_svd, factorize, identity_context, plain_svd
 
 SHAPES = [(48, 48), (24, 64), (96, 40)]  # square, out < in, out > in
 
@@ -85,7 +85,7 @@ def test_bottom_components_below_gram_resolution_are_refined_not_blurred(shape, 
     W, (U, S, V) = _graded(*shape, smallest=1e-9)
     monkeypatch.setattr(decompose, "_full_svd", lambda *a, **k: pytest.fail("took the full SVD"))
     r = 4
-    f = factorize(W, lambda _: identity_context(), want=("bottom", r))
+    f = factorize(W, lambda _: identity_context(), want=(Take.BOTTOM, r))
     ref = (U[:, -r:] * S[-r:]) @ V[:, -r:].T  # norm ~4e-9
     assert (f.product() - ref).norm() < 1e-13
     torch.testing.assert_close(f.S, S[-r:], rtol=0, atol=1e-14)
@@ -97,7 +97,7 @@ def test_refinement_that_does_not_settle_falls_back_to_the_full_svd(monkeypatch)
     calls = []
     full = decompose._full_svd
     monkeypatch.setattr(decompose, "_full_svd", lambda *a, **k: calls.append(1) or full(*a, **k))
-    f = factorize(W, lambda _: identity_context(), want=("bottom", 4))
+    f = factorize(W, lambda _: identity_context(), want=(Take.BOTTOM, 4))
     assert calls == [1]
     ref = (U[:, -4:] * S[-4:]) @ V[:, -4:].T
     assert (f.product() - ref).norm() < 1e-13

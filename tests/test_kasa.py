@@ -8,10 +8,10 @@ import torch
 
 from svdadapt import SvdadaptError
 from svdadapt.adapters.inject import inject, unload
+from svdadapt.adapters.losses import kasa_terms, trainable_adapters
 from svdadapt.adapters.state import AdapterSet, LayerAdapter
 from svdadapt.assets import tiny_model
 from svdadapt.build import build_adapters, plan_layers, waves_from_store, waves_without_statistics
-from svdadapt.kasa import kasa_terms
 from svdadapt.methods import get_method
 from svdadapt.targets import find_targets, weight_matrix
 
@@ -75,10 +75,11 @@ def test_same_factors_give_peft_layer_outputs_and_regularizer():
         expected = theirs(input_ids=IDS).logits
         got = mine(input_ids=IDS).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    terms = kasa_terms(mine)
-    ours = BETA * terms.singular + GAMMA * terms.orthogonal
+    adapters = trainable_adapters(mine)
+    terms = kasa_terms(adapters)
+    ours = BETA * terms["kasa_singular"] + GAMMA * terms["kasa_orthogonal"]
     torch.testing.assert_close(ours, theirs._get_kasa_loss(), rtol=1e-6, atol=0)
-    assert terms.layers == 14
+    assert len(adapters) == 14
 
 
 def test_context_truncation_drops_other_components_and_unload_restores():
@@ -115,5 +116,5 @@ def test_context_truncation_needs_covariances(tiny_dirs, tmp_path):
                         out=str(tmp_path / "r"), device="cpu")  # fmt: skip
     with pytest.raises(SvdadaptError, match="needs calibration covariances"):
         build(opts, progress=False)
-    with pytest.raises(SvdadaptError, match="applies to kasa only"):
+    with pytest.raises(SvdadaptError, match="applies to methods that truncate the base"):
         get_method("pissa", "context")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -40,6 +41,13 @@ ASVD_ALPHA = 0.5
 REFINE_EXTRA = 24  # start vectors beyond r for the bottom-r refinement: faster convergence
 
 
+class Take(Enum):
+    """Which r components of a decomposition: the largest or the smallest."""
+
+    TOP = "top"
+    BOTTOM = "bottom"
+
+
 @dataclass
 class Factors:
     """W = U diag(S) Vᵀ with S in descending order."""
@@ -57,6 +65,10 @@ class Factors:
         """The r smallest components."""
         k = self.S.shape[0]
         return Factors(self.U[:, k - r :], self.S[k - r :], self.V[:, k - r :], self.damping)
+
+    def take(self, which: Take, r: int) -> Factors:
+        """The r largest (TOP) or smallest (BOTTOM) components."""
+        return self.top(r) if which is Take.TOP else self.bottom(r)
 
     def drop_bottom(self, r: int) -> Factors:
         """All but the r smallest components."""
@@ -115,12 +127,12 @@ def covariance_context(C: torch.Tensor, damping: float = DEFAULT_DAMPING, name: 
     return Context(apply=lambda W: W @ damped.to(W.device), solve=solve, damping=damping)
 
 
-def _full_svd(M: torch.Tensor, context: Context, want: tuple[str, int] | None = None) -> Factors:
+def _full_svd(M: torch.Tensor, context: Context, want: tuple[Take, int] | None = None) -> Factors:
     U, S, Hh = torch.linalg.svd(M, full_matrices=False)
     H = Hh.T  # (in, k)
     if want is not None:  # keep only the components asked for before the (costly) solve
         kind, r = want
-        pick = slice(0, r) if kind == "top" else slice(S.shape[0] - r, S.shape[0])
+        pick = slice(0, r) if kind is Take.TOP else slice(S.shape[0] - r, S.shape[0])
         U, S, H = U[:, pick], S[pick], H[:, pick]
     return Factors(U, S, context.solve(H), context.damping)
 
@@ -151,10 +163,10 @@ def _refined_bottom(W, M, context, start, r, wide) -> Factors | None:
     return Factors(U, S, context.solve(Z), context.damping)  # M = Q·R: right vectors Z
 
 
-def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, int] | None = None) -> Factors:
+def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[Take, int] | None = None) -> Factors:
     """Factors of W from the SVD of M = W·K (W float64, (out, in)).
 
-    ``want=("top"|"bottom", r)`` computes only those r components, else all min(out, in).
+    ``want=(Take.TOP|Take.BOTTOM, r)`` computes only those r components, else all min(out, in).
     """
     out_f, in_f = W.shape
     wide = out_f <= in_f
@@ -169,7 +181,7 @@ def _svd_of_context_product(W: torch.Tensor, context: Context, want: tuple[str, 
         return _full_svd(M, context)
     kind, r = want
     scale = torch.trace(G)  # ≥ the largest eigenvalue
-    if kind == "bottom":
+    if kind is Take.BOTTOM:
         count = min(r + REFINE_EXTRA, k)  # r + 1 would do for the gap; the rest seed a refinement
         values, vectors = kernels.eigh(G, (0, count - 1))  # smallest, ascending
         gap = values[r] - values[r - 1] if r < k else scale
@@ -205,10 +217,10 @@ def factorize(
     W: torch.Tensor,
     make_context: Callable[[float], Context],
     name: str = "layer",
-    want: tuple[str, int] | None = None,
+    want: tuple[Take, int] | None = None,
 ) -> Factors:
     """W = U diag(S) Vᵀ through the SVD of W·K, in float64, with K = make_context(λ); with
-    ``want=("top"|"bottom", r)`` only those r components.
+    ``want=(Take.TOP|Take.BOTTOM, r)`` only those r components.
 
     λ starts at PEFT's 0.01 and doubles while K fails to factor — for a covariance in float64 with
     λ ≥ 0.01 that only happens when it is degenerate. ``Factors.damping`` reports the λ used.

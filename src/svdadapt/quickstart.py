@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .methods import get_method
 from .options import opt
 
 # name -> (method, KaSA truncation)
@@ -58,14 +59,6 @@ def _evaluate(model, tokenizer, opts: QuickstartOptions) -> dict:
     }
 
 
-def _unchanged_at_init(method: str) -> bool:
-    """Is the adapted model exactly the original at init (untouched base, B = 0)? Then it needs no evaluation."""
-    from .methods import METHODS
-
-    row = METHODS[method]
-    return row.base == "original" and row.init == "lora"
-
-
 def _train_method(name: str, covariances: Path, opts: QuickstartOptions, out: Path):
     from .runs import Run
     from .train.job import TrainOptions, train
@@ -75,7 +68,7 @@ def _train_method(name: str, covariances: Path, opts: QuickstartOptions, out: Pa
     if (run_dir / "train_results.json").is_file() and (run := Run.open(run_dir)).meta.get("stage") == "trained":
         print(f"svdadapt quickstart: reusing the trained {name} run in {run_dir}")
         return run
-    uses_covariances = method.startswith("corda") or truncation == "context"
+    uses_covariances = get_method(method, truncation).needs is not None
     return train(
         TrainOptions(
             model=opts.model, method=method, truncation=truncation, rank=opts.rank, alpha=float(opts.rank),
@@ -166,7 +159,7 @@ def quickstart(opts: QuickstartOptions) -> dict:
         runs[name] = run = _train_method(name, covariances, opts, out)
         trained_in = time.monotonic() - t
         for stage, initial in (("at init", True), ("trained", False)):
-            if initial and _unchanged_at_init(QUICK_METHODS[name][0]):
+            if initial and get_method(*QUICK_METHODS[name]).original_at_init:
                 rows[f"{name} {stage}"] = dict(rows["original (no adapter)"])  # B = 0 on the original W
                 continue
             loaded = run.load_base(device=device)

@@ -27,6 +27,7 @@ from .adapters.state import AdapterSet
 from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
 from .fingerprint import weights_fingerprint
+from .methods import Method, get_method
 
 FORMAT = "svdadapt.run"
 VERSION = 1
@@ -78,6 +79,11 @@ class Run:
         if meta.get("format") != FORMAT:
             raise SvdadaptError(f"{run_file} is not an svdadapt run file")
         return cls(path, meta)
+
+    @property
+    def method(self) -> Method:
+        """The row of the methods table this run was built with (its decomposition as recorded)."""
+        return get_method(self.meta["method"], self.meta.get("decomposition"))
 
     @property
     def base_changed(self) -> bool:

@@ -1,15 +1,30 @@
-"""Initialising one layer's adapter for a method row, and the frozen base it implies."""
+"""Initialising one layer's adapter, and the frozen base it implies: the registered inits.
+
+An init is a function of one layer (its weight, the components the method row takes, rank, alpha
+and the random tensors drawn for it) that returns the adapter and the layer's new base weight (or
+None when the base stays W). A method row names its init; a new kind of initialisation is one more
+function registered here with :func:`register_init`.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
 from ..decompose import Factors
-from ..methods import Method
 from .state import LayerAdapter
+
+
+class Base(Enum):
+    """What the frozen base becomes."""
+
+    ORIGINAL = "original"  # W, untouched
+    RESIDUAL = "residual"  # W − s·B·A: base + adapter = W at init
+    TRUNCATED = "truncated"  # W minus the taken components (they are dropped)
 
 
 @dataclass
@@ -20,54 +35,90 @@ class RandomInit:
     diag: torch.Tensor | None = None  # (r,), N(0, 1) as KaSA
 
 
-def draw_random(method: Method, rank: int, in_features: int, generator: torch.Generator) -> RandomInit:
-    if method.init != "lora":
+@dataclass
+class LayerInit:
+    """What an init function gets for one layer."""
+
+    W: torch.Tensor  # (out, in)
+    taken: Factors | None  # the r components the method row takes, or None
+    rank: int
+    alpha: float
+    random: RandomInit
+    dtype: torch.dtype  # of the adapter's tensors
+    base: Base  # what the method row leaves in the base
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """float64 for float64 weights, else float32: the precision of the new base's arithmetic."""
+        return torch.float64 if self.W.dtype == torch.float64 else torch.float32
+
+
+InitFunction = Callable[[LayerInit], tuple[LayerAdapter, torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class Init:
+    """A registered init: its function, the bases it can leave, and whether it draws A at random."""
+
+    name: str
+    make: InitFunction
+    bases: tuple[Base, ...]
+    random_A: bool = False
+
+
+INITS: dict[str, Init] = {}
+
+
+def register_init(name: str, bases: tuple[Base, ...], random_A: bool = False) -> Callable[[InitFunction], InitFunction]:
+    """Register an init function under ``name`` (a method row's ``init``)."""
+
+    def register(make: InitFunction) -> InitFunction:
+        INITS[name] = Init(name, make, bases, random_A)
+        return make
+
+    return register
+
+
+def draw_random(init: str, diag: bool, rank: int, in_features: int, generator: torch.Generator) -> RandomInit:
+    """The random tensors a layer of a row with ``init`` (and ``diag``) needs, from ``generator``."""
+    if not INITS[init].random_A:
         return RandomInit()
     bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=√5): sqrt(6 / ((1 + 5) · fan_in))
     A = (torch.rand(rank, in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-    diag = torch.randn(rank, generator=generator, dtype=torch.float64) if method.diag else None
-    return RandomInit(A, diag)
+    return RandomInit(A, torch.randn(rank, generator=generator, dtype=torch.float64) if diag else None)
 
 
-def _taken(method: Method, factors: Factors, rank: int) -> Factors:
-    return factors.top(rank) if method.components == "top" else factors.bottom(rank)
+@register_init("svd", bases=(Base.RESIDUAL,))
+def components_init(layer: LayerInit) -> tuple[LayerAdapter, torch.Tensor]:
+    """The adapter holds the taken components, A = √(S/s) Vᵀ, B = U √(S/s); the base is W − s·B·A,
+    computed in one multiply-subtract from the factors as stored, so that base + adapter reproduces
+    W to that precision's rounding (an identity at init)."""
+    comp, scaling, work = layer.taken, layer.scaling, layer.work_dtype
+    root = (comp.S / scaling).clamp_min(0).sqrt()  # (r,): S ← S/s, split evenly
+    A = (root[:, None] * comp.V.T).to(layer.dtype)  # (r, in)
+    B = (comp.U * root).to(layer.dtype)  # (out, r)
+    new_base = torch.addmm(layer.W.detach().to(work), B.to(work), A.to(work), alpha=-scaling)  # (out, in)
+    adapter = LayerAdapter(A, B, layer.alpha, base_P=B.clone(), base_Q=A.clone(), base_scaling=scaling)
+    adapter.damping = comp.damping
+    return adapter, new_base
 
 
-def init_layer(
-    method: Method,
-    W: torch.Tensor,
-    factors: Factors | None,
-    rank: int,
-    alpha: float,
-    random: RandomInit,
-    dtype: torch.dtype,
-) -> tuple[LayerAdapter, torch.Tensor | None]:
-    """The layer's adapter (factors cast to ``dtype``) and its new base weight (or None when the
-    base stays as it is). ``W`` is the (out, in) weight; ``factors`` its decomposition.
-
-    The new base is computed in one float32 (float64 for float64 weights) multiply-subtract from
-    the factors as stored, so base + adapter reproduces W to that precision's rounding."""
-    scaling = alpha / rank
-    W = W.detach()
-    work = torch.float64 if W.dtype == torch.float64 else torch.float32
-    if method.init == "svd":
-        comp = _taken(method, factors, rank)
-        root = (comp.S / scaling).clamp_min(0).sqrt()  # (r,): S ← S/s, split evenly
-        A = (root[:, None] * comp.V.T).to(dtype)  # (r, in)
-        B = (comp.U * root).to(dtype)  # (out, r)
-        # subtract exactly what the stored factors will add back, so init is an identity
-        new_base = torch.addmm(W.to(work), B.to(work), A.to(work), alpha=-scaling)  # (out, in)
-        adapter = LayerAdapter(A, B, alpha, base_P=B.clone(), base_Q=A.clone(), base_scaling=scaling)
-        adapter.damping = comp.damping
-        return adapter, new_base
-    out_features = W.shape[0]
-    A = random.A.to(dtype)
-    B = torch.zeros(out_features, rank, dtype=dtype)
-    diag = random.diag.to(dtype) if random.diag is not None else None
-    if method.base == "truncated":
-        dropped = _taken(method, factors, rank)  # the r components removed from the base
-        P = dropped.U * dropped.S  # (out, r)
-        Q = dropped.V.T  # (r, in)
-        adapter = LayerAdapter(A, B, alpha, diag, base_P=P.to(work), base_Q=Q.to(work), damping=dropped.damping)
-        return adapter, torch.addmm(W.to(work), adapter.base_P, adapter.base_Q, alpha=-1.0)
-    return LayerAdapter(A, B, alpha, diag), None
+@register_init("lora", bases=(Base.ORIGINAL, Base.TRUNCATED), random_A=True)
+def lora_init(layer: LayerInit) -> tuple[LayerAdapter, torch.Tensor | None]:
+    """A Kaiming-uniform, B = 0 (and ΔΣ ~ N(0, 1) where drawn): the adapter adds nothing at init. On a
+    truncated base the taken components are dropped from W and kept as P = U_d S_d, Q = V_dᵀ."""
+    out_features = layer.W.shape[0]
+    A = layer.random.A.to(layer.dtype)
+    B = torch.zeros(out_features, layer.rank, dtype=layer.dtype)
+    diag = layer.random.diag.to(layer.dtype) if layer.random.diag is not None else None
+    if layer.base is not Base.TRUNCATED:
+        return LayerAdapter(A, B, layer.alpha, diag), None
+    dropped, work = layer.taken, layer.work_dtype
+    P = (dropped.U * dropped.S).to(work)  # (out, r)
+    Q = dropped.V.T.to(work)  # (r, in)
+    adapter = LayerAdapter(A, B, layer.alpha, diag, base_P=P, base_Q=Q, damping=dropped.damping)
+    return adapter, torch.addmm(layer.W.detach().to(work), P, Q, alpha=-1.0)

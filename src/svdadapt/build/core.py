@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import backend
-from ..adapters.init import RandomInit, draw_random, init_layer
+from ..adapters.init import INITS, LayerInit, RandomInit, draw_random
 from ..adapters.state import AdapterSet, LayerAdapter
 from ..decompose import DECOMPOSITIONS, Context, factorize, shared_contexts
 from ..methods import Method
@@ -28,10 +28,9 @@ def _build_layer(
     method: Method, name: str, plan: LayerPlan, contexts: Callable[[float], Context] | None, random: RandomInit, dtype
 ) -> tuple[LayerAdapter, torch.Tensor | None]:
     W = weight_matrix(plan.module)  # (out, in)
-    factors = None
-    if method.decomposition is not None:
-        factors = factorize(W, contexts, name, want=(method.components, plan.rank))
-    return init_layer(method, W, factors, plan.rank, plan.alpha, random, dtype)
+    taken = factorize(W, contexts, name, want=(method.take, plan.rank)) if method.decomposition else None
+    layer = LayerInit(W, taken, plan.rank, plan.alpha, random, dtype, method.base)
+    return INITS[method.init].make(layer)
 
 
 def adapter_dtype(module: nn.Module) -> torch.dtype:
@@ -55,7 +54,10 @@ def build_adapters(
     put_base = put_base or (lambda _name, module, W: set_weight_matrix(module, W))
     generator = torch.Generator().manual_seed(seed)
     row = DECOMPOSITIONS[method.decomposition] if method.decomposition else None
-    randoms = {name: draw_random(method, p.rank, in_out_features(p.module)[0], generator) for name, p in plan.items()}
+    randoms = {
+        name: draw_random(method.init, method.diag, p.rank, in_out_features(p.module)[0], generator)
+        for name, p in plan.items()
+    }
     device = next(iter(plan.values())).module.weight.device if plan else "cpu"
     built: dict[str, LayerAdapter] = {}
 

@@ -110,7 +110,7 @@ def build(opts: BuildOptions, progress: bool = True) -> Run:
     loaded = load_model(opts.model, head=opts.head, device=device, **head_kwargs)
     modules = find_targets(loaded.model, opts.targets)
     plan = plan_layers(modules, opts.rank, opts.alpha, opts.rank_pattern, opts.alpha_pattern)
-    changed = method.base != "original" or opts.head == "seq-cls"  # a new head lives in the base
+    changed = method.changes_base or opts.head == "seq-cls"  # a new head lives in the base
     base = backend.open_base_writer(loaded.model, loaded.location, [f"{n}.weight" for n in plan], changed)
     for name, layer in plan.items():  # fail before any long work starts
         check_finite(weight_matrix(layer.module), name)

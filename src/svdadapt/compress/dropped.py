@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import backend
 from ..build.waves import Unit
-from ..decompose import Decomposition, factorize, shared_contexts
+from ..decompose import Decomposition, Take, factorize, shared_contexts
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 
 
@@ -55,7 +55,7 @@ def decompose_bottom(
 
     def job(name: str, make) -> backend.LayerJob[Dropped]:
         def run() -> Dropped:
-            f = factorize(weight_matrix(modules[name]), make, name, want=("bottom", r_max[name]))
+            f = factorize(weight_matrix(modules[name]), make, name, want=(Take.BOTTOM, r_max[name]))
             cpu = dict(device="cpu", dtype=torch.float32)
             return Dropped((f.U * f.S).to(**cpu), f.V.to(**cpu), f.S.to(**cpu), f.damping)
 

@@ -14,7 +14,6 @@ from ..backend import is_main_process, resolve_device, world_size
 from ..build.job import BuildOptions, build
 from ..calibrate.job import MODEL_HELP
 from ..errors import SvdadaptError
-from ..kasa import check_coefficients
 from ..methods import METHODS, TRUNCATIONS
 from ..options import opt
 from ..runs import RUN_FILE, Run, copy_run, update_run
@@ -84,7 +83,9 @@ class TrainOptions:
 def _validate(opts: TrainOptions) -> None:
     if not opts.out and not opts.run:
         raise SvdadaptError(NO_RUN)
-    check_coefficients(opts.beta, opts.gamma)
+    for name in ("beta", "gamma"):
+        if getattr(opts, name) < 0:
+            raise SvdadaptError(f"--{name} must be non-negative, got {getattr(opts, name)}")
     for name in ("rank", "batch_size", "eval_batch_size", "grad_accum", "max_length", "logging_steps"):
         if getattr(opts, name) < 1:
             raise SvdadaptError(f"--{name.replace('_', '-')} must be positive, got {getattr(opts, name)}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import DataCollatorWithPadding, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..adapters.losses import LOSSES, Regularizer
 from ..data import FieldOptions, make_samples, resolve
 from ..errors import SvdadaptError
 from ..plots import loss_curves
@@ -77,6 +78,11 @@ def prepare_data(opts, tokenizer) -> TrainingData:
     return _classification(opts, task, tokenizer) if task is not None else _sft(opts, tokenizer)
 
 
+def regularizer(method, opts) -> Regularizer | None:
+    """The loss terms the method's row adds, weighted by the training options."""
+    return LOSSES[method.loss].regularizer(opts) if method.loss else None
+
+
 def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
     model = loaded.model
     heads = head_modules(model) if classification_task(opts.task) is not None else []
@@ -118,7 +124,7 @@ def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
     line, timer = EpochLine(main, higher), StepTimer()
     trainer = SvdadaptTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
-        compute_metrics=metrics, callbacks=[line, timer], kasa_beta=opts.beta, kasa_gamma=opts.gamma,
+        compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(run.method, opts),
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
     checkpoint = get_last_checkpoint(args.output_dir) if opts.resume and Path(args.output_dir).is_dir() else None

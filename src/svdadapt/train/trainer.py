@@ -1,5 +1,6 @@
-"""A ``transformers.Trainer`` that adds KaSA's regularizers, logs each loss term, gives adapter
-modules and the task head their own learning rates, and checkpoints only what trains."""
+"""A ``transformers.Trainer`` that adds the method row's loss terms (e.g. KaSA's regularizers), logs
+each term, gives adapter modules and the task head their own learning rates, and checkpoints only
+what trains."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
+from ..adapters.losses import Regularizer
 from ..atomic import write_safetensors
-from ..kasa import kasa_terms
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -21,15 +22,14 @@ class SvdadaptTrainer(Trainer):
     def __init__(
         self,
         *args,
-        kasa_beta: float = 0.0,
-        kasa_gamma: float = 0.0,
+        regularizer: Regularizer | None = None,
         module_lr: float | None = None,
         head_lr: float | None = None,
         head_prefixes: tuple[str, ...] = (),
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.kasa_beta, self.kasa_gamma = kasa_beta, kasa_gamma
+        self.regularizer = regularizer
         self.module_lr, self.head_lr = module_lr, head_lr
         self.head_prefixes = head_prefixes
         self._parts: dict[str, float] = {}
@@ -40,14 +40,12 @@ class SvdadaptTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         if model.training:
             parts = {"task_loss": float(loss.detach())}
-            terms = kasa_terms(model)
-            if terms is not None:
-                regularizer = self.kasa_beta * terms.singular + self.kasa_gamma * terms.orthogonal
+            if self.regularizer is not None:
+                extra, terms = self.regularizer(model)
                 already_scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
                 # a task loss normalised over the accumulated batch must not receive the term once per micro-batch
-                loss = loss + (regularizer / self.args.gradient_accumulation_steps if already_scaled else regularizer)
-                parts["kasa_singular"] = float(terms.singular.detach())
-                parts["kasa_orthogonal"] = float(terms.orthogonal.detach())
+                loss = loss + (extra / self.args.gradient_accumulation_steps if already_scaled else extra)
+                parts.update(terms)
             for key, value in parts.items():
                 self._parts[key] = self._parts.get(key, 0.0) + value
             self._parts_count += 1

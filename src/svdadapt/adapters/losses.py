@@ -1,0 +1,74 @@
+"""Training loss terms a method row adds to the task's loss: the registered losses.
+
+A loss computes named terms over the model's trainable adapters; each term is weighted by a
+training option (``svdadapt train --beta`` ...). A new regularizer is one more :class:`Loss` here.
+
+KaSA's regularizers (paper Eq. 9-11), summed over every adapter:
+
+    β · Σ_layers ‖ΔΣ‖²  +  γ · Σ_layers (‖BᵀB − I_r‖_F + ‖AAᵀ − I_r‖_F)
+
+with r×r Gram matrices, as the paper writes it and as PEFT 0.21's ``_get_kasa_loss`` computes it.
+The reference repository instead built d×d Grams (BBᵀ, AᵀA against I_d) and averaged over layers,
+which makes the orthogonality term scale with the hidden size and swamp the task loss; svdadapt
+follows the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .module import LowRank
+
+
+def trainable_adapters(model: nn.Module) -> list[LowRank]:
+    """The model's adapters whose parameters train."""
+    return [m for m in model.modules() if isinstance(m, LowRank) and m.lora_A.weight.requires_grad]
+
+
+def kasa_terms(adapters: list[LowRank]) -> dict[str, torch.Tensor]:
+    """Σ ‖ΔΣ‖² and Σ (‖BᵀB − I‖_F + ‖AAᵀ − I‖_F) over ``adapters``, in float32."""
+    singular = orthogonal = torch.zeros(())
+    for adapter in adapters:
+        A = adapter.lora_A.weight.float()  # (r, in)
+        B = adapter.lora_B.weight.float()  # (out, r)
+        eye = torch.eye(A.shape[0], device=A.device)
+        singular = singular.to(A.device) + adapter.lora_diag.float().pow(2).sum()
+        orthogonal = orthogonal.to(A.device) + torch.linalg.norm(B.T @ B - eye) + torch.linalg.norm(A @ A.T - eye)
+    return {"kasa_singular": singular, "kasa_orthogonal": orthogonal}
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Named terms over the trainable adapters, each weighted by the training option named in ``weights``."""
+
+    name: str
+    terms: Callable[[list[LowRank]], dict[str, torch.Tensor]]
+    weights: dict[str, str]  # term -> the training option (a field of TrainOptions) that weighs it
+    needs_diag: bool = False  # the adapters must have a ΔΣ vector
+
+    def regularizer(self, options: object) -> Regularizer:
+        """This loss with its weights read from ``options`` (e.g. TrainOptions)."""
+        return Regularizer(self, {term: float(getattr(options, option)) for term, option in self.weights.items()})
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """A loss with its weights: what the trainer adds to the task loss."""
+
+    loss: Loss
+    weights: dict[str, float]
+
+    def __call__(self, model: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
+        """(Σ weight · term, each term's value for the log)."""
+        terms = self.loss.terms(trainable_adapters(model))
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+LOSSES: dict[str, Loss] = {
+    "kasa": Loss("kasa", kasa_terms, {"kasa_singular": "beta", "kasa_orthogonal": "gamma"}, needs_diag=True),
+}
