@@ -22,15 +22,14 @@ METHODS = ("lora", "kasa", "pissa", "milora")
 
 
 def train_one(method: str, seed: int, epochs: float, out: Path, beta: float, gamma: float) -> dict:
-    from svdadapt.train.job import TrainOptions, train
+    from svdadapt.commands import TrainOptions, train
 
-    opts = TrainOptions(
+    opts = TrainOptions.of(
         model="default-encoder", method=method, rank=8, alpha=16.0, task="polarity", out=str(out / f"{method}-{seed}"),
         epochs=epochs, batch_size=16, max_length=64, module_lr=1e-3, head_lr=3e-3, warmup_ratio=0.06,
         schedule="linear", beta=beta, gamma=gamma, seed=seed, device="cpu", logging_steps=10,
     )  # fmt: skip
-    run = train(opts, progress=False)
-    results = json.loads((run.path / "train_results.json").read_text())
+    results = train(opts, progress=False).results
     return {
         "best": results["best"]["accuracy"],
         "last": results["history"][-1]["accuracy"],

@@ -8,10 +8,9 @@ from peft import PeftModel
 from transformers import AutoModel, AutoModelForCausalLM
 
 from svdadapt.adapters.inject import adapter_layers, inject, merge, unload, unmerge
-from svdadapt.build.job import BuildOptions, build
-from svdadapt.export import ExportOptions, export, lora_against_original
-from svdadapt.merge import MergeOptions
-from svdadapt.merge import merge as merge_run
+from svdadapt.adapters.peft_format import lora_on_original
+from svdadapt.commands import BuildOptions, ExportOptions, MergeOptions, build, export
+from svdadapt.commands import merge as merge_run
 from svdadapt.runs import Run, update_run
 
 RESIDUAL = ["pissa", "milora", "corda-ipa", "corda-kpa"]
@@ -24,7 +23,7 @@ def make_run(tiny_dirs, text_file, out, kind="llama", method="corda-kpa", **extr
         data=str(text_file) if method.startswith("corda") else None, samples=8, seq_len=32, batch_size=4,
     )  # fmt: skip
     values.update(extra)
-    return build(BuildOptions(**values), progress=False)
+    return build(BuildOptions.of(**values), progress=False).run
 
 
 def logits(model, ids):
@@ -85,7 +84,7 @@ def test_merge_unmerge_and_merged_model_directory(tiny_dirs, text_file, tmp_path
     assert rel(logits(model, IDS), adapted) < F32
     unmerge(model)
     assert rel(logits(model, IDS), adapted) < F32
-    merged_dir = merge_run(MergeOptions(run=str(run.path), out=str(tmp_path / "merged")))
+    merged_dir = merge_run(MergeOptions(run=str(run.path), out=str(tmp_path / "merged"))).out
     dense = AutoModelForCausalLM.from_pretrained(merged_dir)
     assert rel(logits(dense, IDS), logits(AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]), IDS)) < F32
     assert not any("lora" in n for n, _ in dense.named_parameters())
@@ -105,10 +104,10 @@ def test_export_against_the_original_reproduces_a_trained_run(kind, method, tiny
     model = run.load_base().model
     inject(model, run.adapters())
     expected = logits(model, IDS)
-    out = export(ExportOptions(run=str(run.path), against_original=str(tiny_dirs[kind]), out=str(tmp_path / "exp")))
+    out = export(ExportOptions(run=str(run.path), against_original=str(tiny_dirs[kind]), out=str(tmp_path / "exp"))).out
     peft = PeftModel.from_pretrained(AUTO[kind].from_pretrained(tiny_dirs[kind]), out)
     assert rel(logits(peft, IDS), expected) < F32
-    ranks = {f.rank for f in lora_against_original(run).values()}
+    ranks = {f.rank for f in lora_on_original(run.adapters()).values()}
     assert ranks == ({4} if method == "lora" else {8})
     # and the run's own PEFT adapter on its base gives the same
     base_peft = PeftModel.from_pretrained(AUTO[kind].from_pretrained(run.base_location), run.path / "adapter")
@@ -133,10 +132,10 @@ def test_rank_and_alpha_patterns_reach_the_peft_config(tiny_dirs, text_file, tmp
 
 
 def test_store_and_on_the_fly_calibration_build_the_same_run(tiny_dirs, text_file, tmp_path):
-    from svdadapt.calibrate.job import CalibrateOptions, calibrate
+    from svdadapt.commands import CalibrateOptions, calibrate
 
     calibrate(
-        CalibrateOptions(model=str(tiny_dirs["llama"]), data=str(text_file), samples=8, seq_len=32, batch_size=4,
+        CalibrateOptions.of(model=str(tiny_dirs["llama"]), data=str(text_file), samples=8, seq_len=32, batch_size=4,
                          out=str(tmp_path / "covs"), device="cpu"),
         progress=False,
     )  # fmt: skip

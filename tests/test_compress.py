@@ -11,7 +11,8 @@ import svdadapt.compress.dropped as dropped_module
 import svdadapt.compress.sweep as sweep_module
 from svdadapt import SvdadaptError
 from svdadapt.cli import main
-from svdadapt.compress import CompressOptions, compress, layer_ranks, parse_discards, run_sweep
+from svdadapt.commands import CompressOptions, compress
+from svdadapt.compress import layer_ranks, parse_discards, run_sweep
 from svdadapt.decompose import Take
 from svdadapt.evaluate import PerplexityResult, evaluation_windows, perplexity
 from svdadapt.models import load_model
@@ -214,7 +215,7 @@ def test_an_interrupted_sweep_leaves_nothing_behind(tiny_dirs, texts, tmp_path, 
         return PerplexityResult(windows.source, 1.0, 0.0, 1, 1, 1)
 
     monkeypatch.setattr(sweep_module, "perplexity", failing)
-    opts = CompressOptions(model=str(tiny_dirs["llama"]), out=str(tmp_path / "sweep"), decomposition="plain",
+    opts = CompressOptions.of(model=str(tiny_dirs["llama"]), out=str(tmp_path / "sweep"), decomposition="plain",
                            discard="0,1,2,3", eval=str(texts / "eval.txt"), seq_len=32, device="cpu")  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         compress(opts, progress=False)

@@ -7,6 +7,7 @@ import torch
 
 from svdadapt.assets import news_text, tiny_model, tiny_tokenizer
 from svdadapt.evaluate import evaluation_windows, perplexity
+from svdadapt.evaluate.settings import EvalSettings
 from svdadapt.evaluate.suite import evaluate_model
 
 SEQ_LEN = 24
@@ -73,7 +74,11 @@ def test_batch_size_does_not_change_the_result(text_file):
 def test_evaluate_model_on_an_in_memory_model(text_file, model64):
     tok = tiny_tokenizer()
     results = evaluate_model(
-        model64, tok, [str(text_file), "news"], seq_len=SEQ_LEN, max_windows=3, batch_size=2, progress=False
+        model64,
+        tok,
+        [str(text_file), "news"],
+        settings=EvalSettings(seq_len=SEQ_LEN, max_windows=3, batch_size=2),
+        progress=False,
     )
     expected, _ = reference(model64, tok, text_file.read_text(), SEQ_LEN, False, 3)
     assert results["perplexity"][str(text_file)]["perplexity"] == pytest.approx(expected, rel=1e-10)
@@ -81,5 +86,5 @@ def test_evaluate_model_on_an_in_memory_model(text_file, model64):
 
 
 def test_default_window_is_capped_at_the_model_limit(model64):
-    results = evaluate_model(model64, tiny_tokenizer(), ["news"], max_windows=1, progress=False)
+    results = evaluate_model(model64, tiny_tokenizer(), ["news"], settings=EvalSettings(max_windows=1), progress=False)
     assert results["perplexity"]["news"]["seq_len"] == 256  # the tiny model's positions, below 2048

@@ -7,13 +7,14 @@ import pytest
 
 @pytest.mark.slow
 def test_smollm2_perplexity_and_polarity(smollm2_dir):
+    from svdadapt.evaluate.settings import EvalSettings
     from svdadapt.evaluate.suite import evaluate_model
     from svdadapt.models import load_model
 
     loaded = load_model(str(smollm2_dir))
     results = evaluate_model(
-        loaded.model, loaded.tokenizer, ["wiki-heldout"], ["polarity-instruct"], seq_len=256, max_windows=2,
-        limit=6, progress=False,
+        loaded.model, loaded.tokenizer, ["wiki-heldout"], ["polarity-instruct"],
+        EvalSettings(seq_len=256, max_windows=2, limit=6), progress=False,
     )  # fmt: skip
     ppl = results["perplexity"]["wiki-heldout"]
     assert ppl["windows"] == 2 and ppl["tokens"] == 2 * 255  # SmolLM2's tokenizer adds no BOS

@@ -60,10 +60,10 @@ def mrpc_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cls_run(tmp_path_factory, tiny_dirs, mrpc_dir):
-    from svdadapt.train.job import TrainOptions, train
+    from svdadapt.commands import TrainOptions, train
 
     out = tmp_path_factory.mktemp("cls") / "run"
-    opts = TrainOptions(
+    opts = TrainOptions.of(
         out=str(out), task="glue:mrpc", model=str(tiny_dirs["bert"]), method="pissa", rank=4,
         data_dir=str(mrpc_dir), max_steps=2, batch_size=4, max_length=64, device="cpu", module_lr=1e-2,
     )  # fmt: skip
@@ -93,8 +93,8 @@ def test_glue_metrics_of_a_trained_run_match_its_merged_model_by_hand(cls_run, m
 
 
 def test_classification_run_logits_equal_the_merged_models(cls_run, mrpc_dir):
+    from svdadapt.commands.evaluate import load_target
     from svdadapt.evaluate.classification import classification_logits, validation_rows
-    from svdadapt.evaluate.job import load_target
     from svdadapt.models import load_model
     from svdadapt.runs import Run
     from svdadapt.train.tasks import CLASSIFICATION_TASKS

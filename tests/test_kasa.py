@@ -110,11 +110,10 @@ def test_kasa_rank_must_leave_a_component():
 
 
 def test_context_truncation_needs_covariances(tiny_dirs, tmp_path):
-    from svdadapt.build.job import BuildOptions, build
+    from svdadapt.commands import BuildOptions
 
-    opts = BuildOptions(model=str(tiny_dirs["llama"]), method="kasa", truncation="context", rank=4,
+    with pytest.raises(SvdadaptError, match="needs calibration covariances"):  # checked before any work
+        BuildOptions.of(model=str(tiny_dirs["llama"]), method="kasa", truncation="context", rank=4,
                         out=str(tmp_path / "r"), device="cpu")  # fmt: skip
-    with pytest.raises(SvdadaptError, match="needs calibration covariances"):
-        build(opts, progress=False)
     with pytest.raises(SvdadaptError, match="applies to methods that truncate the base"):
         get_method("pissa", "context")

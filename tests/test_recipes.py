@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from svdadapt import SvdadaptError
-from svdadapt.cli import _commands, main
+from svdadapt.cli import main
 from svdadapt.pipeline import plan
 from svdadapt.recipes import load_yaml_mapping, merge_mappings, parse_overrides
 
@@ -18,8 +18,8 @@ RECIPES = sorted(glob.glob(str(ROOT / "examples" / "*.yaml")) + glob.glob(str(RO
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: Path(p).stem)
 def test_every_shipped_recipe_plans_into_valid_options(recipe):
-    stages = plan(load_yaml_mapping(recipe), _commands(), recipe)
-    assert stages and all(options is not None for _, options in stages)
+    stages = plan(load_yaml_mapping(recipe), recipe)
+    assert stages and all(stage.options is not None for stage in stages)
 
 
 def test_offline_twins_exist_for_every_seed_recipe():

@@ -11,7 +11,8 @@ import torch
 
 from svdadapt import CovarianceStore, SvdadaptError
 from svdadapt.calibrate import capture
-from svdadapt.calibrate.job import CalibrateOptions, calibrate
+from svdadapt.commands import CalibrateOptions
+from svdadapt.commands import calibrate as calibrate_command
 
 
 def _opts(model_dir, text_file, out, **overrides):
@@ -19,7 +20,11 @@ def _opts(model_dir, text_file, out, **overrides):
         model=str(model_dir), data=str(text_file), samples=12, seq_len=32, batch_size=2, out=str(out), device="cpu"
     )
     values.update(overrides)
-    return CalibrateOptions(**values)
+    return CalibrateOptions.of(**values)
+
+
+def calibrate(opts, progress=False):
+    return calibrate_command(opts, progress=progress).store
 
 
 @pytest.fixture(scope="module")

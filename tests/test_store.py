@@ -65,11 +65,14 @@ def test_load_refuses_a_store_with_a_missing_shard(store, tmp_path):
         CovarianceStore.load(tmp_path / "s")
 
 
-def test_store_refuses_another_model(store):
-    store.check_model(store.metadata["model"]["fingerprint"])
+def test_store_refuses_another_model_and_missing_layers(store):
+    mine = store.metadata["model"]["fingerprint"]
+    store.check_covers(mine, store.modules)
     other = weights_fingerprint(tiny_model("llama", seed=1))
     with pytest.raises(SvdadaptError, match="recalibrate on this model"):
-        store.check_model(other)
+        store.check_covers(other, store.modules)
+    with pytest.raises(SvdadaptError, match="lacks 1 target layers .e.g. lm_head."):
+        store.check_covers(mine, [*store.modules, "lm_head"])
 
 
 def test_unknown_layer_is_a_clear_error(store):

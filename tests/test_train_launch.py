@@ -59,8 +59,8 @@ def test_every_train_flag_passes_through_the_launchers():
 
     from torch.distributed.run import get_args_parser
 
+    from svdadapt.commands import TrainOptions
     from svdadapt.options import add_options
-    from svdadapt.train.job import TrainOptions
 
     ours = argparse.ArgumentParser()
     add_options(ours, TrainOptions)

@@ -1,7 +1,8 @@
-"""The ``svdadapt`` command: one console script whose subcommands call plain functions.
+"""The ``svdadapt`` command: one console script whose subcommands call plain functions and print
+what they return.
 
-Every subcommand is a row of :data:`COMMANDS`: its options dataclass (whose docstring and field
-help texts are the ``--help``) and the function that runs it.
+Every subcommand is a row of :func:`subcommands`: its options dataclass (whose docstring and field
+help texts are the ``--help``) and the function that runs it and returns a result.
 """
 
 from __future__ import annotations
@@ -9,106 +10,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from .backend import set_aside_live_objects
 from .errors import SvdadaptError
 from .options import add_options, from_namespace
 
 
-@dataclass(frozen=True)
-class Command:
-    options: type
-    run: Callable[[object], None]
-
-
-def _calibrate(opts) -> None:
-    from .calibrate.job import calibrate, summary
-
-    print(summary(calibrate(opts)))
-
-
-def _quickstart(opts) -> None:
-    from .quickstart import quickstart
-
-    quickstart(opts)
-
-
-def _build(opts) -> None:
-    from .build.job import build, summary
-
-    print(summary(build(opts)))
-
-
-def _merge(opts) -> None:
-    from .merge import merge
-
-    print(f"merged model: {merge(opts)}")
-
-
-def _export(opts) -> None:
-    from .export import export
-
-    out = export(opts)
-    target = "the original model" if opts.against_original else "the run's base"
-    print(f"PEFT LoRA for {target}: {out}")
-    print(f"  load it with PeftModel.from_pretrained(<{target}>, {str(out)!r})")
-
-
-def _train(opts) -> None:
-    from .train.job import train
-
-    run = train(opts)
-    print(f"trained run: {run.path} (merge or export it like a built run)")
-
-
-def _compress(opts) -> None:
-    from .compress import compress
-
-    print("\n".join(compress(opts).lines))
-
-
-def _eval(opts) -> None:
-    from .evaluate.job import evaluate
-    from .evaluate.report import results_table
-
-    results, out = evaluate(opts)
-    print(results_table(results))
-    print(f"results: {out}" if out else "results: not written (pass --out FILE.json to keep them)")
-
-
-def _run(opts) -> None:
-    from .pipeline import run_recipe
-
-    run_recipe(opts)
-
-
-def _commands() -> dict[str, Command]:
-    from .build.job import BuildOptions
-    from .calibrate.job import CalibrateOptions
-    from .compress import CompressOptions
-    from .evaluate.job import EvalOptions
-    from .export import ExportOptions
-    from .merge import MergeOptions
-    from .pipeline import RunOptions
-    from .quickstart import QuickstartOptions
-    from .train.job import TrainOptions
+def subcommands() -> dict:
+    """Every subcommand: the quickstart, the commands, and recipes, in the order --help lists them."""
+    from .commands import COMMANDS, Command
+    from .pipeline import RunOptions, run_recipe
+    from .quickstart import QuickstartOptions, quickstart
 
     return {
-        "quickstart": Command(QuickstartOptions, _quickstart),
-        "calibrate": Command(CalibrateOptions, _calibrate),
-        "build": Command(BuildOptions, _build),
-        "merge": Command(MergeOptions, _merge),
-        "export": Command(ExportOptions, _export),
-        "train": Command(TrainOptions, _train),
-        "eval": Command(EvalOptions, _eval),
-        "compress": Command(CompressOptions, _compress),
-        "run": Command(RunOptions, _run),
+        "quickstart": Command("quickstart", QuickstartOptions, quickstart),
+        **COMMANDS,
+        "run": Command("run", RunOptions, run_recipe),
     }
 
 
-def build_parser(commands: dict[str, Command]) -> tuple[argparse.ArgumentParser, dict]:
+def build_parser(commands: dict) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(
         prog="svdadapt",
         description="Knowledge-aware, SVD-based parameter-efficient fine-tuning (CorDA, KaSA).",
@@ -155,7 +76,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``svdadapt`` console script; returns the exit status."""
-    commands = _commands()
+    commands = subcommands()
     parser, subparsers = build_parser(commands)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -167,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     command = commands[args.command]
     _quiet_libraries()
     try:
-        command.run(from_namespace(command.options, args))
+        result = command.run(from_namespace(command.options, args))
+        print(result.summary())
     except SvdadaptError as exc:
         print(f"svdadapt: error: {exc}", file=sys.stderr)
         return 2

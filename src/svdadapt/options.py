@@ -1,8 +1,16 @@
-"""Dataclass options → argparse flags and YAML keys, so each command's options are defined once.
+"""Options: dataclasses whose fields are a command's flags and YAML keys, checked in one place.
 
-Each field's ``metadata["help"]`` is its ``--help`` text; ``metadata["flag"]`` optionally names
-the flag (default: the field name with dashes); ``metadata["choices"]`` limits the values;
-``metadata["positional"]`` makes it a positional argument. Booleans become ``--flag`` switches.
+A field is declared with :func:`opt` (``help`` is its ``--help`` text; ``check`` a :class:`Check` of
+its value; ``choices``; ``flag`` to rename it; ``positional``). A field whose value is itself an
+option group is declared with :func:`group`: the group's fields become flags of the command, with an
+optional ``prefix`` (``--calib-samples``) and per-use ``defaults``; the same group class serves
+every command that has those options.
+
+A command's options class derives from :class:`Options`: constructing one checks every field,
+its groups' included (type, choices, check), then the class's own ``check()`` for what involves
+several fields; any problem is one :class:`~svdadapt.errors.SvdadaptError` naming the flag.
+Argparse flags (:func:`add_options`), YAML keys (:func:`from_mapping`) and parsed arguments
+(:func:`from_namespace`) all go through the same flat view of the fields (:func:`flat_fields`).
 """
 
 from __future__ import annotations
@@ -11,17 +19,132 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import MISSING, Field, field
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field
 from typing import Any
 
 from .errors import SvdadaptError
 
 
-def opt(default: Any = MISSING, help: str = "", **meta: Any) -> Any:
-    """A dataclass field with CLI metadata (``help``, ``choices``, ``flag``, ``positional``)."""
-    return field(default=default, metadata={"help": help, **meta})
+@dataclass(frozen=True)
+class Check:
+    """A condition on a field's value (None always passes) and what it requires, for the message."""
+
+    test: Callable[[Any], bool]
+    requirement: str  # e.g. "must be positive"
 
 
+POSITIVE = Check(lambda v: v > 0, "must be positive")
+NON_NEGATIVE = Check(lambda v: v >= 0, "must be non-negative")
+FRACTION = Check(lambda v: 0 <= v < 1, "must be in [0, 1)")
+
+
+def at_least(n: int) -> Check:
+    return Check(lambda v: v >= n, f"must be at least {n}")
+
+
+def opt(default: Any = MISSING, help: str = "", *, check: Check | None = None, **meta: Any) -> Any:
+    """A dataclass field with CLI metadata (``help``, ``check``, ``choices``, ``flag``, ``positional``,
+    ``nargs``, ``metavar``)."""
+    return field(default=default, metadata={"help": help, "check": check, **meta})
+
+
+def group(cls: type, prefix: str = "", defaults: dict[str, Any] | None = None) -> Any:
+    """A field holding option group ``cls``, its flags prefixed with ``prefix`` (``calib_`` gives
+    ``--calib-samples``) and its defaults overridden by ``defaults`` (None makes a required field optional)."""
+    defaults = dict(defaults or {})
+    required = [f.name for f in dataclasses.fields(cls) if _default(f) is MISSING and f.name not in defaults]
+    meta = {"group": cls, "prefix": prefix, "defaults": defaults}
+    if required:
+        return field(metadata=meta)
+    return field(default_factory=lambda: _construct(cls, defaults), metadata=meta)
+
+
+class Options:
+    """Base of a command's options: every field is checked on construction (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        for flat in flat_fields(type(self)):
+            _check_value(flat, flat.get(self))
+        self.check()
+
+    def check(self) -> None:
+        """Checks that involve several fields; raise :class:`SvdadaptError` naming the flags."""
+
+    @classmethod
+    def of(cls, **values: Any) -> Any:
+        """Construct from flat keyword arguments named as the flags and YAML keys are
+        (``BuildOptions.of(model=..., method="corda-kpa", rank=16, data="wiki", out=...)``)."""
+        return from_mapping(cls, values, cls.__name__)
+
+
+@dataclass(frozen=True)
+class FlatField:
+    """One flag of a command: a field of its options class or of a group inside it."""
+
+    path: tuple[str, ...]  # attribute path from the command's options object
+    dest: str  # argparse dest and YAML key: the prefixed field name
+    field: Field
+    type: Any
+    prefix: str
+    default: Any  # after the group's per-use defaults; MISSING if required
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.prefix.replace("_", "-") + self.field.metadata.get("flag", self.field.name.replace("_", "-"))
+
+    @property
+    def name(self) -> str:
+        """How messages name it: the flag, or the positional argument."""
+        return self.dest.upper() if self.field.metadata.get("positional") else self.flag
+
+    def get(self, obj: Any) -> Any:
+        for part in self.path:
+            obj = getattr(obj, part)
+        return obj
+
+
+def _default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def flat_fields(
+    cls: type, prefix: str = "", path: tuple[str, ...] = (), defaults: dict | None = None
+) -> list[FlatField]:
+    """Every flag of ``cls``, groups expanded, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    defaults = defaults or {}
+    flat: list[FlatField] = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "group" in meta:
+            flat += flat_fields(meta["group"], prefix + meta["prefix"], (*path, f.name), meta["defaults"])
+            continue
+        default = defaults[f.name] if f.name in defaults else _default(f)
+        flat.append(FlatField((*path, f.name), prefix + f.name, f, hints[f.name], prefix, default))
+    return flat
+
+
+def _construct(cls: type, values: dict[str, Any], prefix: str = "", defaults: dict | None = None) -> Any:
+    """``cls`` from flat values keyed by dest (missing ones take their defaults)."""
+    defaults = defaults or {}
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "group" in meta:
+            kwargs[f.name] = _construct(meta["group"], values, prefix + meta["prefix"], meta["defaults"])
+        elif prefix + f.name in values:
+            kwargs[f.name] = values[prefix + f.name]
+        elif f.name in defaults:
+            kwargs[f.name] = defaults[f.name]
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ checks
 def _base_type(tp: Any) -> Any:
     """``int | None`` → ``int``; ``list[str]`` → ``list``."""
     origin = typing.get_origin(tp)
@@ -31,6 +154,34 @@ def _base_type(tp: Any) -> Any:
     return origin or tp
 
 
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+
+def _has_type(value: Any, base: Any) -> bool:
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, base) if isinstance(base, type) else True
+
+
+def _check_value(flat: FlatField, value: Any) -> None:
+    if value is MISSING or value is None:
+        return
+    base = _base_type(flat.type)
+    if not _has_type(value, base):
+        raise SvdadaptError(f"{flat.name} must be {_KINDS.get(base, base.__name__)}, got {value!r}")
+    choices = flat.field.metadata.get("choices")
+    if choices and value not in choices:
+        raise SvdadaptError(f"{flat.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    check: Check | None = flat.field.metadata.get("check")
+    if check is not None and not check.test(value):
+        raise SvdadaptError(f"{flat.name} {check.requirement}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------ argparse
 def _converter(tp: Any):
     base = _base_type(tp)
     if base is bool:
@@ -41,48 +192,69 @@ def _converter(tp: Any):
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag (or positional) per dataclass field of ``cls``."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        _add_field(parser, f, hints[f.name])
+    """Add one flag (or positional) per field of ``cls``, groups expanded."""
+    for flat in flat_fields(cls):
+        _add(parser, flat)
 
 
-def _add_field(parser: argparse.ArgumentParser, f: Field, tp: Any) -> None:
-    meta = f.metadata
-    required = f.default is MISSING and f.default_factory is MISSING
-    default = None if required else (f.default if f.default is not MISSING else f.default_factory())
+def _add(parser: argparse.ArgumentParser, flat: FlatField) -> None:
+    meta = flat.field.metadata
+    required = flat.default is MISSING
+    default = None if required else flat.default
     kwargs: dict[str, Any] = {"help": meta.get("help", "")}
     if meta.get("choices"):
         kwargs["choices"] = meta["choices"]
     if meta.get("positional"):
         if meta.get("nargs"):
             kwargs["nargs"] = meta["nargs"]
-        parser.add_argument(f.name, type=_converter(tp), **kwargs)
+        parser.add_argument(flat.dest, type=_converter(flat.type), **kwargs)
         return
-    flag = "--" + meta.get("flag", f.name.replace("_", "-"))
-    if _base_type(tp) is bool:
-        parser.add_argument(flag, dest=f.name, action="store_true", default=default, **kwargs)
+    if _base_type(flat.type) is bool:
+        parser.add_argument(flat.flag, dest=flat.dest, action="store_true", default=default, **kwargs)
         return
     if not required and default is not None:
         kwargs["help"] += f" (default: {default})"
     parser.add_argument(
-        flag, dest=f.name, type=_converter(tp), default=default, required=required, metavar=meta.get("metavar"),
-        **kwargs,
+        flat.flag, dest=flat.dest, type=_converter(flat.type), default=default, required=required,
+        metavar=meta.get("metavar"), **kwargs,
     )  # fmt: skip
 
 
 def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
-    """Build ``cls`` from parsed arguments (only its own fields are read)."""
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+    """Build ``cls`` from parsed arguments (only its own flags are read)."""
+    return _construct(cls, {flat.dest: getattr(ns, flat.dest) for flat in flat_fields(cls)})
 
 
 def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build ``cls`` from a YAML mapping; unknown keys are an error naming ``where``."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """Build ``cls`` from a mapping of flag names (``seq_len``, ``calib_samples``); unknown keys and
+    missing required ones are errors naming ``where``."""
+    flats = flat_fields(cls)
+    names = {flat.dest for flat in flats}
     unknown = sorted(set(values) - names)
     if unknown:
         raise SvdadaptError(f"unknown key {unknown[0]!r} in {where}; known keys: {', '.join(sorted(names))}")
+    missing = [flat.dest for flat in flats if flat.default is MISSING and flat.dest not in values]
+    if missing:
+        raise SvdadaptError(f"{where} needs {missing[0]!r}")
+    values = {**values, **{flat.dest: _number(values[flat.dest], flat) for flat in flats if flat.dest in values}}
     try:
-        return cls(**values)
-    except TypeError as exc:
+        return _construct(cls, values)
+    except SvdadaptError as exc:
         raise SvdadaptError(f"{where}: {exc}") from None
+
+
+def _number(value: Any, flat: FlatField) -> Any:
+    """A number written as text where YAML did not read it as one (``1e-05``: YAML 1.1 wants a dot),
+    converted as its flag would be; anything else is left for the checks."""
+    base = _base_type(flat.type)
+    if base in (int, float) and isinstance(value, str):
+        try:
+            return base(value)
+        except ValueError:
+            return value
+    return value
+
+
+def flat_values(obj: Any) -> dict[str, Any]:
+    """The options object as flat ``{dest: value}`` (as YAML keys would give it)."""
+    return {flat.dest: flat.get(obj) for flat in flat_fields(type(obj))}

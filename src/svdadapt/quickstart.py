@@ -5,18 +5,37 @@ mode) → build corda-kpa, lora and kasa at one rank → fine-tune each briefly 
 instruction task → evaluate polarity accuracy (label likelihood, 40 held-out reviews) and held-out
 Wikipedia perplexity before and after (knowledge retention, CorDA's claim) → a comparison table and
 a report folder with the table, loss curves and singular-value spectra as PNGs. Reruns reuse what
-is already there.
+is already there. Every step is a command (calibrate, build, eval, train, spectra).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_json
+from .build.options import AdapterOptions
+from .commands import (
+    BuildOptions,
+    CalibrateOptions,
+    EvalOptions,
+    SpectraOptions,
+    TrainOptions,
+    build,
+    calibrate,
+    evaluate,
+    spectra,
+    train,
+)
+from .data.options import DataOptions
+from .errors import SvdadaptError
+from .evaluate.settings import EvalSettings
 from .methods import get_method
-from .options import opt
+from .options import POSITIVE, Options, at_least, flat_values, opt
+from .plots import plot_lines
+from .runs import Run
+from .train.options import TaskOptions, TrainingOptions
 
 # name -> (method, KaSA truncation)
 QUICK_METHODS = {
@@ -25,10 +44,11 @@ QUICK_METHODS = {
     "kasa": ("kasa", None),
     "kasa-context": ("kasa", "context"),
 }
+ORIGINAL = "original (no adapter)"
 
 
 @dataclass(kw_only=True)
-class QuickstartOptions:
+class QuickstartOptions(Options):
     """Calibrate the embedded SmolLM2 on bundled Wikipedia text, build corda-kpa, lora and kasa (plain and
     context truncation) adapters, fine-tune each on the bundled polarity task, and compare task accuracy
     and held-out perplexity before and after, into a report folder (no hub access; minutes on a 2-core CPU)."""
@@ -36,86 +56,44 @@ class QuickstartOptions:
     out: str = opt("svdadapt-quickstart", "directory for everything the quickstart writes")
     model: str = opt("default", "model to run it on (the embedded SmolLM2 by default)")
     methods: str = opt(",".join(QUICK_METHODS), f"methods to compare, comma-separated: {', '.join(QUICK_METHODS)}")
-    rank: int = opt(16, "adapter rank for every method (alpha = rank)")
-    calib_samples: int = opt(32, "calibration windows of bundled wiki")
-    calib_seq_len: int = opt(256, "tokens per calibration window")
-    epochs: float = opt(1.0, "fine-tuning epochs on the polarity training reviews (144; 16 held for eval loss)")
-    module_lr: float = opt(5e-4, "adapter learning rate")
-    eval_windows: int = opt(12, "held-out wiki perplexity windows")
-    eval_seq_len: int = opt(256, "tokens per perplexity window")
+    rank: int = opt(16, "adapter rank for every method (alpha = rank)", check=POSITIVE)
+    calib_samples: int = opt(32, "calibration windows of bundled wiki", check=POSITIVE)
+    calib_seq_len: int = opt(256, "tokens per calibration window", check=POSITIVE)
+    epochs: float = opt(1.0, "fine-tuning epochs on the polarity training reviews (144; 16 held for eval loss)",
+                        check=POSITIVE)  # fmt: skip
+    module_lr: float = opt(5e-4, "adapter learning rate", check=POSITIVE)
+    eval_windows: int = opt(12, "held-out wiki perplexity windows", check=POSITIVE)
+    eval_seq_len: int = opt(256, "tokens per perplexity window", check=at_least(2))
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
 
+    def check(self) -> None:
+        unknown = [m for m in self.method_names if m not in QUICK_METHODS]
+        if unknown:
+            raise SvdadaptError(f"unknown quickstart method {unknown[0]!r}; choose from {', '.join(QUICK_METHODS)}")
 
-def _evaluate(model, tokenizer, opts: QuickstartOptions) -> dict:
-    from .evaluate.suite import evaluate_model
-
-    results = evaluate_model(
-        model, tokenizer, ["wiki-heldout"], ["polarity-instruct"],
-        seq_len=opts.eval_seq_len, max_windows=opts.eval_windows, batch_size=4,
-    )  # fmt: skip
-    return {
-        "accuracy": results["tasks"]["polarity-instruct"]["accuracy"],
-        "perplexity": results["perplexity"]["wiki-heldout"]["perplexity"],
-    }
+    @property
+    def method_names(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
 
 
-def _train_method(name: str, covariances: Path, opts: QuickstartOptions, out: Path):
-    from .runs import Run
-    from .train.job import TrainOptions, train
+@dataclass
+class QuickstartResult:
+    rows: dict[str, dict]  # table row -> accuracy, perplexity (and train_seconds)
+    report: Path
+    plots: list[Path]
+    seconds: float
 
-    method, truncation = QUICK_METHODS[name]
-    run_dir = out / "runs" / name
-    if (run_dir / "train_results.json").is_file() and (run := Run.open(run_dir)).meta.get("stage") == "trained":
-        print(f"svdadapt quickstart: reusing the trained {name} run in {run_dir}")
-        return run
-    uses_covariances = get_method(method, truncation).needs is not None
-    return train(
-        TrainOptions(
-            model=opts.model, method=method, truncation=truncation, rank=opts.rank, alpha=float(opts.rank),
-            task="sft", data="polarity", covariances=str(covariances) if uses_covariances else None, max_length=128,
-            epochs=opts.epochs, batch_size=8, module_lr=opts.module_lr, warmup_ratio=0.1, schedule="cosine",
-            logging_steps=2, out=str(run_dir), device=opts.device,
-        )
-    )  # fmt: skip
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {}
+
+    def summary(self) -> str:
+        names = ", ".join(p.name for p in self.plots)
+        return f"{table(self.rows)}\n\nreport: {self.report} ({names}); {self.seconds:.0f} s in all"
 
 
-def _spectra(model_spec: str, covariances: Path, report: Path) -> Path | None:
-    """Normalised singular values of two layers: plain SVD of W against the context SVD of W·C'."""
-    from .decompose import context_svd, plain_svd
-    from .models import load_model
-    from .plots import plot_lines
-    from .store import CovarianceStore
-    from .targets import find_targets, weight_matrix
-
-    store = CovarianceStore.load(covariances)
-    targets = find_targets(load_model(model_spec).model)
-    names = list(targets)
-    middle = names[len(names) // 2].rsplit(".", 2)[0]  # a block in the middle of the stack
-    in_block = [n for n in names if n.startswith(middle + ".")]
-    series = {}
-    for name in (in_block[0], in_block[-1]):
-        W = weight_matrix(targets[name]).detach()
-        short = ".".join(name.split(".")[-3:])
-        decompositions = {"plain": plain_svd(W, name), "context": context_svd(W, store.covariance(name), name)}
-        for label, factors in decompositions.items():
-            S = (factors.S / factors.S[0]).tolist()
-            series[f"{short} {label}"] = (list(range(1, len(S) + 1)), S)
-    return plot_lines(series, report / "spectra.png", "singular values / largest", "component", "σ_i / σ_1", logy=True)
-
-
-def _loss_curves(runs: dict, report: Path) -> Path | None:
-    from .plots import plot_lines
-
-    series = {}
-    for method, run in runs.items():
-        log = json.loads((run.path / "train_results.json").read_text()).get("log", [])
-        points = [(e["step"], e.get("task_loss", e["loss"])) for e in log if "loss" in e and "step" in e]
-        series[method] = ([p[0] for p in points], [p[1] for p in points])
-    return plot_lines(series, report / "loss_curves.png", "polarity fine-tuning", "optimizer step", "task loss")
-
-
-def _table(rows: dict) -> str:
-    base = rows["original (no adapter)"]
+def table(rows: dict[str, dict]) -> str:
+    base = rows[ORIGINAL]
     lines = [
         "| model | polarity accuracy | held-out wiki PPL | PPL change | train s |",
         "|---|---|---|---|---|",
@@ -127,56 +105,91 @@ def _table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def quickstart(opts: QuickstartOptions) -> dict:
-    from .adapters.inject import inject
-    from .atomic import write_json
-    from .backend import resolve_device
-    from .calibrate.job import CalibrateOptions, calibrate, summary
-    from .errors import SvdadaptError
-    from .models import load_model
+def _evaluate(target: Path | str, out: Path, opts: QuickstartOptions, progress: bool, initial: bool = False) -> dict:
+    settings = EvalSettings(seq_len=opts.eval_seq_len, max_windows=opts.eval_windows, batch_size=4)
+    found = evaluate(
+        EvalOptions(target=str(target), perplexity="wiki-heldout", tasks="polarity-instruct", settings=settings,
+                    initial=initial, device=opts.device, out=str(out)),
+        progress=progress,
+    ).results  # fmt: skip
+    return {
+        "accuracy": found["tasks"]["polarity-instruct"]["accuracy"],
+        "perplexity": found["perplexity"]["wiki-heldout"]["perplexity"],
+    }
 
+
+def _trained_run(name: str, covariances: Path, opts: QuickstartOptions, run_dir: Path, progress: bool) -> Run:
+    """The method's run, built and trained here (or found trained by an earlier quickstart)."""
+    if (run_dir / "run.json").is_file() and (run := Run.open(run_dir)).meta.get("stage") == "trained":
+        print(f"svdadapt quickstart: reusing the trained {name} run in {run_dir}")
+        return run
+    method, truncation = QUICK_METHODS[name]
+    needs = get_method(method, truncation).needs
+    adapter = AdapterOptions(
+        method=method, truncation=truncation, rank=opts.rank, alpha=float(opts.rank),
+        covariances=str(covariances) if needs else None,
+    )  # fmt: skip
+    build(BuildOptions(model=opts.model, out=str(run_dir), adapter=adapter, device=opts.device), progress=progress)
+    return train(
+        TrainOptions(
+            run=str(run_dir), task=TaskOptions(task="sft", data="polarity", max_length=128), seed=0,
+            training=TrainingOptions(epochs=opts.epochs, batch_size=8, module_lr=opts.module_lr, warmup_ratio=0.1,
+                                     schedule="cosine", logging_steps=2),
+            device=opts.device,
+        ),
+        progress=progress,
+    ).run  # fmt: skip
+
+
+def _loss_curves(runs: dict[str, Run], report: Path) -> Path | None:
+    series = {}
+    for method, run in runs.items():
+        log = (run.meta.get("training") or {}).get("log", [])
+        points = [(e["step"], e.get("task_loss", e["loss"])) for e in log if "loss" in e and "step" in e]
+        series[method] = ([p[0] for p in points], [p[1] for p in points])
+    return plot_lines(series, report / "loss_curves.png", "polarity fine-tuning", "optimizer step", "task loss")
+
+
+def quickstart(opts: QuickstartOptions, progress: bool = True) -> QuickstartResult:
+    """Run the whole comparison; the report goes to ``OUT/report``."""
     started = time.monotonic()
     out = Path(opts.out).expanduser()
-    methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in QUICK_METHODS]
-    if unknown:
-        raise SvdadaptError(f"unknown quickstart method {unknown[0]!r}; choose from {', '.join(QUICK_METHODS)}")
     covariances = out / "covariances"
-    store = calibrate(
+    calibrated = calibrate(
         CalibrateOptions(
-            model=opts.model, data="wiki", samples=opts.calib_samples, seq_len=opts.calib_seq_len, batch_size=8,
-            device=opts.device, out=str(covariances), resume=True,
-        )
+            model=opts.model, out=str(covariances), device=opts.device, resume=True,
+            source=DataOptions(data="wiki", samples=opts.calib_samples, seq_len=opts.calib_seq_len, batch_size=8),
+        ),
+        progress=progress,
     )  # fmt: skip
-    print(summary(store))
-    device = resolve_device(opts.device)
-    original = load_model(opts.model, device=device)
-    rows = {"original (no adapter)": _evaluate(original.model, original.tokenizer, opts)}
-    del original
+    if progress:
+        print(calibrated.summary())
+    rows = {ORIGINAL: _evaluate(opts.model, out / "eval" / "original.json", opts, progress)}
     runs = {}
-    for name in methods:
+    for name in opts.method_names:
+        run_dir = out / "runs" / name
         t = time.monotonic()
-        runs[name] = run = _train_method(name, covariances, opts, out)
+        runs[name] = _trained_run(name, covariances, opts, run_dir, progress)
         trained_in = time.monotonic() - t
-        for stage, initial in (("at init", True), ("trained", False)):
-            if initial and get_method(*QUICK_METHODS[name]).original_at_init:
-                rows[f"{name} {stage}"] = dict(rows["original (no adapter)"])  # B = 0 on the original W
-                continue
-            loaded = run.load_base(device=device)
-            inject(loaded.model, run.adapters(initial=initial))
-            row = _evaluate(loaded.model, loaded.tokenizer, opts)
-            rows[f"{name} {stage}"] = {**row, "train_seconds": trained_in} if not initial else row
+        if get_method(*QUICK_METHODS[name]).original_at_init:
+            rows[f"{name} at init"] = dict(rows[ORIGINAL])  # the untouched weight, B = 0: the original itself
+        else:
+            rows[f"{name} at init"] = _evaluate(run_dir, run_dir / "eval" / "initial.json", opts, progress, True)
+        trained = _evaluate(run_dir, run_dir / "eval" / "trained.json", opts, progress)
+        rows[f"{name} trained"] = {**trained, "train_seconds": trained_in}
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    table = _table(rows)
-    plots = [p for p in (_loss_curves(runs, report), _spectra(opts.model, covariances, report)) if p]
+    shown = spectra(
+        SpectraOptions(model=opts.model, covariances=str(covariances), out=str(report / "spectra.png"),
+                       device=opts.device),
+        progress=progress,
+    )  # fmt: skip
+    plots = [p for p in (_loss_curves(runs, report), shown.plot) if p]
     (report / "results.md").write_text(
         f"# svdadapt quickstart\n\n{opts.model} model, rank {opts.rank} (alpha = rank), {opts.epochs:g} epoch(s) "
         "on the polarity training reviews (144 trained on, 16 for the evaluation loss); accuracy on the 40 "
         "held-out reviews by label likelihood; perplexity on "
-        f"{opts.eval_windows} × {opts.eval_seq_len} tokens of held-out Wikipedia.\n\n{table}\n"
+        f"{opts.eval_windows} × {opts.eval_seq_len} tokens of held-out Wikipedia.\n\n{table(rows)}\n"
     )
-    write_json(report / "results.json", {"rows": rows, "options": vars(opts)})
-    print("\n" + table)
-    print(f"\nreport: {report} ({', '.join(p.name for p in plots)}); {time.monotonic() - started:.0f} s in all")
-    return rows
+    write_json(report / "results.json", {"rows": rows, "options": flat_values(opts)})
+    return QuickstartResult(rows, report, plots, time.monotonic() - started)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .adapters.peft_format import LoraFactors, write_peft_lora
+from .adapters.peft_format import lora_on_base, write_peft_lora
 from .adapters.state import AdapterSet
 from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
@@ -49,10 +49,6 @@ def check_new_out(out: Path, what: str) -> None:
     """Refuse an --out that exists and is not empty (for merged models and exports)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SvdadaptError(f"--out {out} already exists; choose a new directory for the {what}")
-
-
-def _peft_layers(adapters: AdapterSet) -> dict[str, LoraFactors]:
-    return {n: LoraFactors(a.A, a.folded_B(), a.alpha) for n, a in adapters.layers.items()}
 
 
 def task_type_of(model: nn.Module) -> str | None:
@@ -121,6 +117,18 @@ class Run:
             )
         return loaded
 
+    def load_adapted(self, device: str = "cpu", initial: bool = False):
+        """The run's model as it computes: the base with the adapter (``initial``: as built) injected
+        and any trained task head loaded, in eval mode."""
+        from .adapters.inject import inject
+
+        loaded = self.load_base(device=device)
+        inject(loaded.model, self.adapters(initial=initial), dropout=self.meta.get("dropout", 0.0))
+        for name, state in ({} if initial else self.head_state()).items():  # a trained classification head
+            loaded.model.get_submodule(name).load_state_dict(state)
+        loaded.model.eval()
+        return loaded
+
 
 def update_run(
     run: Run,
@@ -138,7 +146,7 @@ def update_run(
     with atomic_directory(run.path / "adapter") as tmp:
         write_peft_lora(
             tmp,
-            _peft_layers(adapters),
+            lora_on_base(adapters),
             run.base_location,
             fan_in_fan_out=bool(adapters.conv1d),
             task_type=run.meta.get("task_type"),
@@ -178,7 +186,7 @@ def write_run_files(
     }
     write_peft_lora(
         directory / "adapter",
-        _peft_layers(adapters),
+        lora_on_base(adapters),
         base_location,
         fan_in_fan_out=bool(adapters.conv1d),
         task_type=meta["task_type"],

@@ -166,12 +166,18 @@ class CovarianceStore:
             store.add(group)
         return store
 
-    def check_model(self, fingerprint: str) -> None:
-        """Refuse a store computed on a different model."""
+    def check_covers(self, fingerprint: str, names: Iterable[str]) -> None:
+        """Refuse a store computed on a different model, or one that lacks any of the layers ``names``."""
         mine = self.metadata.get("model", {}).get("fingerprint")
         if mine != fingerprint:
             name = self.metadata.get("model", {}).get("name", "another model")
             raise SvdadaptError(
                 f"the covariance store at {self.path} was computed on {name} (weights fingerprint "
                 f"{str(mine)[:12]}), not on this model ({fingerprint[:12]}); recalibrate on this model"
+            )
+        missing = [n for n in names if n not in self.module_to_group]
+        if missing:
+            raise SvdadaptError(
+                f"the covariance store lacks {len(missing)} target layers (e.g. {missing[0]}); "
+                "recalibrate with the same --targets"
             )

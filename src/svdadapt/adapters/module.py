@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
-from .state import LayerAdapter
+from .state import LayerAdapter, base_change, low_rank_delta
 
 
 class LowRank(nn.Module):
@@ -39,10 +39,7 @@ class LowRank(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """(out, in) float64 ΔW."""
-        B = self.lora_B.weight.double()
-        if self.lora_diag is not None:
-            B = B * self.lora_diag.double()
-        return self.scaling * (B @ self.lora_A.weight.double())
+        return low_rank_delta(self.lora_A.weight, self.lora_B.weight, self.lora_diag, self.scaling)
 
     @torch.no_grad()
     def load(self, state: LayerAdapter) -> None:
@@ -118,7 +115,7 @@ class AdapterLinear(nn.Module):
     def restore_base(self) -> None:
         """Add back what every adapter's build took from the base: the original weight again."""
         for adapter in self.adapters.values():
-            if adapter.base_P is not None:
+            change = base_change(adapter.base_P, adapter.base_Q, adapter.base_scaling)
+            if change is not None:
                 W = weight_matrix(self.base_layer).double()
-                change = adapter.base_scaling * (adapter.base_P.double() @ adapter.base_Q.double())
                 set_weight_matrix(self.base_layer, W + change.to(W.device))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
+from .state import AdapterSet
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -107,3 +108,26 @@ def read_peft_lora(directory: Path) -> tuple[dict, dict[str, LoraFactors]]:
         alpha = config.get("alpha_pattern", {}).get(name, config["lora_alpha"])
         layers[name] = LoraFactors(A, tensors[f"{PREFIX}{name}.lora_B.weight"], float(alpha))
     return config, layers
+
+
+def lora_on_base(adapters: AdapterSet) -> dict[str, LoraFactors]:
+    """The current adapter as a plain LoRA on the run's own base (KaSA's ΔΣ folded into B)."""
+    return {name: LoraFactors(a.A, a.folded_B(), a.alpha) for name, a in adapters.layers.items()}
+
+
+def lora_on_original(adapters: AdapterSet) -> dict[str, LoraFactors]:
+    """The run as a LoRA on the untouched original weight. Residual and truncating methods froze
+    W − c·P·Q, so the run's model is W + s·B·diag·A − c·P·Q: a LoRA of rank r + q on W,
+
+        B' = [B·diag, −(c/s)·P],  A' = [A; Q],  scaling s (alpha' = s · (r + q)).
+
+    Methods that kept W export their adapter unchanged."""
+    layers = {}
+    for name, a in adapters.layers.items():
+        B, A = a.folded_B(), a.A
+        if a.base_P is not None:
+            ratio = a.base_scaling / a.scaling
+            B = torch.cat([B.double(), -ratio * a.base_P.double()], dim=1).to(B.dtype)  # (out, r + q)
+            A = torch.cat([A.double(), a.base_Q.double()], dim=0).to(A.dtype)  # (r + q, in)
+        layers[name] = LoraFactors(A.contiguous(), B.contiguous(), a.scaling * A.shape[0])  # keeps alpha/r = s
+    return layers

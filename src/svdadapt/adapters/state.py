@@ -14,6 +14,19 @@ from dataclasses import dataclass, field
 import torch
 
 
+def low_rank_delta(A: torch.Tensor, B: torch.Tensor, diag: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """ΔW = s·B·diag(d)·A, (out, in) float64, for A (r, in), B (out, r), d (r,) or None."""
+    B = B.double() if diag is None else B.double() * diag.double()
+    return scaling * (B @ A.double())
+
+
+def base_change(P: torch.Tensor | None, Q: torch.Tensor | None, scaling: float) -> torch.Tensor | None:
+    """c·P·Q, (out, in) float64: what building took from the original weight (None: nothing)."""
+    if P is None:
+        return None
+    return scaling * (P.double() @ Q.double())
+
+
 @dataclass
 class LayerAdapter:
     A: torch.Tensor  # (r, in)
@@ -33,19 +46,22 @@ class LayerAdapter:
     def scaling(self) -> float:
         return self.alpha / self.rank
 
+    @property
+    def trainable_parameters(self) -> int:
+        """Values that train: A, B and ΔΣ."""
+        return self.A.numel() + self.B.numel() + (0 if self.diag is None else self.diag.numel())
+
     def folded_B(self) -> torch.Tensor:
         """B·diag(d) (out, r): the plain-LoRA B that gives the same ΔW."""
         return self.B if self.diag is None else self.B * self.diag
 
     def delta(self) -> torch.Tensor:
         """ΔW = s·B·diag(d)·A as (out, in) float64."""
-        return self.scaling * (self.folded_B().double() @ self.A.double())
+        return low_rank_delta(self.A, self.B, self.diag, self.scaling)
 
     def base_change(self) -> torch.Tensor | None:
         """c·P·Q (out, in) float64: what was subtracted from the original weight, if anything."""
-        if self.base_P is None:
-            return None
-        return self.base_scaling * (self.base_P.double() @ self.base_Q.double())
+        return base_change(self.base_P, self.base_Q, self.base_scaling)
 
 
 _FIELDS = ("A", "B", "diag", "base_P", "base_Q")

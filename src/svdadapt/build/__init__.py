@@ -1,4 +1,5 @@
-"""Building adapters: per-layer plans, statistics waves, decomposition + initialisation, the CLI job."""
+"""Building adapters: per-layer plans, statistics waves, decomposition + initialisation (the command
+is svdadapt.commands.build)."""
 
 from .core import build_adapters
 from .plan import LayerPlan, plan_layers

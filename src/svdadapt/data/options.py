@@ -1,4 +1,4 @@
-"""The data options shared by every command that reads a source (``--data`` and friends)."""
+"""The data options of every command that reads a calibration source (``--data`` and friends)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,26 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import SvdadaptError
-from ..options import opt
+from ..options import POSITIVE, Options, opt
 from .batching import make_batches
 from .samples import Sample, make_samples
 from .sources import FieldOptions, resolve
 from .templates import TEMPLATES
 
+SOURCE_HELP = (
+    "source: wiki, wiki-heldout, news, polarity, nqopen, triviaqa, wikitext2, ptb, metamath, codefeedback, "
+    "wizardlm, alpaca; NAME:FILE for a local copy of NAME; a .txt/.json/.jsonl file; or hf:REPO[:CONFIG]"
+)
+
 
 @dataclass(kw_only=True)
-class DataOptions:
-    data: str = opt(
-        help="source: wiki, wiki-heldout, news, polarity, nqopen, triviaqa, wikitext2, ptb, metamath, "
-        "codefeedback, wizardlm, alpaca; NAME:FILE for a local copy of NAME; a .txt/.json/.jsonl file; "
-        "or hf:REPO[:CONFIG]",
-    )
-    samples: int = opt(256, "number of calibration samples")
-    seq_len: int = opt(2048, "tokens per text window; longer examples are cut")
-    batch_size: int = opt(8, "samples per forward pass")
-    seed: int = opt(0, "seed for sampling windows and examples")
+class DataOptions(Options):
+    """Where calibration samples come from and how many (the sampling seed is the command's ``--seed``)."""
+
+    data: str = opt(help=SOURCE_HELP)
+    samples: int = opt(256, "number of calibration samples", check=POSITIVE)
+    seq_len: int = opt(2048, "tokens per text window; longer examples are cut", check=POSITIVE)
+    batch_size: int = opt(8, "samples per forward pass", check=POSITIVE)
     template: str | None = opt(
         None, "prompt template for instruction examples (default: chat if the tokenizer has one, else plain)",
         choices=list(TEMPLATES),
@@ -37,24 +39,21 @@ class DataOptions:
     def fields(self) -> FieldOptions:
         return FieldOptions(self.text_field, self.instruction_field, self.input_field, self.output_field)
 
-    def source_spec(self) -> dict:
+    def source_spec(self, seed: int) -> dict:
         """What identifies the samples (recorded in stores and compared on resume)."""
         return {
-            "data": self.data, "samples": self.samples, "seq_len": self.seq_len, "seed": self.seed,
+            "data": self.data, "samples": self.samples, "seq_len": self.seq_len, "seed": seed,
             "template": self.template, **{k: v for k, v in vars(self.fields()).items() if v},
         }  # fmt: skip
 
-    def validate(self, max_len: int | None = None) -> None:
-        for name in ("samples", "seq_len", "batch_size"):
-            value = getattr(self, name)
-            if value <= 0:
-                raise SvdadaptError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    def check_length(self, max_len: int | None, flag: str = "--seq-len") -> None:
+        """Refuse windows longer than the model's positions (known once it is loaded)."""
         if max_len is not None and self.seq_len > max_len:
-            raise SvdadaptError(f"--seq-len {self.seq_len} is beyond this model's limit of {max_len} positions")
+            raise SvdadaptError(f"{flag} {self.seq_len} is beyond this model's limit of {max_len} positions")
 
-    def load_samples(self, tokenizer: PreTrainedTokenizerBase) -> list[Sample]:
+    def load_samples(self, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[Sample]:
         corpus = resolve(self.data, self.fields())
-        return make_samples(corpus, tokenizer, self.samples, self.seq_len, self.seed, self.template)
+        return make_samples(corpus, tokenizer, self.samples, self.seq_len, seed, self.template)
 
-    def load_batches(self, tokenizer: PreTrainedTokenizerBase) -> list[dict]:
-        return make_batches(self.load_samples(tokenizer), self.batch_size, tokenizer.pad_token_id)
+    def load_batches(self, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[dict]:
+        return make_batches(self.load_samples(tokenizer, seed), self.batch_size, tokenizer.pad_token_id)

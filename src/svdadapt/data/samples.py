@@ -104,10 +104,6 @@ def make_samples(
     template: str | None = None,
 ) -> list[Sample]:
     """Samples of either kind of corpus."""
-    if num_samples <= 0:
-        raise SvdadaptError(f"--samples must be positive, got {num_samples}")
-    if seq_len <= 0:
-        raise SvdadaptError(f"--seq-len must be positive, got {seq_len}")
     if corpus.kind == "text":
         return text_windows(corpus, tokenizer, num_samples, seq_len, seed)
     return example_samples(corpus, tokenizer, num_samples, seq_len, seed, template)

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from .. import backend
 from ..data.samples import adds_bos
 from ..data.sources import EVAL_SPLITS, resolve
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, require
 
 
 @dataclass
@@ -47,8 +47,7 @@ def evaluation_windows(
     source: str, tokenizer: PreTrainedTokenizerBase, seq_len: int, max_windows: int | None = None
 ) -> Windows:
     """Tokenize a source's evaluation text once and cut it into windows (the first ``max_windows``)."""
-    if seq_len < 2:
-        raise SvdadaptError(f"--seq-len must be at least 2 for perplexity, got {seq_len}")
+    require(seq_len >= 2, f"a perplexity window needs at least 2 tokens, got {seq_len}")
     corpus = resolve(source, split=EVAL_SPLITS.get(source))
     if corpus.kind != "text":
         raise SvdadaptError(f"{source} holds instruction examples, not text; perplexity needs a text source")

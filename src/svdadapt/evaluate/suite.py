@@ -20,6 +20,7 @@ from ..models import max_positions
 from ..runs import task_type_of
 from ..train.tasks import CLASSIFICATION_TASKS
 from .perplexity import evaluation_windows, perplexity
+from .settings import EvalSettings
 
 DEFAULT_SEQ_LEN = 2048
 TASK_HELP = "polarity-instruct, polarity, glue:cola|sst2|mrpc|stsb|qnli|rte, lm-eval:TASK"
@@ -78,8 +79,6 @@ def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
     limit = max_positions(model)
     if seq_len is None:
         return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
-    if seq_len < 2:
-        raise SvdadaptError(f"--seq-len must be at least 2, got {seq_len}")
     if limit is not None and seq_len > limit:
         raise SvdadaptError(f"--seq-len {seq_len} is beyond this model's limit of {limit} positions")
     return seq_len
@@ -102,49 +101,39 @@ def evaluate_model(
     tokenizer: PreTrainedTokenizerBase,
     perplexity_sources: Sequence[str] = ("wiki-heldout",),
     tasks: Sequence[str] = (),
-    *,
-    seq_len: int | None = None,
-    max_windows: int | None = None,
-    batch_size: int = 4,
-    limit: int | None = None,
-    template: str | None = None,
-    data_dir: str | None = None,
-    num_fewshot: int | None = None,
-    lm_eval_include: str | None = None,
+    settings: EvalSettings | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate an in-memory model: ``{"perplexity": {source: {...}}, "tasks": {task: {metric: ...}}}``.
 
-    Perplexity is over non-overlapping windows of ``seq_len`` tokens (the first ``max_windows``);
-    ``polarity-instruct`` is scored by label likelihood with ``template``; ``limit`` caps the
-    examples of each task.
+    Perplexity is over non-overlapping windows of ``settings.seq_len`` tokens (the first
+    ``max_windows``); ``polarity-instruct`` is scored by label likelihood with ``template``;
+    ``limit`` caps the examples of each task.
     """
     from .classification import classification_metrics
     from .harness import lm_eval_tasks
     from .likelihood import label_likelihood_accuracy, polarity_choices
 
+    s = settings or EvalSettings()
     sources, tasks = split_list(perplexity_sources), split_list(tasks)
-    for name, value in (("batch_size", batch_size), ("max_windows", max_windows), ("limit", limit)):
-        if value is not None and value < 1:
-            raise SvdadaptError(f"--{name.replace('_', '-')} must be positive, got {value}")
     precheck(sources, tasks)
     check_compatible(model, sources, tasks)
-    length = resolve_seq_len(model, seq_len) if sources else seq_len
+    length = resolve_seq_len(model, s.seq_len) if sources else s.seq_len
     results: dict = {"perplexity": {}, "tasks": {}}
     for source in sources:
-        windows = evaluation_windows(source, tokenizer, length, max_windows)
-        results["perplexity"][source] = perplexity(model, windows, batch_size, progress).as_dict()
+        windows = evaluation_windows(source, tokenizer, length, s.max_windows)
+        results["perplexity"][source] = perplexity(model, windows, s.batch_size, progress).as_dict()
     for spec in tasks:
         kind = task_kind(spec)
         if kind == "instruct":
-            examples = polarity_choices(limit)
-            result = label_likelihood_accuracy(model, tokenizer, examples, template, batch_size, progress)
+            examples = polarity_choices(s.limit)
+            result = label_likelihood_accuracy(model, tokenizer, examples, s.template, s.batch_size, progress)
         elif kind == "classification":
             task = CLASSIFICATION_TASKS[spec.removeprefix("glue:")]
-            result = classification_metrics(model, tokenizer, task, data_dir, limit, batch_size, progress)
+            result = classification_metrics(model, tokenizer, task, s.data_dir, s.limit, s.batch_size, progress)
         else:
             name = spec.removeprefix("lm-eval:")
-            found = lm_eval_tasks(model, tokenizer, [name], limit, batch_size, num_fewshot, lm_eval_include)
+            found = lm_eval_tasks(model, tokenizer, [name], s.limit, s.batch_size, s.num_fewshot, s.lm_eval_include)
             for task_name, metrics in found.items():
                 results["tasks"][f"lm-eval:{task_name}"] = metrics
             continue

@@ -1,6 +1,6 @@
-"""Training: task table, datasets, the Trainer subclass, and the ``svdadapt train`` job."""
+"""Training: task table, datasets, options, the Trainer subclass and one training session (the
+command is svdadapt.commands.train)."""
 
-from .job import TrainOptions, train
 from .tasks import CLASSIFICATION_TASKS, ClassificationTask, classification_task
 
-__all__ = ["CLASSIFICATION_TASKS", "ClassificationTask", "TrainOptions", "classification_task", "train"]
+__all__ = ["CLASSIFICATION_TASKS", "ClassificationTask", "classification_task"]

@@ -15,6 +15,7 @@ from ..data import FieldOptions, make_samples, resolve
 from ..errors import SvdadaptError
 from ..plots import loss_curves
 from .datasets import CausalCollator, classification_features, sft_features
+from .options import TaskOptions, TrainingOptions
 from .tasks import classification_task, load_rows
 from .trainer import EpochLine, StepTimer, SvdadaptTrainer
 
@@ -42,7 +43,7 @@ class TrainingData:
     higher_is_better: bool
 
 
-def _classification(opts, task, tok) -> TrainingData:
+def _classification(opts: TaskOptions, task, tok) -> TrainingData:
     train_rows, eval_rows = load_rows(task, opts.data_dir)
     if opts.train_samples:
         train_rows = train_rows[: opts.train_samples]
@@ -54,16 +55,16 @@ def _classification(opts, task, tok) -> TrainingData:
     return TrainingData(train_set, eval_set, DataCollatorWithPadding(tok), metrics, task.metrics[0], True)
 
 
-def _sft(opts, tok) -> TrainingData:
+def _sft(opts: TaskOptions, tok, seed: int) -> TrainingData:
     if not opts.data:
         raise SvdadaptError("--task sft needs --data (e.g. --data polarity, --data alpaca:FILE.json)")
     corpus = resolve(opts.data, FieldOptions())
     count = opts.train_samples or (len(corpus) if corpus.kind == "examples" else 1000)
     held = opts.eval_samples if opts.eval_samples is not None else max(1, count // 10)
-    samples = make_samples(corpus, tok, count + held, opts.max_length, opts.seed, opts.template)
+    samples = make_samples(corpus, tok, count + held, opts.max_length, seed, opts.template)
     if len(samples) < 2:
         raise SvdadaptError(f"{opts.data} gives {len(samples)} example(s); training needs at least 2")
-    random.Random(opts.seed).shuffle(samples)
+    random.Random(seed).shuffle(samples)
     held = min(held, len(samples) // 2)
     train_set = sft_features(samples[held:], opts.packing, opts.max_length)
     eval_set = sft_features(samples[:held], False, opts.max_length)
@@ -72,20 +73,22 @@ def _sft(opts, tok) -> TrainingData:
     return TrainingData(train_set, eval_set, CausalCollator(tok.pad_token_id), None, "loss", False)
 
 
-def prepare_data(opts, tokenizer) -> TrainingData:
+def prepare_data(opts: TaskOptions, tokenizer, seed: int) -> TrainingData:
     """Tokenized training and evaluation sets for ``opts.task`` (checked before any model work)."""
     task = classification_task(opts.task)
-    return _classification(opts, task, tokenizer) if task is not None else _sft(opts, tokenizer)
+    return _classification(opts, task, tokenizer) if task is not None else _sft(opts, tokenizer, seed)
 
 
-def regularizer(method, opts) -> Regularizer | None:
+def regularizer(method, opts: TrainingOptions) -> Regularizer | None:
     """The loss terms the method's row adds, weighted by the training options."""
     return LOSSES[method.loss].regularizer(opts) if method.loss else None
 
 
-def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
+def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data: TrainingData, progress: bool) -> dict:
+    """Train the injected adapters (and a classification task's head) of ``loaded.model`` on ``data``;
+    checkpoints and the loss curve go into the run directory."""
     model = loaded.model
-    heads = head_modules(model) if classification_task(opts.task) is not None else []
+    heads = head_modules(model) if classification_task(task) is not None else []
     for name in heads:
         for param in getattr(model, name).parameters():
             param.requires_grad_(True)
@@ -109,8 +112,8 @@ def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
         eval_strategy="epoch",
         save_strategy="epoch" if opts.save_checkpoints else "no",
         save_total_limit=2,
-        seed=opts.seed,
-        data_seed=opts.seed,
+        seed=seed,
+        data_seed=seed,
         bf16=opts.bf16,
         fp16=opts.fp16,
         **{CHECKPOINTING: opts.gradient_checkpointing},
@@ -130,7 +133,7 @@ def run_training(opts, run, loaded, data: TrainingData, progress: bool) -> dict:
     checkpoint = get_last_checkpoint(args.output_dir) if opts.resume and Path(args.output_dir).is_dir() else None
     output = trainer.train(resume_from_checkpoint=checkpoint)
     model.eval()
-    title = f"{run.meta['method']} on {opts.task}"
+    title = f"{run.meta['method']} on {task}"
     curve = None
     if trainer.is_world_process_zero():
         curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", title)

@@ -6,62 +6,87 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backend import resolve_device
+from .. import backend
+from ..calibrate import DTYPES, MODES, PassSettings, iter_covariances
+from ..calibrate.engine import resolve_mode
+from ..calibrate.partial import PartialRun, check_out_dir
 from ..data.options import DataOptions
-from ..errors import SvdadaptError
 from ..models import describe_model, load_model, max_positions
-from ..options import opt
+from ..options import POSITIVE, Options, group, opt
 from ..store import CovarianceStore
 from ..targets import find_targets
-from .engine import DTYPES, MODES, iter_covariances, resolve_mode
-from .partial import PartialRun, check_out_dir
-from .settings import PassSettings
-
-MODEL_HELP = "local model directory, hub id, `default` (SmolLM2-135M-Instruct) or `default-encoder` (all-MiniLM-L6-v2)"
+from .common import DEVICE_HELP, MODEL_HELP
 
 
 @dataclass(kw_only=True)
-class CalibrateOptions(DataOptions):
+class CalibrateOptions(Options):
     """Collect the input covariance C = Σ x xᵀ / n (and mean |x|) of every target layer over a
     calibration source, into a resumable covariance store."""
 
     model: str = opt(help=MODEL_HELP)
     out: str = opt(help="directory of the covariance store to write")
+    source: DataOptions = group(DataOptions)
+    seed: int = opt(0, "seed for sampling windows and examples")
     targets: str | None = opt(
         None, "layers to cover: comma-separated name suffixes or re:REGEX (default: every linear layer "
         "in the model's blocks, not the head)",
     )  # fmt: skip
     accumulate_dtype: str = opt("float64", "dtype of the running sums", choices=list(DTYPES))
     store_dtype: str = opt("float32", "dtype of the stored covariances (means)", choices=list(DTYPES))
-    device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
+    device: str | None = opt(None, DEVICE_HELP)
     mode: str = opt(
         "auto", "blockwise: run blocks one at a time over cached hidden states (low memory); full: one "
         "whole-model pass; auto: blockwise when the targets sit in one block stack",
         choices=["auto", *MODES],
     )  # fmt: skip
     resume: bool = opt(False, "continue an interrupted run into --out (same options required)")
-    checkpoint_seconds: float = opt(120.0, "whole-model mode: seconds between resumable checkpoints")
+    checkpoint_seconds: float = opt(120.0, "whole-model mode: seconds between resumable checkpoints", check=POSITIVE)
 
 
-def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
-    """Run a calibration as the CLI does; returns the store written to ``opts.out``."""
+@dataclass
+class CalibrateResult:
+    store: CovarianceStore
+    reused: bool = False  # --out already held this calibration
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {"covariances": str(self.store.path)}
+
+    def summary(self) -> str:
+        store, meta = self.store, self.store.metadata
+        shared = [key for key in store.groups if len(store.members(key)) > 1]
+        size = sum(p.stat().st_size for p in store.path.glob("*.safetensors")) if store.path else 0
+        lines = [
+            *([f"svdadapt: {store.path} already holds this calibration; nothing to do"] if self.reused else []),
+            f"covariance store: {store.path}",
+            f"  model       {meta['model'].get('name')} ({meta['model'].get('architecture')}), "
+            f"fingerprint {meta['model']['fingerprint'][:12]}",
+            f"  source      {meta['source']['data']}: {meta['samples']} samples, up to {meta['seq_len']} tokens, "
+            f"{store.num_tokens} real tokens",
+            f"  layers      {len(store.modules)} in {len(store.groups)} covariance groups "
+            f"({len(shared)} shared by several layers reading one input)",
+            f"  storage     {meta['dtype']}, {size / 2**20:.1f} MiB on disk, {meta.get('mode')} pass, "
+            f"{meta.get('seconds', 0):.1f} s",
+        ]
+        return "\n".join(lines)
+
+
+def calibrate(opts: CalibrateOptions, progress: bool = True) -> CalibrateResult:
+    """Run a calibration as the CLI does: the store is written to ``opts.out``."""
     started = time.monotonic()
-    opts.validate()
-    if opts.checkpoint_seconds <= 0:
-        raise SvdadaptError(f"--checkpoint-seconds must be positive, got {opts.checkpoint_seconds}")
     out = Path(opts.out).expanduser()
     check_out_dir(out, opts.resume)
-    device = resolve_device(opts.device)
-    loaded = load_model(opts.model, device=device)
-    opts.validate(max_positions(loaded.model))
+    loaded = load_model(opts.model, device=backend.resolve_device(opts.device))
+    opts.source.check_length(max_positions(loaded.model))
     targets = find_targets(loaded.model, opts.targets)
     mode = resolve_mode(loaded.model, targets, opts.mode)
-    batches = opts.load_batches(loaded.tokenizer)
+    batches = opts.source.load_batches(loaded.tokenizer, opts.seed)
     identity = describe_model(loaded)
+    source = opts.source.source_spec(opts.seed)
     spec = {
         "model_fingerprint": identity["fingerprint"],
-        **opts.source_spec(),
-        "batch_size": opts.batch_size,
+        **source,
+        "batch_size": opts.source.batch_size,
         "targets": sorted(targets),
         "accumulate_dtype": opts.accumulate_dtype,
         "store_dtype": opts.store_dtype,
@@ -69,21 +94,20 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
     }
     run = PartialRun(out, spec, opts.resume)
     if run.complete:
-        print(f"svdadapt: {out} already holds this calibration; nothing to do")
-        return CovarianceStore.load(out)
+        return CalibrateResult(CovarianceStore.load(out), reused=True)
     done = run.done_units()
-    state = run.load_full_state() if mode == "full" else None
     settings = PassSettings(
         accumulate_dtype=DTYPES[opts.accumulate_dtype], store_dtype=DTYPES[opts.store_dtype], progress=progress,
         total_samples=sum(len(b["input_ids"]) for b in batches), start_block=(max(done) + 1) if done else 0,
-        resume=state, on_checkpoint=run.save_full_state, checkpoint_seconds=opts.checkpoint_seconds,
+        resume=run.load_full_state() if mode == "full" else None, on_checkpoint=run.save_full_state,
+        checkpoint_seconds=opts.checkpoint_seconds,
     )  # fmt: skip
     for unit, groups in iter_covariances(loaded.model, batches, targets, settings, mode):
         run.write_unit(unit, groups)
     store = run.finish(
         {
             "model": identity,
-            "source": opts.source_spec(),
+            "source": source,
             "samples": sum(len(b["input_ids"]) for b in batches),
             "seq_len": max(b["input_ids"].shape[1] for b in batches),
             "num_tokens": int(sum(b["attention_mask"].sum() for b in batches)),
@@ -93,23 +117,4 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CovarianceStore:
             "seconds": round(time.monotonic() - started, 2),
         }
     )
-    return store
-
-
-def summary(store: CovarianceStore) -> str:
-    """A few lines describing a store."""
-    meta = store.metadata
-    shared = [key for key in store.groups if len(store.members(key)) > 1]
-    size = sum(p.stat().st_size for p in store.path.glob("*.safetensors")) if store.path else 0
-    lines = [
-        f"covariance store: {store.path}",
-        f"  model       {meta['model'].get('name')} ({meta['model'].get('architecture')}), "
-        f"fingerprint {meta['model']['fingerprint'][:12]}",
-        f"  source      {meta['source']['data']}: {meta['samples']} samples, up to {meta['seq_len']} tokens, "
-        f"{store.num_tokens} real tokens",
-        f"  layers      {len(store.modules)} in {len(store.groups)} covariance groups "
-        f"({len(shared)} shared by several layers reading one input)",
-        f"  storage     {meta['dtype']}, {size / 2**20:.1f} MiB on disk, {meta.get('mode')} pass, "
-        f"{meta.get('seconds', 0):.1f} s",
-    ]
-    return "\n".join(lines)
+    return CalibrateResult(store)

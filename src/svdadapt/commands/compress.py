@@ -1,4 +1,4 @@
-"""``svdadapt compress``: the compression sweep as the command line runs it."""
+"""``svdadapt compress``: the compression sweep (CorDA's full_decompose) as the command line runs it."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..backend import resolve_device
-from ..calibrate.job import MODEL_HELP
+from .. import backend
+from ..compress.discard import parse_discards
+from ..compress.report import PLOT_FILE, check_out, table, write_results
+from ..compress.sweep import Point, Sweep, check_decompositions, run_sweep
 from ..decompose import DECOMPOSITIONS, as_float64
 from ..errors import SvdadaptError
 from ..evaluate import evaluation_windows
 from ..fingerprint import model_identity
 from ..models import load_model, max_positions
-from ..options import opt
+from ..options import POSITIVE, Options, at_least, opt
 from ..store import CovarianceStore
 from ..targets import find_targets, weight_matrix
-from .discard import parse_discards
-from .report import PLOT_FILE, check_out, table, write_results
-from .sweep import Point, Sweep, check_decompositions, run_sweep
+from .common import DEVICE_HELP, MODEL_HELP
 
 
 @dataclass(kw_only=True)
-class CompressOptions:
+class CompressOptions(Options):
     """Compression sweep (CorDA's full_decompose, paper Figure 2 / Table 6): drop the r smallest
     components of every target layer under each decomposition and measure perplexity at each r.
 
@@ -49,23 +49,34 @@ class CompressOptions:
         "wiki-heldout", "text to measure perplexity on: wiki-heldout, news, wikitext2, ptb, or a .txt file",
         metavar="SOURCE",
     )  # fmt: skip
-    seq_len: int = opt(512, "tokens per evaluation window")
+    seq_len: int = opt(512, "tokens per evaluation window", check=at_least(2))
     max_windows: int | None = opt(
-        None, "evaluate the first N windows only (default: every window of the text)", metavar="N"
+        None, "evaluate the first N windows only (default: every window of the text)", metavar="N", check=POSITIVE
     )
-    batch_size: int = opt(1, "windows per forward pass")
+    batch_size: int = opt(1, "windows per forward pass", check=POSITIVE)
     targets: str | None = opt(
         None, "layers to compress: name suffixes or re:REGEX, comma-separated (default: every linear layer in blocks)"
     )
-    device: str | None = opt(None, "cpu, cuda or cuda:N (default: cuda when available)")
+    device: str | None = opt(None, DEVICE_HELP)
+
+    def check(self) -> None:
+        _names(self.decomposition)
+        parse_discards(self.discard)
 
 
 @dataclass
-class Compressed:
+class CompressResult:
     out: Path
     sweep: Sweep
     plot: Path | None
     lines: list[str]
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {}
+
+    def summary(self) -> str:
+        return "\n".join(self.lines)
 
 
 def _names(text: str) -> list[str]:
@@ -87,38 +98,22 @@ def _store(opts: CompressOptions, names: list[str]) -> CovarianceStore | None:
     return CovarianceStore.load(Path(opts.covariances).expanduser())
 
 
-def _check_numbers(opts: CompressOptions, limit: int | None) -> None:
-    for flag, value in (("--seq-len", opts.seq_len), ("--batch-size", opts.batch_size)):
-        if value < 1:
-            raise SvdadaptError(f"{flag} must be positive, got {value}")
-    if opts.max_windows is not None and opts.max_windows < 1:
-        raise SvdadaptError(f"--max-windows must be positive, got {opts.max_windows}")
-    if limit is not None and opts.seq_len > limit:
-        raise SvdadaptError(f"--seq-len {opts.seq_len} is beyond this model's limit of {limit} positions")
-
-
-def compress(opts: CompressOptions, progress: bool = True) -> Compressed:
+def compress(opts: CompressOptions, progress: bool = True) -> CompressResult:
     """Run a sweep as the CLI does; the results are written to ``opts.out``."""
     started = time.monotonic()
     names = _names(opts.decomposition)
     discards = parse_discards(opts.discard)
-    _check_numbers(opts, None)
     store = _store(opts, names)
     out = Path(opts.out).expanduser()
     check_out(out)
-    device = resolve_device(opts.device)
-    loaded = load_model(opts.model, head="causal-lm", device=device)
-    _check_numbers(opts, max_positions(loaded.model))
+    loaded = load_model(opts.model, head="causal-lm", device=backend.resolve_device(opts.device))
+    limit = max_positions(loaded.model)
+    if limit is not None and opts.seq_len > limit:
+        raise SvdadaptError(f"--seq-len {opts.seq_len} is beyond this model's limit of {limit} positions")
     identity = model_identity(loaded.model)
     modules = find_targets(loaded.model, opts.targets)
     if store is not None:
-        store.check_model(identity["fingerprint"])
-        missing = [n for n in modules if n not in store.module_to_group]
-        if missing:
-            raise SvdadaptError(
-                f"the covariance store lacks {len(missing)} target layers (e.g. {missing[0]}); "
-                "recalibrate with the same --targets"
-            )
+        store.check_covers(identity["fingerprint"], modules)
     for name, module in modules.items():  # fail before any long work starts
         as_float64(weight_matrix(module), name)
     windows = evaluation_windows(opts.eval, loaded.tokenizer, opts.seq_len, opts.max_windows)
@@ -153,4 +148,4 @@ def compress(opts: CompressOptions, progress: bool = True) -> Compressed:
         f"  results.csv, results.json{', ' + PLOT_FILE if plot else ' (no plot: install matplotlib)'}",
         f"  time {meta['seconds']:.1f} s",
     ]
-    return Compressed(out, sweep, plot, lines)
+    return CompressResult(out, sweep, plot, lines)

@@ -1,0 +1,81 @@
+"""The commands: plain functions that take an options dataclass and return a result.
+
+Each is a row of :data:`COMMANDS`: its name, its options class (whose docstring and field help texts
+are its ``--help``), the function, and what its result will hand to later stages of a pipeline,
+known from its options before it runs (so that a whole recipe is checked before its first stage).
+The CLI, recipes (``svdadapt run``) and the quickstart call these, never the domain below them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .build import BuildOptions, BuildResult, build
+from .calibrate import CalibrateOptions, CalibrateResult, calibrate
+from .common import Result
+from .compress import CompressOptions, CompressResult, compress
+from .evaluate import EvalOptions, EvalResult, evaluate
+from .export import ExportOptions, ExportResult, export
+from .merge import MergeOptions, MergeResult, merge
+from .spectra import SpectraOptions, SpectraResult, spectra
+from .train import TrainOptions, TrainResult, train
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    options: type
+    run: Callable[..., Result]  # run(options, progress=True)
+    promises: Callable[[Any], dict[str, str]] = lambda _options: {}  # the result's outputs, from the options
+
+
+def _run_dir(opts: TrainOptions) -> dict[str, str]:
+    path = opts.out or opts.run
+    return {"run": path, "target": path}
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("calibrate", CalibrateOptions, calibrate, lambda o: {"covariances": o.out}),
+        Command("build", BuildOptions, build, lambda o: {"run": o.out, "target": o.out}),
+        Command("merge", MergeOptions, merge),
+        Command("export", ExportOptions, export),
+        Command("train", TrainOptions, train, _run_dir),
+        Command("eval", EvalOptions, evaluate),
+        Command("compress", CompressOptions, compress),
+        Command("spectra", SpectraOptions, spectra),
+    )
+}
+
+__all__ = [
+    "COMMANDS",
+    "BuildOptions",
+    "BuildResult",
+    "CalibrateOptions",
+    "CalibrateResult",
+    "Command",
+    "CompressOptions",
+    "CompressResult",
+    "EvalOptions",
+    "EvalResult",
+    "ExportOptions",
+    "ExportResult",
+    "MergeOptions",
+    "MergeResult",
+    "Result",
+    "SpectraOptions",
+    "SpectraResult",
+    "TrainOptions",
+    "TrainResult",
+    "build",
+    "calibrate",
+    "compress",
+    "evaluate",
+    "export",
+    "merge",
+    "spectra",
+    "train",
+]

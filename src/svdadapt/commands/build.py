@@ -1,0 +1,151 @@
+"""``svdadapt build``: decompose, initialise adapters and write a run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import backend
+from ..atomic import atomic_directory
+from ..build import build_adapters, plan_layers, waves_from_store, waves_on_the_fly, waves_without_statistics
+from ..build.options import AdapterOptions, check_statistics
+from ..calibrate import DTYPES
+from ..data.options import DataOptions
+from ..decompose import check_finite
+from ..errors import SvdadaptError
+from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
+from ..methods import get_method
+from ..models import load_model, max_positions
+from ..options import POSITIVE, Options, group, opt
+from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
+from ..store import CovarianceStore
+from ..targets import find_targets, stored_weight, weight_matrix
+from .common import DEVICE_HELP, MODEL_HELP
+
+HEADS = ["auto", "causal-lm", "base", "seq-cls"]
+
+
+@dataclass(kw_only=True)
+class BuildOptions(Options):
+    """Decompose each target weight per the chosen method, initialise its adapter, and write a run:
+    the frozen (residual) base as a model directory and the adapter as a stock PEFT LoRA."""
+
+    model: str = opt(help=MODEL_HELP)
+    out: str = opt(help="run directory to write (an existing run there is replaced)")
+    adapter: AdapterOptions = group(AdapterOptions)
+    calibration: DataOptions = group(DataOptions, defaults={"data": None})  # --data: calibrate on the fly
+    device: str | None = opt(None, DEVICE_HELP)
+    seed: int = opt(0, "seed for random adapter initialisation and sampling")
+    head: str = opt(
+        "auto", "model head to load: auto (from the checkpoint), causal-lm, base, or seq-cls (a new, seeded "
+        "classification head, as training a classifier needs)", choices=HEADS,
+    )  # fmt: skip
+    num_labels: int | None = opt(None, "with --head seq-cls: number of classes (1 = regression)", check=POSITIVE)
+
+    def check(self) -> None:
+        check_statistics(self.adapter, self.calibration, "--data")
+        if self.head == "seq-cls" and self.num_labels is None:
+            raise SvdadaptError("--head seq-cls needs --num-labels (1 for regression)")
+
+
+@dataclass
+class BuildResult:
+    run: Run
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {"run": str(self.run.path), "target": str(self.run.path)}
+
+    def summary(self) -> str:
+        run, meta = self.run, self.run.meta
+        layers = meta["layers"]
+        ranks = sorted({v["rank"] for v in layers.values()})
+        dampings = sorted({v["damping"] for v in layers.values() if v["damping"] is not None})
+        trainable = sum(a.trainable_parameters for a in run.adapters().layers.values())
+        base = f"residual weights in {run.path / 'base'}" if run.base_changed else "the original model, untouched"
+        lines = [
+            f"run: {run.path}",
+            f"  method      {meta['method']} on {meta['original']['name']}: {len(layers)} layers, rank "
+            f"{'/'.join(map(str, ranks))}, alpha {meta['alpha']}, {trainable / 1e6:.2f} M adapter parameters",
+            f"  base        {base}",
+            f"  adapter     {run.path / 'adapter'} (stock PEFT LoRA)",
+        ]
+        if dampings:
+            lines.append(f"  damping     λ = {', '.join(f'{d:g}' for d in dampings)} · mean(diag C)")
+        lines.append(f"  time        {meta['build_seconds']:.1f} s")
+        return "\n".join(lines)
+
+
+def _statistics(opts: BuildOptions, loaded, method, plan, progress: bool):
+    """The waves of units the build decomposes, and what the run records about the calibration."""
+    if method.needs is None:
+        if opts.adapter.covariances or opts.calibration.data:
+            print(f"svdadapt: note: {method.name} uses no calibration statistics; ignoring --covariances/--data")
+        return waves_without_statistics(plan), None
+    if opts.adapter.covariances:
+        store = CovarianceStore.load(opts.adapter.covariances)
+        store.check_covers(model_identity(loaded.model)["fingerprint"], plan)
+        calibration = {"covariances": str(opts.adapter.covariances), **store.metadata["source"]}
+        return waves_from_store(store, list(plan), method.needs), calibration
+    opts.calibration.check_length(max_positions(loaded.model))
+    batches = opts.calibration.load_batches(loaded.tokenizer, opts.seed)
+    modules = {name: layer.module for name, layer in plan.items()}
+    accumulate = DTYPES[opts.adapter.accumulate_dtype]
+    waves = waves_on_the_fly(loaded.model, batches, modules, method.needs, accumulate, progress)
+    return waves, opts.calibration.source_spec(opts.seed)
+
+
+def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
+    """Run a build as the CLI does: the run is written to ``opts.out``."""
+    started = time.monotonic()
+    adapter = opts.adapter
+    method = get_method(adapter.method, adapter.truncation)
+    out = Path(opts.out).expanduser()
+    check_run_out(out)
+    device = backend.resolve_device(opts.device)
+    head_kwargs = {}
+    if opts.head == "seq-cls":
+        head_kwargs["num_labels"] = opts.num_labels
+        torch.manual_seed(opts.seed)  # the new head's initial weights become part of the run's base
+    loaded = load_model(opts.model, head=opts.head, device=device, **head_kwargs)
+    modules = find_targets(loaded.model, adapter.targets)
+    plan = plan_layers(modules, adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
+    changed = method.changes_base or opts.head == "seq-cls"  # a new head lives in the base
+    base = backend.open_base_writer(loaded.model, loaded.location, [f"{n}.weight" for n in plan], changed)
+    for name, layer in plan.items():  # fail before any long work starts
+        check_finite(weight_matrix(layer.module), name)
+        base.release(layer.module.weight)  # the check read it in; the build reads it when due
+    original = {
+        **model_identity(loaded.model), "body_fingerprint": body_fingerprint(loaded.model),
+        "name": loaded.name, "location": loaded.location,
+    }  # fmt: skip
+    waves, calibration = _statistics(opts, loaded, method, plan, progress)
+    with atomic_directory(out) as tmp:
+        base.start(tmp / "base")
+
+        def put_base(name: str, module, matrix) -> None:
+            base.put(f"{name}.weight", module.weight, stored_weight(module, matrix))
+
+        adapters = build_adapters(method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base)
+        mixed_conv1d(adapters)
+        base.finish(loaded.model, loaded.tokenizer)
+        base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
+        meta = {
+            "stage": "built",
+            "method": method.name,
+            "decomposition": method.decomposition,
+            "rank": adapter.rank,
+            "alpha": adapter.alpha if adapter.alpha is not None else adapter.rank,
+            "dropout": adapter.dropout,
+            "seed": opts.seed,
+            "head": opts.head,
+            "num_labels": opts.num_labels,
+            "original": original,
+            "calibration": calibration,
+            "build_seconds": round(time.monotonic() - started, 2),
+        }
+        meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, changed, base_fingerprint)
+    return BuildResult(Run(out, meta))

@@ -1,0 +1,46 @@
+"""``svdadapt merge``: fold a run's adapter into its base → an ordinary dense model directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..adapters.inject import merge_and_unload
+from ..atomic import atomic_directory
+from ..options import Options, opt
+from ..runs import Run, check_new_out
+
+
+@dataclass(kw_only=True)
+class MergeOptions(Options):
+    """Fold a run's adapter (built or trained) into its frozen base and write an ordinary transformers
+    model directory that needs neither svdadapt nor PEFT."""
+
+    run: str = opt(help="run directory (from svdadapt build or train)", positional=True)
+    out: str = opt(help="directory for the merged model")
+    device: str = opt("cpu", "device to merge on")
+
+
+@dataclass
+class MergeResult:
+    out: Path
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {}
+
+    def summary(self) -> str:
+        return f"merged model: {self.out}"
+
+
+def merge(opts: MergeOptions, progress: bool = True) -> MergeResult:
+    """Write the run's model (base + adapter, float64 sums cast once, any trained head) to ``opts.out``."""
+    run = Run.open(opts.run)
+    out = Path(opts.out).expanduser()
+    check_new_out(out, "merged model")
+    loaded = run.load_adapted(device=opts.device)
+    merge_and_unload(loaded.model)
+    with atomic_directory(out) as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+    return MergeResult(out)

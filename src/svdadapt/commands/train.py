@@ -1,0 +1,144 @@
+"""``svdadapt train``: fine-tune a run's adapters (building the run first if needed) through
+``transformers.Trainer``: GLUE-style classification or instruction SFT of causal LMs."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import backend
+from ..adapters.inject import adapter_state
+from ..atomic import write_json
+from ..build.options import AdapterOptions, check_statistics
+from ..data.options import DataOptions
+from ..errors import SvdadaptError
+from ..models import load_tokenizer, resolve_location
+from ..options import Options, group, opt
+from ..runs import RUN_FILE, Run, copy_run, update_run
+from ..train.options import TaskOptions, TrainingOptions
+from ..train.session import prepare_data, run_training
+from ..train.tasks import classification_task
+from .build import BuildOptions, build
+from .common import DEVICE_HELP, MODEL_HELP
+
+NO_RUN = "give --model, --method and --out to build a run and train it, or an existing run: svdadapt train RUN"
+
+
+@dataclass(kw_only=True)
+class TrainOptions(Options):
+    """Fine-tune adapters on a task with transformers.Trainer: GLUE-style sequence classification
+    (the task head trains in full) or instruction fine-tuning of a causal LM (loss on responses)."""
+
+    out: str | None = opt(
+        None,
+        "run directory: built here first, or with RUN a copy of RUN trained here (default with RUN: "
+        "train RUN in place)",
+    )
+    run: str | None = opt(
+        None, "an existing run (from svdadapt build) to train, in place of --model/--method", positional=True, nargs="?"
+    )
+    task: TaskOptions = group(TaskOptions)
+    model: str | None = opt(None, MODEL_HELP)
+    adapter: AdapterOptions = group(AdapterOptions, defaults={"method": None, "rank": 8})  # building a run here
+    calibration: DataOptions = group(DataOptions, prefix="calib_", defaults={"data": None})  # --calib-data
+    training: TrainingOptions = group(TrainingOptions)
+    seed: int = opt(0, "seed for initialisation, data order and dropout")
+    device: str | None = opt(None, DEVICE_HELP)
+
+    def check(self) -> None:
+        if not self.out and not self.run:
+            raise SvdadaptError(NO_RUN)
+        if not self.run:
+            check_statistics(self.adapter, self.calibration, "--calib-data")
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    results: dict = field(default_factory=dict)  # what train_results.json holds (empty on other processes)
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {"run": str(self.run.path), "target": str(self.run.path)}
+
+    def summary(self) -> str:
+        shown = {k: v for k, v in self.results.items() if k not in ("history", "log")}
+        return f"{json.dumps(shown)}\ntrained run: {self.run.path} (merge or export it like a built run)"
+
+
+def _existing_out(opts: TrainOptions) -> Path | None:
+    """OUT when it already holds a run to resume."""
+    out = Path(opts.out).expanduser() if opts.out else None
+    return out if out is not None and opts.training.resume and (out / RUN_FILE).is_file() else None
+
+
+def prepare_run(opts: TrainOptions, progress: bool) -> Run:
+    """The run to train: `RUN`, an existing run at OUT (resume), or one built into OUT now."""
+    task = classification_task(opts.task.task)
+    if opts.run:
+        run = Run.open(opts.run)
+        if task is not None and run.meta.get("head") != "seq-cls":
+            raise SvdadaptError(
+                f"{opts.run} was built without a classification head; build it with --head seq-cls "
+                f"--num-labels {task.num_labels}, or let train build the run"
+            )
+        if task is not None and run.meta.get("num_labels") != task.num_labels:
+            kind = "a regression task (1 output)" if task.regression else f"{task.num_labels} classes"
+            raise SvdadaptError(
+                f"{opts.run} has a head with {run.meta.get('num_labels')} outputs but {task.name} is {kind}; "
+                f"build it with --num-labels {task.num_labels}"
+            )
+        if task is None and run.meta.get("head") == "seq-cls":
+            raise SvdadaptError(f"{opts.run} has a classification head; --task sft needs a causal LM run")
+        out = Path(opts.out).expanduser() if opts.out else run.path
+        if out.resolve() == run.path.resolve():
+            return run
+        if _existing_out(opts):
+            return Run.open(out)
+        if backend.world_size() > 1:
+            raise SvdadaptError("under a multi-process launcher, train RUN in place (leave out --out)")
+        return copy_run(run, out)
+    if _existing_out(opts):
+        return Run.open(_existing_out(opts))
+    if not opts.model or not opts.adapter.method:
+        raise SvdadaptError(NO_RUN)
+    if backend.world_size() > 1:
+        raise SvdadaptError(
+            "under a multi-process launcher, train an existing run: `svdadapt build ... --out RUN` first, "
+            "then launch `svdadapt train RUN ...`"
+        )
+    build_opts = BuildOptions(
+        model=opts.model, out=opts.out, adapter=opts.adapter, calibration=opts.calibration, device=opts.device,
+        seed=opts.seed, head="seq-cls" if task is not None else "auto", num_labels=task.num_labels if task else None,
+    )  # fmt: skip
+    return build(build_opts, progress=progress).run
+
+
+def _tokenizer(opts: TrainOptions):
+    if opts.run:
+        return load_tokenizer(Run.open(opts.run).base_location)
+    if _existing_out(opts):
+        return load_tokenizer(Run.open(_existing_out(opts)).base_location)
+    if not opts.model:
+        raise SvdadaptError(NO_RUN)
+    return load_tokenizer(resolve_location(opts.model))
+
+
+def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
+    """Train as the CLI does: the run ends at stage "trained" with its training results."""
+    device = backend.resolve_device(opts.device)
+    started = time.monotonic()
+    data = prepare_data(opts.task, _tokenizer(opts), opts.seed)  # bad data fails before a run is built
+    run = prepare_run(opts, progress)
+    loaded = run.load_adapted(device=device)
+    result = run_training(opts.training, opts.task.task, opts.seed, run, loaded, data, progress)
+    head = result.pop("head_state")
+    if not backend.is_main_process():  # one writer: the other processes of a launch only trained
+        return TrainResult(run)
+    trained = adapter_state(loaded.model, run.meta["method"])
+    summary = {**result, "seconds": round(time.monotonic() - started, 1), "task": opts.task.task}
+    run = update_run(run, trained, head=head or None, training=summary)
+    write_json(run.path / "train_results.json", summary)
+    return TrainResult(run, summary)

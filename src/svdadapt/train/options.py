@@ -1,0 +1,51 @@
+"""What to train on (:class:`TaskOptions`) and how (:class:`TrainingOptions`): the option groups of
+``svdadapt train``, read by the training session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data.templates import TEMPLATES
+from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, opt
+from .tasks import TASK_CHOICES
+
+SCHEDULES = ["linear", "cosine", "constant", "constant_with_warmup"]
+
+
+@dataclass(kw_only=True)
+class TaskOptions(Options):
+    """The task and its data."""
+
+    task: str = opt("sft", "what to train on", choices=TASK_CHOICES)
+    data: str | None = opt(None, "sft: training source (see `svdadapt calibrate --help`), e.g. polarity, alpaca")
+    data_dir: str | None = opt(None, "glue: local directory with train.* and validation.* (or dev.*)")
+    template: str | None = opt(None, "sft: prompt template (chat, llama2, plain)", choices=list(TEMPLATES))
+    packing: bool = opt(False, "sft: pack several examples into each row of --max-length tokens")
+    train_samples: int | None = opt(None, "use at most this many training examples", check=POSITIVE)
+    eval_samples: int | None = opt(None, "use at most this many evaluation examples", check=NON_NEGATIVE)
+    max_length: int = opt(512, "tokens per example (longer ones are cut)", check=POSITIVE)
+
+
+@dataclass(kw_only=True)
+class TrainingOptions(Options):
+    """The schedule, the optimiser and the loss weights; precision, checkpoints and logging."""
+
+    epochs: float = opt(3.0, "training epochs", check=POSITIVE)
+    max_steps: int = opt(-1, "stop after this many optimizer steps (overrides --epochs when > 0)")
+    batch_size: int = opt(8, "examples per device per step", check=POSITIVE)
+    eval_batch_size: int = opt(16, "examples per device per evaluation step", check=POSITIVE)
+    grad_accum: int = opt(1, "gradient accumulation steps", check=POSITIVE)
+    module_lr: float = opt(4e-4, "learning rate of the adapter modules", check=POSITIVE)
+    head_lr: float | None = opt(None, "learning rate of the classification head (default: --module-lr)", check=POSITIVE)
+    weight_decay: float = opt(0.0, "AdamW weight decay", check=NON_NEGATIVE)
+    warmup_ratio: float = opt(0.06, "fraction of steps with linear warm-up", check=FRACTION)
+    schedule: str = opt("linear", "learning-rate schedule", choices=SCHEDULES)
+    beta: float = opt(1e-4, "kasa: weight of the singular-value term ‖ΔΣ‖²", check=NON_NEGATIVE)
+    gamma: float = opt(1e-3, "kasa: weight of the orthogonality term ‖BᵀB − I‖ + ‖AAᵀ − I‖", check=NON_NEGATIVE)
+    bf16: bool = opt(False, "train in bfloat16 mixed precision (where the device supports it)")
+    fp16: bool = opt(False, "train in float16 mixed precision (CUDA)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
+    logging_steps: int = opt(10, "optimizer steps between log lines", check=POSITIVE)
+    save_checkpoints: bool = opt(False, "keep a resumable checkpoint after every epoch (trainable tensors only)")
+    resume: bool = opt(False, "continue from the newest checkpoint in OUT/checkpoints")
+    report_to: str = opt("none", "trackers for Trainer: none, tensorboard, wandb, ... (comma-separated)")
