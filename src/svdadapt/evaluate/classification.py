@@ -4,7 +4,6 @@ validation split, with the metrics of the task table in :mod:`svdadapt.train.tas
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,33 +13,15 @@ from transformers import PreTrainedTokenizerBase
 
 from .. import backend
 from ..errors import SvdadaptError
-from ..hub import require_hub
 from ..models import max_positions
-from ..train.tasks import ClassificationTask, _check_rows, _find_split, _polarity_rows, _read_table
+from ..train.tasks import ClassificationTask, load_split
 
 MAX_LENGTH = 512  # tokens per example (longer ones are cut), or the model's limit if lower
 
 
 def validation_rows(task: ClassificationTask, data_dir: str | None = None) -> list[dict]:
     """The task's validation rows: bundled (polarity), ``DIR/validation.*`` (or ``dev.*``), or the hub."""
-    if task.name == "polarity":
-        rows = _polarity_rows()[1]
-    elif data_dir:
-        directory = Path(data_dir).expanduser()
-        if not directory.is_dir():
-            raise SvdadaptError(f"--data-dir {directory} is not a directory")
-        rows = _read_table(_find_split(directory, ("validation", "dev")))
-    else:
-        repo, config = task.hub
-        require_hub(f"GLUE {task.name}", f"pass --data-dir DIR holding the validation split (dev.tsv) of {task.name}")
-        import datasets
-
-        try:
-            rows = list(datasets.load_dataset(repo, config, split="validation"))
-        except Exception as exc:  # noqa: BLE001 — datasets raises many types for "unreachable"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise SvdadaptError(f"could not load GLUE {task.name} ({first}); pass --data-dir") from None
-    return _check_rows(task, rows, f"{task.name} validation")
+    return load_split(task, "validation", data_dir)
 
 
 def check_classifier(model: nn.Module, task: ClassificationTask) -> None:

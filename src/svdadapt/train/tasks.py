@@ -158,28 +158,35 @@ def _polarity_rows() -> tuple[list[dict], list[dict]]:
     return rows(False), rows(True)
 
 
-def load_rows(task: ClassificationTask, data_dir: str | None) -> tuple[list[dict], list[dict]]:
-    """(train rows, validation rows) with the task's text columns and a checked ``label``."""
+SPLIT_FILES = {"train": ("train",), "validation": ("validation", "dev")}  # local file names per split
+
+
+def load_split(task: ClassificationTask, split: str, data_dir: str | None = None) -> list[dict]:
+    """One split ("train" or "validation") with the task's text columns and a checked ``label``:
+    bundled (polarity), local files ``DIR/<split>.*`` (``dev.*`` for validation), or the hub."""
     if task.name == "polarity":
-        train, validation = _polarity_rows()
+        rows = _polarity_rows()[split == "validation"]
     elif data_dir:
         directory = Path(data_dir).expanduser()
         if not directory.is_dir():
             raise SvdadaptError(f"--data-dir {directory} is not a directory")
-        train = _read_table(_find_split(directory, ("train",)))
-        validation = _read_table(_find_split(directory, ("validation", "dev")))
+        rows = _read_table(_find_split(directory, SPLIT_FILES[split]))
     else:
         repo, config = task.hub
         require_hub(f"GLUE {task.name}", f"pass --data-dir DIR holding train.tsv and dev.tsv of {task.name}")
         import datasets
 
         try:
-            loaded = datasets.load_dataset(repo, config)
+            rows = list(datasets.load_dataset(repo, config, split=split))
         except Exception as exc:  # noqa: BLE001 — datasets raises many types for "unreachable"
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SvdadaptError(f"could not load GLUE {task.name} ({first}); pass --data-dir") from None
-        train, validation = list(loaded["train"]), list(loaded["validation"])
-    return _check_rows(task, train, f"{task.name} train"), _check_rows(task, validation, f"{task.name} validation")
+    return _check_rows(task, rows, f"{task.name} {split}")
+
+
+def load_rows(task: ClassificationTask, data_dir: str | None) -> tuple[list[dict], list[dict]]:
+    """(train rows, validation rows), each checked as :func:`load_split` does."""
+    return load_split(task, "train", data_dir), load_split(task, "validation", data_dir)
 
 
 def dump_rows(rows: list[dict], path: Path) -> None:

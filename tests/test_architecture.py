@@ -1,0 +1,136 @@
+"""The house, checked from the source: layers import only downwards, the back end is reached only
+through its face, and no two files of svdadapt import each other in a loop.
+
+Layers, top to bottom: the CLI, recipes and quickstart → the commands (svdadapt.commands) → the
+domain (calibrate, decompose, build, train, evaluate, compress, adapters, data, runs, ...) → the
+back end (svdadapt.backend) → the error type every layer raises (svdadapt.errors). Every import
+counts, those inside functions included.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import svdadapt
+
+PACKAGE = Path(svdadapt.__file__).parent
+TOP = {"svdadapt.cli", "svdadapt.__main__", "svdadapt.pipeline", "svdadapt.quickstart"}
+# What only the back end may touch: process memory, the collector, threads, oneDNN's private op,
+# LAPACK through ctypes, process groups.
+LOW_LEVEL_MODULES = ("ctypes", "gc", "mmap", "threadpoolctl", "concurrent.futures", "torch.distributed")
+LOW_LEVEL_NAMES = ("mkldnn", "malloc_trim", "madvise", "gc.freeze", "set_num_threads", "cython_lapack")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for _ in range(node.level - 1):
+        package = package.rpartition(".")[0]
+    return f"{package}.{node.module}" if node.module else package
+
+
+def imports_of(module: str) -> set[str]:
+    """Every module ``module`` imports (inside functions too), named as precisely as possible: for
+    ``from X import y``, ``X.y`` when that is a module of svdadapt, else ``X``."""
+    path = MODULES[module]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(module, path, node)
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    return found
+
+
+def _layer(module: str) -> str:
+    if module == "svdadapt.errors":
+        return "errors"
+    if module in TOP:
+        return "top"
+    if module.startswith("svdadapt.commands"):
+        return "commands"
+    if module.startswith("svdadapt.backend"):
+        return "backend"
+    return "domain"
+
+
+ORDER = ["errors", "backend", "domain", "commands", "top"]
+
+
+def test_the_modules_are_found():
+    assert {"svdadapt.cli", "svdadapt.commands.build", "svdadapt.backend.onednn", "svdadapt.methods"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if _layer(m) != "backend"])
+def test_outside_the_back_end_no_module_reaches_past_its_face(module):
+    private = sorted(m for m in imports_of(module) if m.startswith("svdadapt.backend."))
+    assert not private, f"{module} imports {private}; use what svdadapt.backend exports"
+    low = sorted(m for m in imports_of(module) if m.startswith(LOW_LEVEL_MODULES))
+    assert not low, f"{module} imports {low}: a back-end decision"
+    source = MODULES[module].read_text()
+    used = [name for name in LOW_LEVEL_NAMES if name in source]
+    assert not used, f"{module} uses {used}: a back-end decision"
+
+
+@pytest.mark.parametrize("module", list(MODULES))
+def test_each_layer_imports_only_the_layers_below(module):
+    mine = ORDER.index(_layer(module))
+    upward = sorted(
+        m for m in imports_of(module) if m in MODULES and ORDER.index(_layer(m)) > mine and m != "svdadapt"
+    )
+    assert not upward, f"{module} ({_layer(module)}) imports {upward} from a layer above it"
+
+
+
+
+def test_no_two_files_import_each_other_in_a_loop():
+    graph = {m: {i for i in imports_of(m) if i in MODULES and i != m} for m in MODULES}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    assert not cycles, f"import cycles: {cycles}"
