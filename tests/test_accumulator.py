@@ -21,19 +21,6 @@ def test_block_triangle_equals_full_gram_in_float64(dim):
     assert acc.count == x.shape[0]
 
 
-def test_float32_products_summed_in_float64_match_reference():
-    gen = torch.Generator().manual_seed(1)
-    acc = GramAccumulator(300, torch.float64)
-    chunks = [torch.randn(256, 300, generator=gen) for _ in range(8)]
-    for x in chunks:
-        acc.add(x)
-    ref = torch.cat(chunks).double()
-    ref = ref.T @ ref
-    # each product is one float32 GEMM over 256 rows: relative error ~ sqrt(256) * 6e-8 per entry
-    err = (acc.full_gram() - ref).abs().max() / ref.abs().max()
-    assert err < 1e-6
-
-
 def test_state_round_trip_continues_identically():
     gen = torch.Generator().manual_seed(2)
     xs = [torch.randn(10, 40, generator=gen, dtype=torch.float64) for _ in range(4)]

@@ -93,12 +93,8 @@ def test_outside_the_back_end_no_module_reaches_past_its_face(module):
 @pytest.mark.parametrize("module", list(MODULES))
 def test_each_layer_imports_only_the_layers_below(module):
     mine = ORDER.index(_layer(module))
-    upward = sorted(
-        m for m in imports_of(module) if m in MODULES and ORDER.index(_layer(m)) > mine and m != "svdadapt"
-    )
+    upward = sorted(m for m in imports_of(module) if m in MODULES and ORDER.index(_layer(m)) > mine and m != "svdadapt")
     assert not upward, f"{module} ({_layer(module)}) imports {upward} from a layer above it"
-
-
 
 
 def test_no_two_files_import_each_other_in_a_loop():

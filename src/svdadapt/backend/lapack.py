@@ -1,8 +1,9 @@
 """Symmetric eigensolvers on CPU: LAPACK's MRRR (some eigenpairs) and divide-and-conquer (all).
 
-MRRR (scipy's ``driver="evr"``) returns just the eigenpairs asked for, 3-4x faster than a full
-``torch.linalg.eigh`` at the sizes of transformer layers; divide and conquer (``evd``) is faster for
-all of them. MRRR is called through ctypes so that parallel workers do not queue on the GIL.
+MRRR (scipy's ``driver="evr"``) returns just the eigenpairs asked for, several times faster than a
+full ``torch.linalg.eigh`` at the sizes of transformer layers; divide and conquer (``evd``) is faster
+for all of them (figures: docs/performance.md, benchmarks/kernels.py). MRRR is called through ctypes
+so that parallel workers do not queue on the GIL.
 """
 
 from __future__ import annotations

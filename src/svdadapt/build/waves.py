@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibrate import PassSettings, iter_covariances
-from ..calibrate.result import FinishedGroup
-from ..store import CovarianceStore
+from ..store import CovarianceStore, FinishedGroup
 
 WAVE = 8  # units per wave when nothing else decides
 

@@ -1,9 +1,9 @@
 """Covariance calibration: hooks on target layers, whole-model or block-wise streaming drivers."""
 
+from ..store import FinishedGroup
 from .accumulator import GramAccumulator
 from .capture import InputCapture
 from .engine import DTYPES, MODES, collect_covariances, iter_covariances
-from .result import FinishedGroup
 from .settings import PassSettings
 
 __all__ = [

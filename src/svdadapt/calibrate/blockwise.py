@@ -24,9 +24,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import backend
+from ..store import FinishedGroup
 from ..targets import block_lists
 from .capture import InputCapture
-from .result import FinishedGroup, finish
+from .result import finish
 from .runner import batch_samples, forward_module, model_inputs, module_device
 from .settings import PassSettings
 

@@ -11,10 +11,10 @@ from torch import nn
 from .. import backend
 from ..errors import SvdadaptError
 from ..fingerprint import model_identity
+from ..store import CovarianceStore, FinishedGroup, shard_name
 from ..targets import find_targets
 from .blockwise import blockwise_pass, find_stack
 from .full import full_pass
-from .result import FinishedGroup
 from .settings import PassSettings
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -91,8 +91,6 @@ def collect_covariances(
     ``accumulate_dtype``; the stored means are ``store_dtype`` (float32 halves memory and disk at a
     relative rounding of 6e-8, far below the 1% damping every decomposition adds).
     """
-    from ..store import CovarianceStore, shard_name
-
     tally = Tally()
     total = sum(int(b["input_ids"].shape[0]) for b in batches) if isinstance(batches, Sequence) else None
     settings = PassSettings(accumulate_dtype, store_dtype, device, progress=progress, total_samples=total)

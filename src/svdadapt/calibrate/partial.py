@@ -16,8 +16,7 @@ from safetensors import safe_open
 
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
-from ..store import METADATA_FILE, CovarianceStore, StoredGroup, shard_name
-from .result import FinishedGroup
+from ..store import METADATA_FILE, CovarianceStore, FinishedGroup, StoredGroup, shard_name
 from .resume import FullPassState
 
 PARTIAL = ".partial"

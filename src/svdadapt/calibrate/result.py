@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .. import backend
+from ..store import FinishedGroup
 from .capture import Group
-
-
-@dataclass
-class FinishedGroup:
-    """Final statistics of layers that read one input: C = Σ x xᵀ / n and mean |x| over n tokens."""
-
-    key: str
-    members: list[str]
-    covariance: torch.Tensor  # (in, in), symmetric
-    mean_abs: torch.Tensor  # (in,)
-    count: int
-    masked: bool = True
 
 
 def finish(group: Group, store_dtype: torch.dtype = torch.float32) -> FinishedGroup:
