@@ -16,6 +16,7 @@ Argparse flags (:func:`add_options`), YAML keys (:func:`from_mapping`) and parse
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import types
 import typing
@@ -60,10 +61,17 @@ def group(cls: type, prefix: str = "", defaults: dict[str, Any] | None = None) -
     return field(default_factory=lambda: _construct(cls, defaults), metadata=meta)
 
 
+_INSIDE_GROUP = contextvars.ContextVar("inside_group", default=False)  # checked by the enclosing options
+
+
 class Options:
-    """Base of a command's options: every field is checked on construction (see the module docstring)."""
+    """Base of every options class (a command's or a group's): every field is checked on construction
+    (see the module docstring). A group built inside its command's options is checked by them, so
+    that messages name its flags as the command spells them (``--calib-samples``)."""
 
     def __post_init__(self) -> None:
+        if _INSIDE_GROUP.get():
+            return
         for flat in flat_fields(type(self)):
             _check_value(flat, flat.get(self))
         self.check()
@@ -136,7 +144,11 @@ def _construct(cls: type, values: dict[str, Any], prefix: str = "", defaults: di
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if "group" in meta:
-            kwargs[f.name] = _construct(meta["group"], values, prefix + meta["prefix"], meta["defaults"])
+            token = _INSIDE_GROUP.set(True)
+            try:
+                kwargs[f.name] = _construct(meta["group"], values, prefix + meta["prefix"], meta["defaults"])
+            finally:
+                _INSIDE_GROUP.reset(token)
         elif prefix + f.name in values:
             kwargs[f.name] = values[prefix + f.name]
         elif f.name in defaults:

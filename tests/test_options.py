@@ -1,0 +1,77 @@
+"""Options: groups composed into commands (prefixes, per-use defaults), every value checked on
+construction with a one-line error naming the flag as the command spells it."""
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from svdadapt import SvdadaptError
+from svdadapt.commands import BuildOptions, TrainOptions
+from svdadapt.options import POSITIVE, Options, add_options, flat_values, from_mapping, from_namespace, group, opt
+
+
+@dataclass(kw_only=True)
+class Inner(Options):
+    name: str = opt(help="a required name")
+    count: int = opt(3, "a count", check=POSITIVE)
+    scale: float = opt(1.0, "a scale")
+
+
+@dataclass(kw_only=True)
+class Outer(Options):
+    plain: Inner = group(Inner)
+    tagged: Inner = group(Inner, prefix="extra_", defaults={"name": None, "count": 5})
+    flag: bool = opt(False, "a switch")
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    add_options(parser, Outer)
+    return from_namespace(Outer, parser.parse_args(argv))
+
+
+def test_groups_become_flags_with_their_prefix_and_per_use_defaults():
+    opts = parse(["--name", "a", "--extra-count", "7", "--flag"])
+    assert opts.plain == Inner(name="a") and opts.tagged.count == 7 and opts.tagged.name is None and opts.flag
+    assert flat_values(opts) == {
+        "name": "a", "count": 3, "scale": 1.0, "extra_name": None, "extra_count": 7, "extra_scale": 1.0, "flag": True,
+    }  # fmt: skip
+    assert parse(["--name", "a"]).tagged.count == 5
+
+
+def test_a_bad_value_names_the_flag_as_the_command_spells_it():
+    with pytest.raises(SvdadaptError, match="^--extra-count must be positive, got 0$"):
+        parse(["--name", "a", "--extra-count", "0"])
+    with pytest.raises(SvdadaptError, match="^--count must be positive, got -1$"):
+        parse(["--name", "a", "--count", "-1"])
+
+
+def test_mappings_are_checked_like_flags():
+    where = "recipe.yaml: stage"
+    assert from_mapping(Outer, {"name": "a", "scale": "1e-05"}, where).plain.scale == 1e-5  # YAML 1.1 read text
+    with pytest.raises(SvdadaptError, match="count must be an integer, got 'abc'"):
+        from_mapping(Outer, {"name": "a", "count": "abc"}, where)
+    with pytest.raises(SvdadaptError, match="--name must be a string, got \\[1\\]"):
+        from_mapping(Outer, {"name": [1]}, where)
+    with pytest.raises(SvdadaptError, match="unknown key 'nmae'"):
+        from_mapping(Outer, {"nmae": "a"}, where)
+    with pytest.raises(SvdadaptError, match="needs 'name'"):
+        from_mapping(Outer, {}, where)
+    with pytest.raises(SvdadaptError, match="--flag must be true or false"):
+        from_mapping(Outer, {"name": "a", "flag": "maybe"}, where)
+
+
+def test_train_builds_with_builds_own_option_groups():
+    """train's adapter options are build's, its calibration source is calibrate's, prefixed calib_."""
+    train = TrainOptions.of(out="o", model="m", method="corda-kpa", rank=4, calib_data="wiki", calib_samples=9,
+                            accumulate_dtype="float32")  # fmt: skip
+    build = BuildOptions(model="m", out="o", adapter=train.adapter, calibration=train.calibration)
+    assert build.adapter.accumulate_dtype == "float32" and build.calibration.samples == 9
+    assert TrainOptions.of(run="r").adapter.rank == 8  # train's own default; build requires --rank
+    with pytest.raises(SvdadaptError, match="needs 'rank'"):
+        BuildOptions.of(model="m", out="o", method="lora")
+    with pytest.raises(SvdadaptError, match="--calib-data SOURCE"):
+        TrainOptions.of(out="o", model="m", method="corda-kpa")
+    with pytest.raises(SvdadaptError, match="either --covariances or --data"):
+        BuildOptions.of(model="m", out="o", method="corda-kpa", rank=4, covariances="c", data="wiki")
