@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-GRAM_BLOCK = 96
+GRAM_BLOCK = 192
 
 # (xT, start, stop) -> rows start:stop of XᵀX right of the diagonal, (stop - start, d - start)
 RowProduct = Callable[[torch.Tensor, int, int], torch.Tensor]
