@@ -78,3 +78,39 @@ def test_every_row_builds_reproduces_merges_and_exports(method, truncation, kind
     ).out
     peft = PeftModel.from_pretrained(AUTO[kind].from_pretrained(tiny_dirs[kind]), exported)
     assert rel(outputs(peft), adapted) < F32
+
+
+def test_a_new_method_is_one_registered_init_and_one_row(tiny_dirs, text_file, tmp_path, monkeypatch):
+    """What the README's "add a method" paragraph shows: nothing else changes, and build, the
+    identity at init and the export against the original work for the new row."""
+    from svdadapt.adapters import init as inits
+    from svdadapt.adapters.init import LayerAdapter, LayerInit
+    from svdadapt.methods import METHODS, Method, Take
+
+    def vectors_a(layer: LayerInit):
+        A = layer.taken.V.T.to(layer.dtype)  # (r, in)
+        B = A.new_zeros(layer.W.shape[0], layer.rank)  # (out, r)
+        return LayerAdapter(A, B, layer.alpha), None
+
+    monkeypatch.setitem(inits.INITS, "vectors-A", inits.Init("vectors-A", vectors_a, (Base.ORIGINAL,)))
+    row = Method("top-vectors", "A from the top-r right singular vectors of W·C", "vectors-A", "context", Take.TOP)
+    monkeypatch.setitem(METHODS, row.name, row)
+    with pytest.raises(ValueError, match="cannot leave a residual base"):
+        Method("bad", "an init that keeps W cannot leave a residual", "vectors-A", "plain", Take.TOP, Base.RESIDUAL)
+
+    run = build(
+        BuildOptions.of(model=str(tiny_dirs["llama"]), method="top-vectors", rank=4, out=str(tmp_path / "run"),
+                        data=str(text_file), samples=8, seq_len=32, batch_size=4, device="cpu"),
+        progress=False,
+    ).run  # fmt: skip
+    original = outputs(AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]))
+    assert not run.base_changed and rel(outputs(run.load_adapted().model), original) < F32
+    name, layer = next(iter(run.adapters().layers.items()))
+    assert layer.A.shape == (4, 64) and not layer.B.any(), name
+    trained = _trained_stand_in(run)
+    exported = export(
+        ExportOptions(run=str(trained.path), against_original=str(tiny_dirs["llama"]), out=str(tmp_path / "x")),
+        progress=False,
+    ).out
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]), exported)
+    assert rel(outputs(peft), outputs(trained.load_adapted().model)) < F32

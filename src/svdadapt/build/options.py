@@ -15,7 +15,7 @@ from ..options import FRACTION, POSITIVE, Options, opt
 class AdapterOptions(Options):
     """Which adapters to build: method, rank and layers, and where the method's statistics come from."""
 
-    method: str | None = opt(help="adapter method", choices=list(METHODS))
+    method: str | None = opt(help="adapter method", choices=METHODS)  # the live table: rows added later count
     rank: int = opt(help="adapter rank r", check=POSITIVE)
     alpha: float | None = opt(None, "LoRA alpha; scaling s = alpha / r (default: alpha = r, s = 1)", check=POSITIVE)
     targets: str | None = opt(
