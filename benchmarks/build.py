@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -185,8 +184,6 @@ def main() -> None:
         print(json.dumps(CHILDREN[args.child](**json.loads(args.kwargs))))
         return
 
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
             "svdadapt build CLI (calibrate on the fly, write run)": repeated(
@@ -203,7 +200,9 @@ def main() -> None:
         }
     decomposition = run_child("decomposition")["rows"]
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; median of {args.repeats}")
+    from machine import describe, line
+
+    print(f"machine: {line()}; median of {args.repeats}")
     print(f"{SAMPLES} samples x {SEQ_LEN} tokens of bundled wiki, rank {RANK}, 210 layers, corda-kpa / kpm\n")
     print(f"{'contestant':70s} {'timed s':>8s} {'process s':>9s} {'peak RSS GiB':>12s}")
     for name, r in runs.items():
@@ -231,7 +230,9 @@ def main() -> None:
         print(f"{name:16s} {shape:>12s} {ctx:9.1f} {kpa:9.1f} {f64:9.1f} {f32:9.1f} {kpa / f64:9.2f}")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"runs": runs, "ratios": ratios, "decomposition": decomposition}, indent=2)
+            json.dumps(
+                {"machine": describe(), "runs": runs, "ratios": ratios, "decomposition": decomposition}, indent=2
+            )
         )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -207,8 +206,6 @@ def main() -> None:
         print(json.dumps(CHILDREN[args.child](**json.loads(args.kwargs))))
         return
 
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
         tokens_file = str(Path(tmp) / "tokens.safetensors")
         tokens = prepare_tokens(Path(tokens_file))
@@ -247,7 +244,9 @@ def main() -> None:
     floor = forward_peft_style["timed_s"] + cov_time
     strict_floor = fastest_forward + flops / gemm["best_rate"]  # the fastest kernels for both parts
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; median of {args.repeats}")
+    from machine import describe, line
+
+    print(f"machine: {line()}; median of {args.repeats}")
     print(f"tokens: {SAMPLES} x {SEQ_LEN} = {tokens}; covariance FLOPs {flops / 1e9:.0f} GFLOP")
     rates = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in gemm["rates"].items())
     print(f"float32 GEMM rate (x^T x, 2048 tokens), GFLOP/s: {rates} -> {cov_time:.2f} s of GEMM at torch's")
@@ -268,7 +267,10 @@ def main() -> None:
         print(f"{name:52s} {value:6.2f}")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"runs": runs, "gemm": gemm, "flops": flops, "floor": floor, "ratios": ratios}, indent=2)
+            json.dumps(
+                {"machine": describe(), "runs": runs, "gemm": gemm, "flops": flops, "floor": floor, "ratios": ratios},
+                indent=2,
+            )
         )
 
 

@@ -88,8 +88,10 @@ def main() -> None:
                 flush=True,
             )
     if args.json:
+        from machine import describe
+
         with open(args.json, "w") as f:
-            json.dump({"rank": args.rank, "tokens": ids.numel(), "rows": rows}, f, indent=1)
+            json.dump({"machine": describe(), "rank": args.rank, "tokens": ids.numel(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

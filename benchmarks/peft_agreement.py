@@ -80,7 +80,12 @@ def main() -> None:
         )
         report[method] = rows
     if args.json:
-        Path(args.json).write_text(json.dumps({"rank": args.rank, "tokens": store.num_tokens, **report}, indent=1))
+        from machine import describe
+
+        machine = describe()
+        Path(args.json).write_text(
+            json.dumps({"machine": machine, "rank": args.rank, "tokens": store.num_tokens, **report}, indent=1)
+        )
 
 
 if __name__ == "__main__":
