@@ -130,3 +130,17 @@ def test_no_two_files_import_each_other_in_a_loop():
         if node not in index:
             visit(node)
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_console_starts_without_the_training_stack():
+    """Building the parser imports every command's options, not what only training needs: transformers'
+    Trainer (and with it accelerate and PEFT) costs seconds and hundreds of MiB per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, svdadapt.cli as c; c.build_parser(c.subcommands()); "
+        "print(sorted(m for m in ('transformers.trainer', 'accelerate', 'peft', 'matplotlib') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

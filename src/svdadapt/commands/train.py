@@ -18,7 +18,6 @@ from ..models import load_tokenizer, resolve_location
 from ..options import Options, group, opt
 from ..runs import RUN_FILE, Run, copy_run, update_run
 from ..train.options import TaskOptions, TrainingOptions
-from ..train.session import prepare_data, run_training
 from ..train.tasks import classification_task
 from .build import BuildOptions, build
 from .common import DEVICE_HELP, MODEL_HELP
@@ -128,6 +127,8 @@ def _tokenizer(opts: TrainOptions):
 
 def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     """Train as the CLI does: the run ends at stage "trained" with its training results."""
+    from ..train.session import prepare_data, run_training  # Trainer's imports: seconds, only when training
+
     device = backend.resolve_device(opts.device)
     started = time.monotonic()
     data = prepare_data(opts.task, _tokenizer(opts), opts.seed)  # bad data fails before a run is built
