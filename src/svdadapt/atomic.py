@@ -1,9 +1,11 @@
-"""Atomic writes: a reader sees the old content or the new, never a half-written file or directory."""
+"""Atomic writes: a reader sees the old content or the new, never a half-written file or directory;
+and :func:`exclusive`, one writer per output at a time."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from .errors import SvdadaptError
 
 
 def _umask() -> int:
@@ -59,9 +63,10 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
     try:
         yield tmp_path
+        # the usual file mode (mkstemp, and safetensors writing over the path, leave 0600)
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
@@ -109,3 +114,65 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lock_file(fd: int) -> bool:
+    """Take the exclusive lock of an open file without waiting; False if another process holds it.
+    The kernel drops the lock when its process ends, however it ends (POSIX flock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _leftovers(target: Path) -> list[Path]:
+    """What a writer of ``target`` that died left beside it: temporary files and directories of
+    atomic writes (``.NAME.XXXXXXXX.tmp``) and a replaced old version (``.NAME.old.PID``)."""
+    name = re.escape(target.name)
+    pattern = re.compile(rf"\.{name}\.([a-z0-9_]{{8}}\.tmp|old\.\d+)")
+    return [p for p in target.parent.glob(f".{target.name}.*") if pattern.fullmatch(p.name)]
+
+
+@contextmanager
+def exclusive(target: Path | str) -> Iterator[None]:
+    """Be the only svdadapt process writing ``target`` while inside; a second writer is refused at
+    once with one line. Once the lock is held, what earlier writers that died left beside ``target``
+    is removed. The lock is a hidden ``.NAME.lock`` file beside ``target`` that lives as long as the
+    lock: the kernel drops it with its process however that ends, and a lock file whose holder
+    removed or replaced it in the meantime is not trusted (its inode is checked)."""
+    target = Path(target).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        if not _lock_file(fd):
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SvdadaptError(
+                f"{target} is being written by another svdadapt process (pid {holder}); wait for it to "
+                "finish, or choose another output"
+            )
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the holder before removed that file: lock the one at the path now
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for leftover in _leftovers(target):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still holding it
+        os.close(fd)  # releases the lock

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -18,10 +19,15 @@ from transformers import (
 
 from .backend import collection_paused
 from .errors import SvdadaptError
+from .files import check_safetensors, first_line, inside, read_json
 from .fingerprint import model_identity
 from .hub import require_hub
 
 BUILTIN_MODELS = ("default", "default-encoder")
+INDEX = "model.safetensors.index.json"
+# what transformers raises for a model directory it cannot use: missing or unknown model_type, no
+# tokenizer, weights of the wrong shape, unreadable files, remote code that is not trusted
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError)
 HEADS = {
     "causal-lm": AutoModelForCausalLM,
     "base": AutoModel,
@@ -54,6 +60,16 @@ def _check_local_dir(path: Path) -> None:
                 "re-save the model with save_pretrained(..., safe_serialization=True)"
             )
         raise SvdadaptError(f"model directory {path} has no weights (*.safetensors)")
+    fix = "the model directory is damaged: copy or save it again"
+    read_json(path / "config.json", "model config", fix)
+    shards = sorted(path.glob("*.safetensors"))
+    if (path / INDEX).is_file():
+        weight_map = read_json(path / INDEX, "checkpoint index", fix).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise SvdadaptError(f"checkpoint index {path / INDEX} has no weight_map; {fix}")
+        shards = [inside(path, name, str(path / INDEX)) for name in sorted(set(weight_map.values()))]
+    for shard in shards:  # headers only: a truncated or foreign file is named before transformers reads it
+        check_safetensors(shard, "model weights", fix)
 
 
 def resolve_location(spec: str) -> str:
@@ -80,7 +96,10 @@ def head_for(location: str, head: str) -> str:
     """Pick ``causal-lm`` or ``base`` for ``head="auto"`` from the checkpoint's architectures."""
     if head != "auto":
         return head
-    config = AutoConfig.from_pretrained(location)
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except LOAD_ERRORS as exc:
+        raise SvdadaptError(f"could not read the config of {location}: {first_line(exc)}") from None
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "causal-lm"
@@ -88,7 +107,10 @@ def head_for(location: str, head: str) -> str:
 
 
 def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except LOAD_ERRORS as exc:
+        raise SvdadaptError(f"could not load the tokenizer of {location}: {first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -111,9 +133,8 @@ def load_model(
     try:
         with collection_paused():  # the first load imports most of transformers' modelling code
             model = HEADS[head].from_pretrained(location, dtype=dtype, use_safetensors=True, **model_kwargs)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SvdadaptError(f"could not load model {spec!r}: {first}") from None
+    except LOAD_ERRORS as exc:
+        raise SvdadaptError(f"could not load model {spec!r}: {first_line(exc)}") from None
     tokenizer = load_tokenizer(location)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # sequence classification needs it

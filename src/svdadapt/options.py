@@ -74,6 +74,7 @@ class Options:
             return
         for flat in flat_fields(type(self)):
             _check_value(flat, flat.get(self))
+        _check_groups(self)
         self.check()
 
     def check(self) -> None:
@@ -84,6 +85,15 @@ class Options:
         """Construct from flat keyword arguments named as the flags and YAML keys are
         (``BuildOptions.of(model=..., method="corda-kpa", rank=16, data="wiki", out=...)``)."""
         return from_mapping(cls, values, cls.__name__)
+
+
+def _check_groups(obj: Options) -> None:
+    """Each group's own checks of several fields, innermost first."""
+    for f in dataclasses.fields(obj):
+        if "group" in f.metadata:
+            inner = getattr(obj, f.name)
+            _check_groups(inner)
+            inner.check()
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,11 @@ def _trained_run(name: str, covariances: Path, opts: QuickstartOptions, run_dir:
         method=method, truncation=truncation, rank=opts.rank, alpha=float(opts.rank),
         covariances=str(covariances) if needs else None,
     )  # fmt: skip
-    build(BuildOptions(model=opts.model, out=str(run_dir), adapter=adapter, device=opts.device), progress=progress)
+    # the quickstart's own run: one whose training did not finish is built again
+    build(
+        BuildOptions(model=opts.model, out=str(run_dir), adapter=adapter, device=opts.device, overwrite=True),
+        progress=progress,
+    )
     return train(
         TrainOptions(
             run=str(run_dir), task=TaskOptions(task="sft", data="polarity", max_length=128), seed=0,

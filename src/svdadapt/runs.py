@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from .adapters.peft_format import lora_on_base, write_peft_lora
 from .adapters.state import AdapterSet
 from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
+from .files import check_safetensors, file_record, inside, load_tensors, read_json, require_fields, verify_record
 from .fingerprint import weights_fingerprint
 from .methods import Method, get_method
 
@@ -35,14 +35,32 @@ RUN_FILE = "run.json"
 STATE_FILE = "adapter_state.safetensors"
 INITIAL_FILE = "initial_state.safetensors"
 HEAD_FILE = "head.safetensors"
+PEFT_WEIGHTS = "adapter/adapter_model.safetensors"
+DAMAGED = "the run is damaged: build it again (svdadapt build) into a new directory"
+REQUIRED = {
+    "version": int, "method": str, "stage": str, "layers": dict, "original": dict, "base_fingerprint": str,
+}  # fmt: skip
 
 
-def check_run_out(out: Path) -> None:
-    """Refuse an --out that exists and is not an svdadapt run (an existing run is replaced)."""
+def check_run_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an --out that exists and is not an svdadapt run, or that holds a run someone trained
+    (or is training) unless ``overwrite``; a run that was only built is replaced."""
     if out.exists() and not out.is_dir():
         raise SvdadaptError(f"--out {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / RUN_FILE).is_file():
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / RUN_FILE).is_file():
         raise SvdadaptError(f"--out {out} exists and is not an svdadapt run; choose another directory")
+    if overwrite:
+        return
+    try:
+        stage = json.loads((out / RUN_FILE).read_text(encoding="utf-8")).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None
+    if stage != "built" or (out / "train_results.json").exists() or (out / "checkpoints").exists():
+        raise SvdadaptError(
+            f"--out {out} holds a trained (or damaged) run; pass --overwrite to replace it, or choose another --out"
+        )
 
 
 def check_new_out(out: Path, what: str) -> None:
@@ -71,10 +89,31 @@ class Run:
         run_file = path / RUN_FILE
         if not run_file.is_file():
             raise SvdadaptError(f"{path} is not an svdadapt run (no {RUN_FILE}); create one with svdadapt build")
-        meta = json.loads(run_file.read_text())
+        meta = read_json(run_file, "run file", DAMAGED)
         if meta.get("format") != FORMAT:
             raise SvdadaptError(f"{run_file} is not an svdadapt run file")
-        return cls(path, meta)
+        require_fields(meta, REQUIRED, str(run_file), DAMAGED)
+        if meta["version"] > VERSION:
+            raise SvdadaptError(f"{path} was written by a newer svdadapt (run version {meta['version']})")
+        for name, facts in meta["layers"].items():
+            require_fields(facts, {"rank": int, "alpha": (int, float)}, f"{run_file}, layer {name!r}", DAMAGED)
+        get_method(meta["method"], meta.get("decomposition"))  # a method this version knows
+        run = cls(path, meta)
+        for name, record in (meta.get("files") or {}).items():  # sizes and headers: cheap, before any use
+            file = inside(path, name, str(run_file))
+            verify_record(file, record, "run file", DAMAGED, checksum=False)
+            check_safetensors(file, "run file", DAMAGED)
+        return run
+
+    def verify(self, name: str, what: str) -> Path:
+        """The run's file ``name``, checked against its header and what run.json records of it."""
+        path = inside(self.path, name, str(self.path / RUN_FILE))
+        verify_record(path, (self.meta.get("files") or {}).get(name), what, DAMAGED)
+        check_safetensors(path, what, DAMAGED)
+        return path
+
+    def _tensors(self, name: str, what: str) -> dict[str, torch.Tensor]:
+        return load_tensors(self.verify(name, what), what, DAMAGED)
 
     @property
     def method(self) -> Method:
@@ -92,18 +131,22 @@ class Run:
 
     def head_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Trained task-head weights by module name (classification runs), empty if none."""
-        path = self.path / HEAD_FILE
-        if not path.is_file():
+        if not (self.path / HEAD_FILE).is_file():
             return {}
         heads: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in load_file(str(path)).items():
+        for key, value in self._tensors(HEAD_FILE, "trained head").items():
             module, _, param = key.rpartition(".")
             heads.setdefault(module, {})[param] = value
         return heads
 
     def adapters(self, initial: bool = False) -> AdapterSet:
-        tensors = load_file(str(self.path / (INITIAL_FILE if initial else STATE_FILE)))
-        return AdapterSet.from_tensors(self.meta["method"], tensors, self.meta["layers"], self.meta.get("conv1d", []))
+        name = INITIAL_FILE if initial else STATE_FILE
+        tensors = self._tensors(name, "adapter state")
+        meta = self.meta
+        try:
+            return AdapterSet.from_tensors(meta["method"], tensors, meta["layers"], meta.get("conv1d", []))
+        except ValueError as exc:
+            raise SvdadaptError(f"adapter state {self.path / name}: {exc}; {DAMAGED}") from None
 
     def load_base(self, device: str = "cpu"):
         """The frozen base model and tokenizer, its fingerprint checked against the run's record."""
@@ -130,6 +173,13 @@ class Run:
         return loaded
 
 
+def mark_stage(run: Run, stage: str) -> Run:
+    """Record ``stage`` in run.json (e.g. "training" while a training runs), nothing else changed."""
+    meta = {**run.meta, "stage": stage}
+    write_json(run.path / RUN_FILE, meta)
+    return Run(run.path, meta)
+
+
 def update_run(
     run: Run,
     adapters: AdapterSet,
@@ -154,9 +204,12 @@ def update_run(
             modules_to_save=head,
         )
     write_safetensors(run.path / STATE_FILE, adapters.tensors())
+    written = [STATE_FILE, PEFT_WEIGHTS]
     if head:
         flat = {f"{module}.{k}": v for module, state in head.items() for k, v in state.items()}
         write_safetensors(run.path / HEAD_FILE, flat)
+        written.append(HEAD_FILE)
+    new_meta["files"] = {**(run.meta.get("files") or {}), **{n: file_record(run.path / n) for n in written}}
     write_json(run.path / RUN_FILE, new_meta)
     return Run(run.path, new_meta)
 
@@ -194,6 +247,7 @@ def write_run_files(
     )
     write_safetensors(directory / STATE_FILE, adapters.tensors())
     write_safetensors(directory / INITIAL_FILE, initial.tensors())
+    meta["files"] = {name: file_record(directory / name) for name in (STATE_FILE, INITIAL_FILE, PEFT_WEIGHTS)}
     write_json(directory / RUN_FILE, meta)
     return meta
 
@@ -212,10 +266,10 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def copy_run(run: Run, out: Path) -> Run:
+def copy_run(run: Run, out: Path, overwrite: bool = False) -> Run:
     """A copy of ``run`` at ``out`` (without its checkpoints and evaluations) to train on while the
     original stays as it is; files are hard-linked where the file system allows."""
-    check_run_out(out)
+    check_run_out(out, overwrite)
     skip = shutil.ignore_patterns("checkpoints", "eval")
     with atomic_directory(out) as tmp:
         shutil.copytree(run.path, tmp, ignore=skip, copy_function=_link_or_copy, dirs_exist_ok=True)

@@ -13,20 +13,20 @@ group, its shard, dimension and token count. No pickle anywhere.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
+from .files import check_safetensors, file_record, inside, open_tensors, read_json, require_fields, verify_record
 
 FORMAT = "svdadapt.covariance-store"
 VERSION = 1
 METADATA_FILE = "store.json"
+DAMAGED = "the store is damaged: recalibrate (svdadapt calibrate) into a new directory"
 
 
 def shard_name(index: int) -> str:
@@ -96,13 +96,24 @@ class CovarianceStore:
         return self.module_to_group[module_name]
 
     def _tensor(self, key: str) -> torch.Tensor:
-        if key not in self._tensors:
-            group = self.groups[key.rsplit(".", 1)[0]]
-            if self.path is None:
-                raise KeyError(key)
-            with safe_open(str(self.path / group.shard), framework="pt") as f:
-                return f.get_tensor(key)
-        return self._tensors[key]
+        if key in self._tensors:
+            return self._tensors[key]
+        group_key, part = key.rsplit(".", 1)
+        group = self.groups[group_key]
+        if self.path is None:
+            raise KeyError(key)
+        path = inside(self.path, group.shard, f"{self.path / METADATA_FILE}")
+        with open_tensors(path, "covariance shard", DAMAGED) as f:
+            if key not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                raise SvdadaptError(f"covariance shard {path} lacks {key}; {DAMAGED}")
+            tensor = f.get_tensor(key)
+        shape = (group.dim, group.dim) if part == "covariance" else (group.dim,)
+        if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+            raise SvdadaptError(
+                f"covariance shard {path}: {key} is {tensor.dtype} {tuple(tensor.shape)}, not a float tensor of "
+                f"shape {shape}; {DAMAGED}"
+            )
+        return tensor
 
     def covariance(self, module_name: str) -> torch.Tensor:
         """(in, in) mean of x xᵀ over the real tokens that reached ``module_name``."""
@@ -142,6 +153,7 @@ class CovarianceStore:
                     shard[f"{key}.{suffix}"] = self._tensor(f"{key}.{suffix}")
             for shard, tensors in by_shard.items():
                 write_safetensors(tmp / shard, tensors)
+            self.metadata["files"] = {shard: file_record(tmp / shard) for shard in by_shard}
             write_json(tmp / METADATA_FILE, self.describe())
         self.path = path
 
@@ -154,22 +166,35 @@ class CovarianceStore:
             if path.is_dir() and (path / ".partial").is_dir():
                 raise SvdadaptError(f"{path} holds an interrupted calibration; finish it with --resume")
             raise SvdadaptError(f"{path} is not a covariance store (no {METADATA_FILE}); run svdadapt calibrate")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise SvdadaptError(f"{meta_file} is not valid JSON ({exc}); recalibrate") from None
+        meta = read_json(meta_file, "covariance store index", DAMAGED)
         if meta.get("format") != FORMAT:
             raise SvdadaptError(f"{path} is not a covariance store ({meta_file} has another format)")
-        if meta.get("version", 0) > VERSION:
+        require_fields(meta, {"version": int, "modules": dict, "groups": dict, "model": dict}, str(meta_file), DAMAGED)
+        if meta["version"] > VERSION:
             raise SvdadaptError(f"{path} was written by a newer svdadapt (store version {meta['version']})")
+        groups = {}
+        for key, record in meta.pop("groups").items():
+            where = f"{meta_file}, group {key!r}"
+            require_fields(record, {"shard": str, "dim": int, "count": int}, where, DAMAGED)
+            groups[key] = StoredGroup(record["shard"], record["dim"], record["count"], bool(record.get("masked", True)))
         modules = meta.pop("modules")
-        groups = {k: StoredGroup(**g) for k, g in meta.pop("groups").items()}
+        if not all(isinstance(k, str) and v in groups for k, v in modules.items()):
+            raise SvdadaptError(f"{meta_file} maps a layer to a group it does not list; {DAMAGED}")
+        files = meta.get("files") or {}
+        for shard in sorted({g.shard for g in groups.values()}):
+            shard_path = inside(path, shard, str(meta_file))  # before anything is opened
+            verify_record(shard_path, files.get(shard), "covariance shard", DAMAGED, checksum=False)
+            check_safetensors(shard_path, "covariance shard", DAMAGED)
         for k in ("format", "version"):
             meta.pop(k)
-        for shard in {g.shard for g in groups.values()}:
-            if not (path / shard).is_file():
-                raise SvdadaptError(f"{path} is missing {shard}; the store is damaged, recalibrate")
         return cls(metadata=meta, module_to_group=modules, groups=groups, path=path)
+
+    def verify(self) -> None:
+        """Every shard is the file that was written (sizes and checksums, where recorded)."""
+        files = self.metadata.get("files") or {}
+        for shard in sorted({g.shard for g in self.groups.values()}):
+            verify_record(inside(self.path, shard, str(self.path / METADATA_FILE)), files.get(shard),
+                          "covariance shard", DAMAGED)  # fmt: skip
 
     @classmethod
     def from_groups(cls, groups: Iterable[FinishedGroup], metadata: dict) -> CovarianceStore:

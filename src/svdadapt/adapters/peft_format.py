@@ -8,16 +8,15 @@ most common ones go into ``rank_pattern`` / ``alpha_pattern`` keyed by full modu
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
+from ..files import load_tensors, read_json
 from .state import AdapterSet
 
 CONFIG_FILE = "adapter_config.json"
@@ -96,10 +95,11 @@ def read_peft_lora(directory: Path) -> tuple[dict, dict[str, LoraFactors]]:
     config_file, weights_file = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not config_file.is_file() or not weights_file.is_file():
         raise SvdadaptError(f"{directory} is not a PEFT adapter ({CONFIG_FILE} and {WEIGHTS_FILE} expected)")
-    config = json.loads(config_file.read_text())
+    fix = "write the adapter again"
+    config = read_json(config_file, "PEFT adapter config", fix)
     if config.get("peft_type") != "LORA":
         raise SvdadaptError(f"{directory} holds a {config.get('peft_type')} adapter, not LoRA")
-    tensors = load_file(str(weights_file))
+    tensors = load_tensors(weights_file, "PEFT adapter weights", fix)
     layers = {}
     for key, A in tensors.items():
         if not key.endswith(".lora_A.weight"):

@@ -94,9 +94,28 @@ class AdapterSet:
 
     @classmethod
     def from_tensors(cls, method: str, tensors: dict[str, torch.Tensor], facts: dict, conv1d: list[str]) -> AdapterSet:
+        """The adapters of ``facts`` (run.json's layers) from flat tensors; ValueError if any is missing
+        or of a shape that does not fit its rank and the others."""
         layers = {}
         for name, info in facts.items():
             parts = {f: tensors.get(f"{name}.{f}") for f in _FIELDS}
+            _check_shapes(name, parts, info["rank"])
             extra = {"base_scaling": info.get("base_scaling", 1.0), "damping": info.get("damping")}
             layers[name] = LayerAdapter(alpha=info["alpha"], **extra, **parts)
         return cls(method, layers, list(conv1d))
+
+
+def _check_shapes(name: str, parts: dict[str, torch.Tensor | None], rank: int) -> None:
+    A, B, diag, P, Q = (parts[f] for f in _FIELDS)
+    if A is None or B is None:
+        raise ValueError(f"layer {name} has no {'A' if A is None else 'B'}")
+    fits = A.dim() == 2 and B.dim() == 2 and A.shape[0] == rank and B.shape[1] == rank
+    fits = fits and (diag is None or tuple(diag.shape) == (rank,))
+    if (P is None) != (Q is None):
+        fits = False
+    elif P is not None:
+        same_q = P.dim() == 2 and Q.dim() == 2 and P.shape == (B.shape[0], Q.shape[0])
+        fits = fits and same_q and Q.shape[1] == A.shape[1]
+    if not fits:
+        shapes = {f: tuple(t.shape) for f, t in parts.items() if t is not None}
+        raise ValueError(f"layer {name} of rank {rank} has tensors of shapes {shapes} that do not fit together")

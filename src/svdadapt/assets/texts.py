@@ -64,7 +64,10 @@ def wiki_articles() -> tuple[Article, ...]:
     """All articles of the bundled dump, parsed once and cached as JSON under $SVDADAPT_HOME."""
     cache = svdadapt_home() / "texts" / "enwiki-shortened.json"
     if cache.is_file():
-        return tuple(Article(**a) for a in json.loads(cache.read_text()))
+        try:
+            return tuple(Article(**a) for a in json.loads(cache.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):  # a damaged cache: parse the dump again
+            pass
     if not (gensim_test_data() / WIKI_DUMP).is_file():
         raise SvdadaptError(f"gensim's test data lacks {WIKI_DUMP}; {GENSIM_HINT}")
     articles = _parse_wiki()

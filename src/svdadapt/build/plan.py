@@ -50,6 +50,13 @@ def plan_layers(
     """Per-layer rank and alpha, validated: 1 ≤ r < min(in, out) and alpha > 0 everywhere."""
     ranks = parse_assignments(rank_pattern, "--rank-pattern", int)
     alphas = parse_assignments(alpha_pattern, "--alpha-pattern", float)
+    for flag, pairs in (("--rank-pattern", ranks), ("--alpha-pattern", alphas)):
+        for pattern, _ in pairs:
+            if not any(pattern_matches(pattern, name) for name in targets):
+                raise SvdadaptError(
+                    f"{flag} pattern {pattern!r} matches none of the {len(targets)} target layers "
+                    f"(e.g. {next(iter(targets), 'none')}); patterns are name suffixes or re:REGEX"
+                )
     plan = {}
     for name, module in targets.items():
         r = int(_lookup(ranks, name, rank))

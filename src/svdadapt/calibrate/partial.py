@@ -12,15 +12,16 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
+from ..files import file_record, inside, open_tensors, read_json, verify_record
 from ..store import METADATA_FILE, CovarianceStore, FinishedGroup, StoredGroup, shard_name
 from .resume import FullPassState
 
 PARTIAL = ".partial"
 FULL_STATE = "full-state.safetensors"
+RESTART = "delete the output directory and calibrate again"
 
 
 def _describe_spec_difference(old: dict, new: dict) -> str:
@@ -58,14 +59,14 @@ class PartialRun:
         spec_file = self.dir / "spec.json"
         complete = out / METADATA_FILE
         if resume and complete.is_file():
-            old = json.loads(complete.read_text()).get("spec", {})
+            old = read_json(complete, "covariance store index", RESTART).get("spec", {})
             if old != spec:
                 raise SvdadaptError(
                     f"{out} holds a store of another spec ({_describe_spec_difference(old, spec)}); "
                     "choose another --out"
                 )
         elif resume and spec_file.is_file():
-            old = json.loads(spec_file.read_text())
+            old = read_json(spec_file, "interrupted calibration's spec", RESTART)
             if old != spec:
                 raise SvdadaptError(
                     f"{out} holds an interrupted run of another spec ({_describe_spec_difference(old, spec)}); "
@@ -81,9 +82,30 @@ class PartialRun:
 
     # ------------------------------------------------------------ block units
     def done_units(self) -> list[int]:
+        """The units finished before, checked: from the first whose record or shard is damaged on
+        (a disk fault; their writes are atomic), the records are dropped and those units redone."""
         if not self.units_dir.is_dir():
             return []
-        return sorted(int(p.stem) for p in self.units_dir.glob("*.json"))
+        done = []
+        for record in sorted(self.units_dir.glob("*.json")):
+            if not self._unit_intact(record):
+                for later in sorted(self.units_dir.glob("*.json")):
+                    if later.name >= record.name:
+                        later.unlink()
+                break
+            done.append(int(record.stem))
+        return done
+
+    def _unit_intact(self, record: Path) -> bool:
+        try:
+            listing = read_json(record, "unit record", RESTART)
+            shards = {group["shard"] for group in listing["groups"]}
+            if len(shards) != 1:
+                return False
+            verify_record(inside(self.out, shards.pop(), str(record)), listing.get("file"), "shard", RESTART)
+            return True
+        except (SvdadaptError, KeyError, TypeError):
+            return False
 
     def write_unit(self, unit: int, groups: list[FinishedGroup]) -> None:
         shard = shard_name(unit)
@@ -97,7 +119,7 @@ class PartialRun:
              "masked": g.masked, "shard": shard}
             for g in groups
         ]  # fmt: skip
-        write_json(self.units_dir / f"{unit:05d}.json", {"groups": listing})
+        write_json(self.units_dir / f"{unit:05d}.json", {"groups": listing, "file": file_record(self.out / shard)})
         (self.dir / FULL_STATE).unlink(missing_ok=True)
 
     # ------------------------------------------------------------ whole-model checkpoints
@@ -112,23 +134,31 @@ class PartialRun:
         path = self.dir / FULL_STATE
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata()
+        fix = f"delete {path} to start the pass over"
+        with open_tensors(path, "calibration checkpoint", fix) as f:
+            header = f.metadata() or {}
             sums: dict[str, dict[str, torch.Tensor]] = {}
             for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 key, part = name.rsplit(".", 1)
                 sums.setdefault(key, {})[part] = f.get_tensor(name)
-        position = json.loads(header["position"])
-        return FullPassState(position["batches_done"], position["samples_done"], json.loads(header["group_of"]), sums)
+        try:
+            position = json.loads(header["position"])
+            return FullPassState(
+                position["batches_done"], position["samples_done"], json.loads(header["group_of"]), sums
+            )
+        except (KeyError, TypeError, ValueError):
+            raise SvdadaptError(f"calibration checkpoint {path} has a damaged header; {fix}") from None
 
     # ------------------------------------------------------------ completion
     def finish(self, metadata: dict) -> CovarianceStore:
-        store = CovarianceStore(metadata={**metadata, "spec": self.spec}, path=self.out)
+        store = CovarianceStore(metadata={**metadata, "spec": self.spec, "files": {}}, path=self.out)
         for unit in self.done_units():
-            for g in json.loads((self.units_dir / f"{unit:05d}.json").read_text())["groups"]:
+            listing = read_json(self.units_dir / f"{unit:05d}.json", "unit record", RESTART)
+            for g in listing["groups"]:
                 for member in g["members"]:
                     store.module_to_group[member] = g["key"]
                 store.groups[g["key"]] = StoredGroup(g["shard"], g["dim"], g["count"], g["masked"])
+                store.metadata["files"][g["shard"]] = listing.get("file")
         write_json(self.out / METADATA_FILE, store.describe())
         shutil.rmtree(self.dir, ignore_errors=True)
         return CovarianceStore.load(self.out)

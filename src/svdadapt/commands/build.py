@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import backend
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, exclusive
 from ..build import build_adapters, plan_layers, waves_from_store, waves_on_the_fly, waves_without_statistics
 from ..build.options import AdapterOptions, check_statistics
 from ..calibrate import DTYPES
@@ -34,7 +34,7 @@ class BuildOptions(Options):
     the frozen (residual) base as a model directory and the adapter as a stock PEFT LoRA."""
 
     model: str = opt(help=MODEL_HELP)
-    out: str = opt(help="run directory to write (an existing run there is replaced)")
+    out: str = opt(help="run directory to write (a run there that was only built is replaced)")
     adapter: AdapterOptions = group(AdapterOptions)
     calibration: DataOptions = group(DataOptions, defaults={"data": None})  # --data: calibrate on the fly
     device: str | None = opt(None, DEVICE_HELP)
@@ -44,6 +44,7 @@ class BuildOptions(Options):
         "classification head, as training a classifier needs)", choices=HEADS,
     )  # fmt: skip
     num_labels: int | None = opt(None, "with --head seq-cls: number of classes (1 = regression)", check=POSITIVE)
+    overwrite: bool = opt(False, "replace a run at --out that was trained (its adapter and results are lost)")
 
     def check(self) -> None:
         check_statistics(self.adapter, self.calibration, "--data")
@@ -100,11 +101,17 @@ def _statistics(opts: BuildOptions, loaded, method, plan, progress: bool):
 
 def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
     """Run a build as the CLI does: the run is written to ``opts.out``."""
+    out = Path(opts.out).expanduser()
+    with exclusive(out):
+        return build_locked(opts, out, progress)
+
+
+def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
+    """The build into ``out``, whose lock the caller holds (:func:`build`, or train building its run)."""
     started = time.monotonic()
     adapter = opts.adapter
     method = get_method(adapter.method, adapter.truncation)
-    out = Path(opts.out).expanduser()
-    check_run_out(out)
+    check_run_out(out, opts.overwrite)
     device = backend.resolve_device(opts.device)
     head_kwargs = {}
     if opts.head == "seq-cls":

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import backend
+from ..atomic import exclusive
 from ..calibrate import DTYPES, MODES, PassSettings, iter_covariances
 from ..calibrate.engine import resolve_mode
 from ..calibrate.partial import PartialRun, check_out_dir
@@ -73,8 +74,13 @@ class CalibrateResult:
 
 def calibrate(opts: CalibrateOptions, progress: bool = True) -> CalibrateResult:
     """Run a calibration as the CLI does: the store is written to ``opts.out``."""
-    started = time.monotonic()
     out = Path(opts.out).expanduser()
+    with exclusive(out):
+        return _calibrate(opts, out, progress)
+
+
+def _calibrate(opts: CalibrateOptions, out: Path, progress: bool) -> CalibrateResult:
+    started = time.monotonic()
     check_out_dir(out, opts.resume)
     loaded = load_model(opts.model, device=backend.resolve_device(opts.device))
     opts.source.check_length(max_positions(loaded.model))
@@ -94,7 +100,9 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CalibrateResult:
     }
     run = PartialRun(out, spec, opts.resume)
     if run.complete:
-        return CalibrateResult(CovarianceStore.load(out), reused=True)
+        store = CovarianceStore.load(out)
+        store.verify()  # complete means every shard is the one written
+        return CalibrateResult(store, reused=True)
     done = run.done_units()
     settings = PassSettings(
         accumulate_dtype=DTYPES[opts.accumulate_dtype], store_dtype=DTYPES[opts.store_dtype], progress=progress,

@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .. import backend
+from ..atomic import exclusive
 from ..compress.discard import parse_discards
 from ..compress.report import PLOT_FILE, check_out, table, write_results
 from ..compress.sweep import Point, Sweep, check_decompositions, run_sweep
@@ -100,11 +101,16 @@ def _store(opts: CompressOptions, names: list[str]) -> CovarianceStore | None:
 
 def compress(opts: CompressOptions, progress: bool = True) -> CompressResult:
     """Run a sweep as the CLI does; the results are written to ``opts.out``."""
+    out = Path(opts.out).expanduser()
+    with exclusive(out):
+        return _compress(opts, out, progress)
+
+
+def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResult:
     started = time.monotonic()
     names = _names(opts.decomposition)
     discards = parse_discards(opts.discard)
     store = _store(opts, names)
-    out = Path(opts.out).expanduser()
     check_out(out)
     loaded = load_model(opts.model, head="causal-lm", device=backend.resolve_device(opts.device))
     limit = max_positions(loaded.model)

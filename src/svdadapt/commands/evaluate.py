@@ -3,12 +3,13 @@ write the results as JSON (``RUN/eval/results.json`` or ``--out``) and print a o
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import backend
-from ..atomic import write_json
+from ..atomic import exclusive, write_json
 from ..errors import SvdadaptError
 from ..evaluate.report import results_table
 from ..evaluate.settings import EvalSettings
@@ -19,6 +20,7 @@ from ..runs import RUN_FILE, Run
 from .common import DEVICE_HELP
 
 DEFAULT_SOURCES = ["wiki-heldout"]
+FORMAT = "svdadapt.eval"
 
 
 @dataclass(kw_only=True)
@@ -94,21 +96,48 @@ def _out_path(opts: EvalOptions) -> Path | None:
     return path / "eval" / "results.json" if (path / RUN_FILE).is_file() else None
 
 
+def check_results_out(out: Path) -> None:
+    """Refuse an --out that is a directory, or a file that is not an earlier evaluation's results
+    (a run's run.json, a data file...): evaluating never destroys other files."""
+    if out.is_dir():
+        raise SvdadaptError(f"--out {out} is a directory; name a JSON file")
+    if not out.exists():
+        return
+    try:
+        earlier = json.loads(out.read_text(encoding="utf-8"))
+        ours = isinstance(earlier, dict) and (
+            earlier.get("format") == FORMAT or {"target", "perplexity", "tasks"} <= set(earlier)  # or an older one
+        )
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise SvdadaptError(f"--out {out} exists and is not an svdadapt evaluation's results; name another file")
+
+
 def evaluate(opts: EvalOptions, progress: bool = True) -> EvalResult:
     """Evaluate as the CLI does: the results, and the JSON file they were written to."""
+    out = _out_path(opts)
+    if out is None:
+        return _evaluate(opts, None, progress)
+    with exclusive(out):
+        check_results_out(out)
+        return _evaluate(opts, out, progress)
+
+
+def _evaluate(opts: EvalOptions, out: Path | None, progress: bool) -> EvalResult:
     started = time.monotonic()
     sources, tasks = split_list(opts.perplexity), split_list(opts.tasks)
-    precheck(sources, tasks)
-    out = _out_path(opts)
-    if out is not None and out.is_dir():
-        raise SvdadaptError(f"--out {out} is a directory; name a JSON file")
+    precheck(sources, tasks, opts.settings.lm_eval_include)
     loaded, about = load_target(opts.target, backend.resolve_device(opts.device), opts.initial)
     if not sources and not tasks:
         sources, tasks = _default_tasks(loaded, about)
     results = evaluate_model(loaded.model, loaded.tokenizer, sources, tasks, opts.settings, progress)
     s = opts.settings
     settings = {k: getattr(s, k) for k in ("seq_len", "max_windows", "batch_size", "limit", "template")}
-    results = {"target": about, **results, "options": settings, "seconds": round(time.monotonic() - started, 1)}
+    results = {
+        "format": FORMAT, "target": about, **results, "options": settings,
+        "seconds": round(time.monotonic() - started, 1),
+    }  # fmt: skip
     if out is not None:
         write_json(out, results)
     return EvalResult(results, out)

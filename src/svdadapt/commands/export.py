@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.peft_format import lora_on_original, write_peft_lora
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, exclusive
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint
 from ..models import load_model
 from ..options import Options, opt
-from ..runs import Run, check_new_out, task_type_of
+from ..runs import PEFT_WEIGHTS, Run, check_new_out, task_type_of
 
 
 @dataclass(kw_only=True)
@@ -50,8 +50,14 @@ def export(opts: ExportOptions, progress: bool = True) -> ExportResult:
     """Write the PEFT adapter to ``opts.out``."""
     run = Run.open(opts.run)
     out = Path(opts.out).expanduser()
-    check_new_out(out, "exported adapter")
+    with exclusive(out):
+        check_new_out(out, "exported adapter")
+        return _export(opts, run, out)
+
+
+def _export(opts: ExportOptions, run: Run, out: Path) -> ExportResult:
     if opts.against_original is None:
+        run.verify(PEFT_WEIGHTS, "PEFT adapter weights")
         with atomic_directory(out) as tmp:
             shutil.copytree(run.path / "adapter", tmp, dirs_exist_ok=True)
         return ExportResult(out, None)

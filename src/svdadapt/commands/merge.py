@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.inject import merge_and_unload
-from ..atomic import atomic_directory
+from ..atomic import atomic_directory, exclusive
 from ..options import Options, opt
 from ..runs import Run, check_new_out
 
@@ -37,10 +37,11 @@ def merge(opts: MergeOptions, progress: bool = True) -> MergeResult:
     """Write the run's model (base + adapter, float64 sums cast once, any trained head) to ``opts.out``."""
     run = Run.open(opts.run)
     out = Path(opts.out).expanduser()
-    check_new_out(out, "merged model")
-    loaded = run.load_adapted(device=opts.device)
-    merge_and_unload(loaded.model)
-    with atomic_directory(out) as tmp:
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(tmp)
+    with exclusive(out):
+        check_new_out(out, "merged model")
+        loaded = run.load_adapted(device=opts.device)
+        merge_and_unload(loaded.model)
+        with atomic_directory(out) as tmp:
+            loaded.model.save_pretrained(tmp, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(tmp)
     return MergeResult(out)

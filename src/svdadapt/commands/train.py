@@ -4,22 +4,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import backend
 from ..adapters.inject import adapter_state
-from ..atomic import write_json
+from ..atomic import exclusive, write_json
 from ..build.options import AdapterOptions, check_statistics
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
+from ..files import read_json
 from ..models import load_tokenizer, resolve_location
 from ..options import Options, group, opt
-from ..runs import RUN_FILE, Run, copy_run, update_run
+from ..runs import RUN_FILE, Run, copy_run, mark_stage, update_run
 from ..train.options import TaskOptions, TrainingOptions
 from ..train.tasks import classification_task
-from .build import BuildOptions, build
+from .build import BuildOptions, build_locked
 from .common import DEVICE_HELP, MODEL_HELP
 
 NO_RUN = "give --model, --method and --out to build a run and train it, or an existing run: svdadapt train RUN"
@@ -45,6 +48,7 @@ class TrainOptions(Options):
     training: TrainingOptions = group(TrainingOptions)
     seed: int = opt(0, "seed for initialisation, data order and dropout")
     device: str | None = opt(None, DEVICE_HELP)
+    overwrite: bool = opt(False, "replace a trained run at --out (a copy of RUN, or a run built there)")
 
     def check(self) -> None:
         if not self.out and not self.run:
@@ -57,12 +61,15 @@ class TrainOptions(Options):
 class TrainResult:
     run: Run
     results: dict = field(default_factory=dict)  # what train_results.json holds (empty on other processes)
+    resumed_finished: bool = False  # --resume found the run trained to the end: nothing was done
 
     @property
     def outputs(self) -> dict[str, str]:
         return {"run": str(self.run.path), "target": str(self.run.path)}
 
     def summary(self) -> str:
+        if self.resumed_finished:
+            return f"{self.run.path} is trained to the end already; nothing to resume (without --resume: retrain)"
         shown = {k: v for k, v in self.results.items() if k not in ("history", "log")}
         return f"{json.dumps(shown)}\ntrained run: {self.run.path} (merge or export it like a built run)"
 
@@ -98,7 +105,7 @@ def prepare_run(opts: TrainOptions, progress: bool) -> Run:
             return Run.open(out)
         if backend.world_size() > 1:
             raise SvdadaptError("under a multi-process launcher, train RUN in place (leave out --out)")
-        return copy_run(run, out)
+        return copy_run(run, out, opts.overwrite)
     if _existing_out(opts):
         return Run.open(_existing_out(opts))
     if not opts.model or not opts.adapter.method:
@@ -111,8 +118,9 @@ def prepare_run(opts: TrainOptions, progress: bool) -> Run:
     build_opts = BuildOptions(
         model=opts.model, out=opts.out, adapter=opts.adapter, calibration=opts.calibration, device=opts.device,
         seed=opts.seed, head="seq-cls" if task is not None else "auto", num_labels=task.num_labels if task else None,
+        overwrite=opts.overwrite,
     )  # fmt: skip
-    return build(build_opts, progress=progress).run
+    return build_locked(build_opts, Path(opts.out).expanduser(), progress).run  # under train's lock of OUT
 
 
 def _tokenizer(opts: TrainOptions):
@@ -125,19 +133,45 @@ def _tokenizer(opts: TrainOptions):
     return load_tokenizer(resolve_location(opts.model))
 
 
+def _trained_dir(opts: TrainOptions) -> Path:
+    """The directory this training writes: OUT, or RUN trained in place."""
+    return Path(opts.out or opts.run).expanduser()
+
+
 def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
-    """Train as the CLI does: the run ends at stage "trained" with its training results."""
+    """Train as the CLI does: the run ends at stage "trained" with its training results. One process
+    of a launch writes (and holds the run's lock); a run created here is removed if training fails
+    (not when interrupted: with --save-checkpoints it continues with --resume)."""
     from ..train.session import prepare_data, run_training  # Trainer's imports: seconds, only when training
 
     device = backend.resolve_device(opts.device)
-    started = time.monotonic()
     data = prepare_data(opts.task, _tokenizer(opts), opts.seed)  # bad data fails before a run is built
+    target = _trained_dir(opts)
+    with exclusive(target) if backend.is_main_process() else nullcontext():
+        created = not (target / RUN_FILE).exists()
+        try:
+            return _train(opts, data, device, run_training, progress)
+        except Exception:
+            if created and backend.is_main_process():
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+
+
+def _train(opts: TrainOptions, data, device: str, run_training, progress: bool) -> TrainResult:
+    started = time.monotonic()
     run = prepare_run(opts, progress)
+    before = run
+    if backend.is_main_process():
+        run = mark_stage(run, "training")  # until the trained adapter is written
     loaded = run.load_adapted(device=device)
     result = run_training(opts.training, opts.task.task, opts.seed, run, loaded, data, progress)
     head = result.pop("head_state")
     if not backend.is_main_process():  # one writer: the other processes of a launch only trained
         return TrainResult(run)
+    if opts.training.resume and result["steps_this_session"] == 0 and before.meta["stage"] == "trained":
+        mark_stage(before, "trained")  # the checkpoint was the end: the run stays as it was
+        results = read_json(run.path / "train_results.json", "training results", "train without --resume")
+        return TrainResult(Run.open(run.path), results, resumed_finished=True)
     trained = adapter_state(loaded.model, run.meta["method"])
     summary = {**result, "seconds": round(time.monotonic() - started, 1), "task": opts.task.task}
     run = update_run(run, trained, head=head or None, training=summary)

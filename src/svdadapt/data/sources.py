@@ -156,7 +156,10 @@ def _local(path: Path, schema: str | None, fields: FieldOptions) -> Corpus:
     if path.suffix == ".txt":
         if path.stat().st_size == 0:
             raise SvdadaptError(f"data file {path} is empty")
-        text = path.read_text(encoding="utf-8", errors="replace")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SvdadaptError(f"data file {path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
         if not text.strip():
             raise SvdadaptError(f"data file {path} holds only whitespace")
         return Corpus(str(path), documents=[text])

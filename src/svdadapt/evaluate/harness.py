@@ -4,13 +4,14 @@ model already in memory (a merged model, or a run's base with its adapters injec
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import SvdadaptError
-from ..hub import require_hub
+from ..hub import hub_reachable, offline_requested, require_hub
 
 INSTALL = "pip install svdadapt[eval]"
 _DATA_ERRORS = ("datasets", "huggingface_hub", "requests", "urllib3", "fsspec", "aiohttp")
@@ -26,10 +27,15 @@ def _import_lm_eval():
     return lm_eval, HFLM, TaskManager
 
 
-def check_harness(names: Sequence[str]):
-    """The hub first (the tasks' data comes from it), then lm-eval's installation: one-line errors."""
+def check_harness(names: Sequence[str], include_path: str | None = None):
+    """The hub first (the tasks' data comes from it), then lm-eval's installation: one-line errors.
+    Tasks of an --lm-eval-include directory may read local files: without the hub they run offline
+    (datasets and the hub client told so), and a task that needs the hub after all fails in one line."""
     listed = ", ".join(names)
-    require_hub(f"the data of lm-eval task(s) {listed}", "set HF_DATASETS_OFFLINE=1 to use data already cached")
+    if include_path is not None and not offline_requested() and not hub_reachable():
+        os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    else:
+        require_hub(f"the data of lm-eval task(s) {listed}", "set HF_DATASETS_OFFLINE=1 to use data already cached")
     return _import_lm_eval()
 
 
@@ -61,7 +67,7 @@ def lm_eval_tasks(
 ) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` from lm-evaluation-harness for each named task (or group)."""
     listed = ", ".join(names)
-    lm_eval, HFLM, TaskManager = check_harness(names)
+    lm_eval, HFLM, TaskManager = check_harness(names, include_path)
     manager = TaskManager(include_path=include_path)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:

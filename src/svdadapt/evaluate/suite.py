@@ -57,7 +57,7 @@ def check_source(spec: str) -> None:
         resolve(spec)  # a local file (cheap to read) or an unknown name (a clear error)
 
 
-def precheck(sources: Sequence[str], tasks: Sequence[str]) -> None:
+def precheck(sources: Sequence[str], tasks: Sequence[str], lm_eval_include: str | None = None) -> None:
     """Every check that needs no model: task names, sources, and lm-eval's data and installation."""
     for spec in tasks:
         task_kind(spec)
@@ -67,7 +67,7 @@ def precheck(sources: Sequence[str], tasks: Sequence[str]) -> None:
     if harness:
         from .harness import check_harness
 
-        check_harness(harness)
+        check_harness(harness, lm_eval_include)
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -116,7 +116,7 @@ def evaluate_model(
 
     s = settings or EvalSettings()
     sources, tasks = split_list(perplexity_sources), split_list(tasks)
-    precheck(sources, tasks)
+    precheck(sources, tasks, s.lm_eval_include)
     check_compatible(model, sources, tasks)
     length = resolve_seq_len(model, s.seq_len) if sources else s.seq_len
     results: dict = {"perplexity": {}, "tasks": {}}

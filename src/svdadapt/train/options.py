@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.templates import TEMPLATES
+from ..errors import SvdadaptError
 from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, opt
 from .tasks import TASK_CHOICES
 
@@ -49,3 +50,15 @@ class TrainingOptions(Options):
     save_checkpoints: bool = opt(False, "keep a resumable checkpoint after every epoch (trainable tensors only)")
     resume: bool = opt(False, "continue from the newest checkpoint in OUT/checkpoints")
     report_to: str = opt("none", "trackers for Trainer: none, tensorboard, wandb, ... (comma-separated)")
+
+    def check(self) -> None:
+        trackers = [t.strip() for t in self.report_to.split(",") if t.strip() not in ("", "none")]
+        if not trackers or trackers == ["all"]:
+            return
+        from transformers.integrations import get_available_reporting_integrations
+
+        installed = get_available_reporting_integrations()
+        missing = [t for t in trackers if t not in installed]
+        if missing:
+            known = ", ".join(installed) or "none is installed"
+            raise SvdadaptError(f"--report-to {missing[0]} is not an installed tracker (installed: {known})")

@@ -17,7 +17,7 @@ from ..plots import loss_curves
 from .datasets import CausalCollator, classification_features, sft_features
 from .options import TaskOptions, TrainingOptions
 from .tasks import classification_task, load_rows
-from .trainer import EpochLine, StepTimer, SvdadaptTrainer
+from .trainer import EpochLine, StepTimer, SvdadaptTrainer, epoch_history
 
 # transformers 5 renamed gradient_checkpointing (the old name warns); older versions know only that one
 CHECKPOINTING = next(
@@ -70,6 +70,11 @@ def _sft(opts: TaskOptions, tok, seed: int) -> TrainingData:
     eval_set = sft_features(samples[:held], False, opts.max_length)
     if not train_set:
         raise SvdadaptError(f"{opts.data} gives no training example with response tokens within --max-length")
+    if not eval_set:
+        raise SvdadaptError(
+            f"no held-out example of {opts.data} has response tokens within --max-length {opts.max_length}; "
+            "raise --max-length"
+        )
     return TrainingData(train_set, eval_set, CausalCollator(tok.pad_token_id), None, "loss", False)
 
 
@@ -131,24 +136,26 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
     checkpoint = get_last_checkpoint(args.output_dir) if opts.resume and Path(args.output_dir).is_dir() else None
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     model.eval()
     title = f"{run.meta['method']} on {task}"
     curve = None
     if trainer.is_world_process_zero():
         curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", title)
-    best = line.best
+    history, best = epoch_history(trainer.state.log_history, main, higher)
+    steps = trainer.state.global_step
     return {
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
+        "train_loss": trainer.loss_sum() / max(steps, 1),  # over every step, those before a resume included
+        "steps": steps,
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
         "main_metric": main,
-        "best": {"epoch": best[1], main: best[0], "metrics": best[2]} if best else None,
-        "history": line.history,
+        "best": best,
+        "history": history,
         "log": trainer.state.log_history,
         "loss_curve": str(curve) if curve else None,
-        "train_seconds_per_step": output.metrics.get("train_runtime", 0) / max(output.global_step, 1),
+        "steps_this_session": len(timer.seconds),  # 0: a resumed checkpoint was already the end
+        "train_seconds_per_step": sum(timer.seconds) / max(len(timer.seconds), 1),
         "step_seconds_median": statistics.median(timer.seconds) if timer.seconds else None,
         "head_state": {h: {k: v.detach().cpu() for k, v in getattr(model, h).state_dict().items()} for h in heads},
     }

@@ -7,15 +7,18 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
 from ..adapters.losses import Regularizer
-from ..atomic import write_safetensors
+from ..atomic import write_json, write_safetensors
+from ..errors import SvdadaptError
+from ..files import load_tensors, read_json
 
 TRAINABLE_FILE = "trainable.safetensors"
+PROGRESS_FILE = "svdadapt_progress.json"  # in each checkpoint: the loss summed over every step so far
 
 
 class SvdadaptTrainer(Trainer):
@@ -30,6 +33,7 @@ class SvdadaptTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.regularizer = regularizer
+        self.resumed_loss_sum = 0.0  # what the checkpoint resumed from had summed
         self.module_lr, self.head_lr = module_lr, head_lr
         self.head_prefixes = head_prefixes
         self._parts: dict[str, float] = {}
@@ -84,11 +88,27 @@ class SvdadaptTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         trainable = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         write_safetensors(os.path.join(output_dir, TRAINABLE_FILE), trainable)
+        progress = {"loss_sum": self.loss_sum(), "steps": self.state.global_step}
+        write_json(os.path.join(output_dir, PROGRESS_FILE), progress)
+
+    def loss_sum(self) -> float:
+        """The training loss summed over every step so far, a resumed session's earlier ones included
+        (Trainer's own ``training_loss`` covers only the steps of one ``train()`` call)."""
+        pending = getattr(self, "_tr_loss", None)  # accumulated since the last log (transformers ≥ 5)
+        pending = float(pending) if isinstance(pending, torch.Tensor) else 0.0
+        return self.resumed_loss_sum + getattr(self, "_total_loss_scalar", 0.0) + pending
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = model or self.model
-        saved = load_file(os.path.join(resume_from_checkpoint, TRAINABLE_FILE))
-        params = dict(model.named_parameters())
+        path = Path(resume_from_checkpoint) / TRAINABLE_FILE
+        fix = f"delete {resume_from_checkpoint} to resume from the checkpoint before it"
+        saved = load_tensors(path, "training checkpoint", fix)
+        progress_file = Path(resume_from_checkpoint) / PROGRESS_FILE
+        if progress_file.is_file():
+            self.resumed_loss_sum = float(read_json(progress_file, "training progress", fix).get("loss_sum", 0.0))
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if set(saved) != set(params) or any(saved[n].shape != params[n].shape for n in saved):
+            raise SvdadaptError(f"training checkpoint {path} holds other tensors than this run trains; {fix}")
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
@@ -108,28 +128,47 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+TIMING = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+
+
+def epoch_history(log_history: list[dict], main_metric: str, higher_is_better: bool) -> tuple[list[dict], dict | None]:
+    """Per evaluated epoch, its metrics and the task loss logged last before it; and the best epoch by
+    ``main_metric``. Read from Trainer's log, which a resumed training restores whole."""
+    history: list[dict] = []
+    best: dict | None = None
+    train_loss = None
+    for entry in log_history:
+        if "loss" in entry:
+            train_loss = entry.get("task_loss", entry["loss"])
+        if not any(key.startswith("eval_") for key in entry):
+            continue
+        metrics = {k.removeprefix("eval_"): v for k, v in entry.items() if k.startswith("eval_")}
+        epoch = max(math.ceil((entry.get("epoch") or 0) - 1e-9) - 1, 0)
+        history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+        score = metrics.get(main_metric)
+        better = best is None or (score > best[main_metric] if higher_is_better else score < best[main_metric])
+        if score is not None and better:
+            best = {"epoch": epoch, main_metric: score, "metrics": metrics}
+    return history, best
+
+
 class EpochLine(TrainerCallback):
-    """After each evaluation, print the KaSA seed's log line and track the best epoch."""
+    """Log the training loss at the end of every epoch, and after each evaluation print the KaSA
+    seed's line (with the best so far, read from the whole log)."""
 
     def __init__(self, main_metric: str, higher_is_better: bool = True) -> None:
         self.main_metric = main_metric
         self.higher = higher_is_better
-        self.best: tuple[float, int, dict] | None = None
-        self.history: list[dict] = []
-        self._train_loss = float("nan")
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self._train_loss = logs.get("task_loss", logs["loss"])
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_log = True  # every epoch's line has its own training loss
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        metrics = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items()}
-        epoch = max(math.ceil((state.epoch or 0) - 1e-9) - 1, 0)
-        score = metrics.get(self.main_metric)
-        if score is not None and (self.best is None or (score > self.best[0] if self.higher else score < self.best[0])):
-            self.best = (score, epoch, metrics)
-        timing = ("runtime", "samples_per_second", "steps_per_second", "epoch")
-        shown = {k: v for k, v in metrics.items() if k not in timing}
-        best = self.best[0] if self.best else float("nan")
-        self.history.append({"epoch": epoch, "train_loss": self._train_loss, **metrics})
-        print(f"epoch {epoch}: {shown} , current_best_{self.main_metric}: {best} train_loss: {self._train_loss}")
+        history, best = epoch_history([*state.log_history, metrics or {}], self.main_metric, self.higher)
+        latest = history[-1]
+        shown = {k: v for k, v in latest.items() if k not in (*TIMING, "train_loss")}
+        best_score = best[self.main_metric] if best else float("nan")
+        print(
+            f"epoch {latest['epoch']}: {shown} , current_best_{self.main_metric}: {best_score} "
+            f"train_loss: {latest['train_loss']}"
+        )
