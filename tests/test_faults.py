@@ -336,9 +336,8 @@ def test_bad_recipes_and_flags_are_one_line(made, capsys, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_bytes(b"model: caf\xe9\n")
     one_line(capsys, "run", recipe, names=[recipe, "UTF-8"])
-    recipe.write_text(
-        f"model: {made['model']}\nout: {tmp_path / 'o'}\ncalibrate: {{data: news}}\nbuild: {{method: pissa, rank: [1]}}\n"
-    )  # noqa: E501
+    stages = "calibrate: {data: news}\nbuild: {method: pissa, rank: [1]}\n"
+    recipe.write_text(f"model: {made['model']}\nout: {tmp_path / 'o'}\n{stages}")
     one_line(capsys, "run", recipe, names=["--rank must be an integer"])
     one_line(capsys, "run", recipe, "calibrate.samples=abc", names=["--samples must be an integer"])
     assert not (tmp_path / "o").exists()  # checked before the first stage ran
