@@ -348,6 +348,8 @@ def test_bad_recipes_and_flags_are_one_line(made, capsys, tmp_path):
              "--out", tmp_path / "c", names=[latin, "UTF-8"])  # fmt: skip
     one_line(capsys, "build", "--model", made["model"], "--method", "pissa", "--rank", "4", "--rank-pattern",
              "no_such_proj=8", "--out", tmp_path / "p", names=["no_such_proj"])  # fmt: skip
+    one_line(capsys, "quickstart", "--model", made["model"], "--calib-seq-len", "4096", "--out", tmp_path / "q",
+             names=["--calib-seq-len 4096"])  # fmt: skip
     one_line(capsys, "train", made["run"], "--out", tmp_path / "short", *SFT[:-4], "--max-length", "20",
              "--device", "cpu", names=["--max-length"])  # fmt: skip
     assert not (tmp_path / "short").exists()

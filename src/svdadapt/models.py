@@ -145,7 +145,19 @@ def load_model(
 
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's position embeddings allow, if it says."""
-    config = getattr(model, "config", None)
+    return positions_of(getattr(model, "config", None))
+
+
+def positions_of_model(spec: str) -> int | None:
+    """:func:`max_positions` of the model ``spec`` names, from its config alone (nothing loaded)."""
+    location = resolve_location(spec)
+    try:
+        return positions_of(AutoConfig.from_pretrained(location))
+    except LOAD_ERRORS as exc:
+        raise SvdadaptError(f"could not read the config of {location}: {first_line(exc)}") from None
+
+
+def positions_of(config) -> int | None:
     for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:

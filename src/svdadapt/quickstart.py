@@ -32,6 +32,7 @@ from .data.options import DataOptions
 from .errors import SvdadaptError
 from .evaluate.settings import EvalSettings
 from .methods import get_method
+from .models import positions_of_model
 from .options import POSITIVE, Options, at_least, flat_values, opt
 from .plots import plot_lines
 from .runs import Run
@@ -158,6 +159,10 @@ def quickstart(opts: QuickstartOptions, progress: bool = True) -> QuickstartResu
     """Run the whole comparison; the report goes to ``OUT/report``."""
     started = time.monotonic()
     out = Path(opts.out).expanduser()
+    limit = positions_of_model(opts.model)
+    for flag, value in (("--calib-seq-len", opts.calib_seq_len), ("--eval-seq-len", opts.eval_seq_len)):
+        if limit is not None and value > limit:
+            raise SvdadaptError(f"{flag} {value} is beyond this model's limit of {limit} positions")
     covariances = out / "covariances"
     calibrated = calibrate(
         CalibrateOptions(
