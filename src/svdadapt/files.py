@@ -6,16 +6,17 @@
 - :func:`check_safetensors`: the header of a safetensors file against the file itself (truncated,
   damaged header, unknown dtype, a tensor's bytes not where its shape says), without reading data.
 - :func:`load_tensors` / :func:`open_tensors`: the tensors of a checked file.
-- :func:`file_record` / :func:`verify_record`: the size and sha256 a store or run records for each
-  file it wrote, and their check.
+- :func:`file_record` / :func:`verify_record`: the size and CRC-32 a store or run records for each
+  file it wrote, and their check (a checksum against accidental damage: whoever can edit a file can
+  edit the record beside it too, so a cryptographic hash would promise nothing more).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,17 +125,17 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def crc32(path: Path) -> str:
+    value = 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+            value = zlib.crc32(chunk, value)
+    return f"{value:08x}"
 
 
 def file_record(path: Path) -> dict:
-    """What a store or run records of a file it wrote: its size and sha256."""
-    return {"bytes": os.path.getsize(path), "sha256": sha256(path)}
+    """What a store or run records of a file it wrote: its size and CRC-32."""
+    return {"bytes": os.path.getsize(path), "crc32": crc32(path)}
 
 
 def verify_record(path: Path, record: Any, what: str, fix: str, checksum: bool = True) -> None:
@@ -146,5 +147,5 @@ def verify_record(path: Path, record: Any, what: str, fix: str, checksum: bool =
     size = path.stat().st_size
     if record.get("bytes") is not None and size != record["bytes"]:
         raise SvdadaptError(f"{what} {path} has {size} bytes, {record['bytes']} were written; {fix}")
-    if checksum and record.get("sha256") and sha256(path) != record["sha256"]:
+    if checksum and record.get("crc32") and crc32(path) != record["crc32"]:
         raise SvdadaptError(f"{what} {path} is not the file that was written (checksum differs); {fix}")
