@@ -355,6 +355,21 @@ def test_bad_recipes_and_flags_are_one_line(made, capsys, tmp_path):
     assert not (tmp_path / "short").exists()
 
 
+def test_a_full_disk_while_writing_is_one_line_naming_the_output_and_leaves_nothing(
+    made, capsys, tmp_path, monkeypatch
+):
+    import svdadapt.runs as runs
+
+    def full(target, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(target))
+
+    monkeypatch.setattr(runs, "write_safetensors", full)
+    args = build_args(made, tmp_path / "run", "--data", made["text"], "--samples", "4", "--seq-len", "32")
+    message = one_line(capsys, *args, names=["No space left", "run/adapter_state"])
+    assert ".tmp" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------ smaller
 def test_files_written_take_the_usual_mode_and_epoch_lines_have_a_loss(made, capsys, tmp_path):
     old = os.umask(0o022)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from .backend import set_aside_live_objects
@@ -96,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("svdadapt: interrupted (long jobs continue where they stopped with --resume)", file=sys.stderr)
         return 130
-    except OSError as exc:
-        print(f"svdadapt: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # disk full, permissions, ...: said of the output's own name
+        message = TEMPORARY.sub(r"\1", str(exc))
+        print(f"svdadapt: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+# the temporary sibling an atomic write fills (.NAME.XXXXXXXX.tmp) is named by the output it becomes
+TEMPORARY = re.compile(r"\.([^/\s]+?)\.[a-z0-9_]{8}\.tmp")
 
 
 def console() -> None:
