@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from .memory import file_mappings
-
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -62,16 +60,17 @@ def checkpoint_dir(location: str) -> Path | None:
 
 
 def shard_names(directory: Path) -> list[str] | None:
+    """The checkpoint's shard files, or None where there is none, or where its index is unreadable or
+    names a file outside ``directory`` (then nothing is streamed)."""
     if (directory / INDEX).is_file():
-        return sorted(set(json.loads((directory / INDEX).read_text())["weight_map"].values()))
+        try:
+            names = sorted(set(json.loads((directory / INDEX).read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        root = directory.resolve()
+        inside = all(isinstance(n, str) and (directory / n).resolve().is_relative_to(root) for n in names)
+        return names if inside else None
     return [SINGLE] if (directory / SINGLE).is_file() else None
-
-
-def checkpoint_mappings(location: str) -> list[tuple[int, int]]:
-    """The never-written private mappings of a model's safetensors files (see memory.file_mappings)."""
-    source = checkpoint_dir(location)
-    shards = shard_names(source) if source is not None else None
-    return file_mappings([str(source / s) for s in shards], clean_only=True) if shards else []
 
 
 def same_layout(state: dict[str, torch.Tensor], slots: dict[str, Slot]) -> bool:
