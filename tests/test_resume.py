@@ -71,6 +71,8 @@ def test_resume_after_interruption_is_identical(mode, tiny_dirs, text_file, tmp_
         calibrate(_opts(tiny_dirs["llama"], text_file, tmp_path / "b", **extra), progress=False)
     monkeypatch.undo()
     assert not (tmp_path / "b" / "store.json").exists()
+    if mode == "full":  # --checkpoint-seconds reached the pass: it saved its sums, the resume starts there
+        assert (tmp_path / "b" / ".partial" / "full-state.safetensors").is_file()
     with pytest.raises(SvdadaptError, match="--resume"):
         calibrate(_opts(tiny_dirs["llama"], text_file, tmp_path / "b", **extra), progress=False)
     resumed = calibrate(_opts(tiny_dirs["llama"], text_file, tmp_path / "b", resume=True, **extra), progress=False)
