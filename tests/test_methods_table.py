@@ -90,7 +90,7 @@ def test_a_new_method_is_one_registered_init_and_one_row(tiny_dirs, text_file, t
     def vectors_a(layer: LayerInit):
         A = layer.taken.V.T.to(layer.dtype)  # (r, in)
         B = A.new_zeros(layer.W.shape[0], layer.rank)  # (out, r)
-        return LayerAdapter(A, B, layer.alpha), None
+        return LayerAdapter(A, B, layer.alpha)
 
     monkeypatch.setitem(inits.INITS, "vectors-A", inits.Init("vectors-A", vectors_a, (Base.ORIGINAL,)))
     row = Method("top-vectors", "A from the top-r right singular vectors of W·C", "vectors-A", "context", Take.TOP)

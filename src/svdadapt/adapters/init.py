@@ -1,9 +1,10 @@
 """Initialising one layer's adapter, and the frozen base it implies: the registered inits.
 
 An init is a function of one layer (its weight, the components the method row takes, rank, alpha
-and the random tensors drawn for it) that returns the adapter and the layer's new base weight (or
-None when the base stays W). A method row names its init; a new kind of initialisation is one more
-function registered here with :func:`register_init`.
+and the random tensors drawn for it) that returns the adapter, with what it takes from the frozen
+base as the adapter's base change (original W = base + c·P·Q; none when the base stays W). A method
+row names its init; a new kind of initialisation is one more function registered here with
+:func:`register_init`. :func:`base_without` gives the new base weight from W and the adapter.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class LayerInit:
         return torch.float64 if self.W.dtype == torch.float64 else torch.float32
 
 
-InitFunction = Callable[[LayerInit], tuple[LayerAdapter, torch.Tensor | None]]
+InitFunction = Callable[[LayerInit], LayerAdapter]
 
 
 @dataclass(frozen=True)
@@ -93,22 +94,19 @@ def draw_random(init: str, diag: bool, rank: int, in_features: int, generator: t
 
 
 @register_init("svd", bases=(Base.RESIDUAL,))
-def components_init(layer: LayerInit) -> tuple[LayerAdapter, torch.Tensor]:
-    """The adapter holds the taken components, A = √(S/s) Vᵀ, B = U √(S/s); the base is W − s·B·A,
-    computed in one multiply-subtract from the factors as stored, so that base + adapter reproduces
-    W to that precision's rounding (an identity at init)."""
-    comp, scaling, work = layer.taken, layer.scaling, layer.work_dtype
+def components_init(layer: LayerInit) -> LayerAdapter:
+    """The adapter holds the taken components, A = √(S/s) Vᵀ, B = U √(S/s), and the base gives up
+    exactly s·B·A as stored, so that base + adapter reproduces W (an identity at init)."""
+    comp, scaling = layer.taken, layer.scaling
     root = (comp.S / scaling).clamp_min(0).sqrt()  # (r,): S ← S/s, split evenly
     A = (root[:, None] * comp.V.T).to(layer.dtype)  # (r, in)
     B = (comp.U * root).to(layer.dtype)  # (out, r)
-    new_base = torch.addmm(layer.W.detach().to(work), B.to(work), A.to(work), alpha=-scaling)  # (out, in)
-    adapter = LayerAdapter(A, B, layer.alpha, base_P=B.clone(), base_Q=A.clone(), base_scaling=scaling)
-    adapter.damping = comp.damping
-    return adapter, new_base
+    return LayerAdapter(A, B, layer.alpha, base_P=B.clone(), base_Q=A.clone(), base_scaling=scaling,
+                        damping=comp.damping)  # fmt: skip
 
 
 @register_init("lora", bases=(Base.ORIGINAL, Base.TRUNCATED), random_A=True)
-def lora_init(layer: LayerInit) -> tuple[LayerAdapter, torch.Tensor | None]:
+def lora_init(layer: LayerInit) -> LayerAdapter:
     """A Kaiming-uniform, B = 0 (and ΔΣ ~ N(0, 1) where drawn): the adapter adds nothing at init. On a
     truncated base the taken components are dropped from W and kept as P = U_d S_d, Q = V_dᵀ."""
     out_features = layer.W.shape[0]
@@ -116,9 +114,19 @@ def lora_init(layer: LayerInit) -> tuple[LayerAdapter, torch.Tensor | None]:
     B = torch.zeros(out_features, layer.rank, dtype=layer.dtype)
     diag = layer.random.diag.to(layer.dtype) if layer.random.diag is not None else None
     if layer.base is not Base.TRUNCATED:
-        return LayerAdapter(A, B, layer.alpha, diag), None
+        return LayerAdapter(A, B, layer.alpha, diag)
     dropped, work = layer.taken, layer.work_dtype
     P = (dropped.U * dropped.S).to(work)  # (out, r)
     Q = dropped.V.T.to(work)  # (r, in)
-    adapter = LayerAdapter(A, B, layer.alpha, diag, base_P=P, base_Q=Q, damping=dropped.damping)
-    return adapter, torch.addmm(layer.W.detach().to(work), P, Q, alpha=-1.0)
+    return LayerAdapter(A, B, layer.alpha, diag, base_P=P, base_Q=Q, damping=dropped.damping)
+
+
+def base_without(W: torch.Tensor, adapter: LayerAdapter) -> torch.Tensor | None:
+    """The new base weight, W − c·P·Q (out, in), or None when the adapter took nothing from W. One
+    multiply-subtract in float32 (float64 for float64 weights) from the factors as stored, so that
+    the base plus what the adapter adds back reproduces W to that precision's rounding."""
+    if adapter.base_P is None:
+        return None
+    work = torch.float64 if W.dtype == torch.float64 else torch.float32
+    P, Q = adapter.base_P.to(W.device, work), adapter.base_Q.to(W.device, work)  # (out, q), (q, in)
+    return torch.addmm(W.detach().to(work), P, Q, alpha=-adapter.base_scaling)

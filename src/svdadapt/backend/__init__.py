@@ -10,8 +10,9 @@ exports, never the modules behind it:
   domain code.
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
   or saved); the one place that hands memory back to the OS.
-- processes and devices: ``resolve_device``, ``default_device``, ``world_size``,
-  ``is_main_process``, ``share_of``, ``sum_across_processes``.
+- processes and devices: ``resolve_device``, ``default_device``, ``process_group`` (joins the
+  other processes of a launch), ``world_size``, ``rank``, ``is_main_process``, ``share_of``,
+  ``sum_across_processes``, ``from_main``, ``barrier``.
 - the garbage collector: ``collection_paused``, ``set_aside_live_objects``.
 """
 
@@ -22,9 +23,13 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .devices import Backend, on
     from .gram import mirror_upper
     from .launch import (
+        barrier,
         default_device,
+        from_main,
         in_process_group,
         is_main_process,
+        process_group,
+        rank,
         resolve_device,
         share_of,
         sum_across_processes,
@@ -34,6 +39,10 @@ with collection_paused():  # torch: many long-lived objects, no garbage
 
 __all__ = [
     "Backend",
+    "barrier",
+    "from_main",
+    "process_group",
+    "rank",
     "BaseWriter",
     "LayerJob",
     "LayerPool",

@@ -13,7 +13,8 @@ import contextlib
 import torch
 
 from . import gram, lapack, onednn
-from .scheduling import LayerPool, cpu_workers
+from .launch import in_process_group
+from .scheduling import LayerPool, SharedLayerPool, cpu_workers
 
 
 class Backend:
@@ -44,8 +45,12 @@ class Backend:
         return values[lo : hi + 1], vectors[:, lo : hi + 1]
 
     def layer_pool(self) -> LayerPool:
-        """Workers for per-layer jobs (a context manager)."""
-        return LayerPool(1)
+        """Workers for per-layer jobs (a context manager), shared with the other processes of a group."""
+        return self._pool(1)
+
+    @staticmethod
+    def _pool(workers: int) -> LayerPool:
+        return SharedLayerPool(workers) if in_process_group() else LayerPool(workers)
 
 
 class CpuBackend(Backend):
@@ -61,7 +66,7 @@ class CpuBackend(Backend):
         return lapack.eigh(G, subset)
 
     def layer_pool(self) -> LayerPool:
-        return LayerPool(cpu_workers())
+        return self._pool(cpu_workers())
 
 
 GENERIC = Backend()

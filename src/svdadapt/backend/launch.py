@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -65,8 +66,76 @@ def share_of(items: Iterable[T]) -> Iterable[T]:
     return itertools.islice(items, dist.get_rank(), None, dist.get_world_size())
 
 
+@contextmanager
+def _collective() -> Iterator[None]:
+    """A step all processes take together: if another process of the launch died or failed, one line."""
+    try:
+        yield
+    except RuntimeError as exc:  # gloo and NCCL report a peer that is gone as RuntimeError
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SvdadaptError(
+            f"another process of the launch stopped ({text}); what was written is complete or was not "
+            "kept: launch again, with --resume where the command takes it"
+        ) from None
+
+
 def sum_across_processes(tensors: Iterable[torch.Tensor]) -> None:
     """Replace each tensor, in place, by its sum over the process group (nothing in one process)."""
     if in_process_group():
-        for tensor in tensors:
-            dist.all_reduce(tensor)
+        with _collective():
+            for tensor in tensors:
+                dist.all_reduce(tensor)
+
+
+@contextmanager
+def process_group(device: str | torch.device) -> Iterator[None]:
+    """Inside, under a launcher (``torchrun``, ``accelerate launch``: WORLD_SIZE > 1), this process is
+    in a ``torch.distributed`` group with the others (NCCL on GPUs, gloo on CPUs); one process, or a
+    group someone else started (Trainer's), is left as it is."""
+    if world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    kind = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if kind == "nccl":
+        torch.cuda.set_device(torch.device(device))
+    try:
+        dist.init_process_group(kind)
+    except (RuntimeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SvdadaptError(f"could not join the other processes of the launch ({text})") from None
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's rank in its process group (0 without one)."""
+    return dist.get_rank() if in_process_group() else 0
+
+
+def barrier() -> None:
+    """Wait until every process of the group arrives (nothing in one process)."""
+    if in_process_group():
+        with _collective():
+            dist.barrier()
+
+
+def from_main(value: T) -> T:
+    """Rank 0's ``value`` on every process (``value`` itself in one process)."""
+    if not in_process_group():
+        return value
+    box = [value]
+    with _collective():
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gathered(values: list[T]) -> list[T]:
+    """Every process's ``values``, concatenated in rank order, on every process."""
+    if not in_process_group():
+        return values
+    boxes: list = [None] * dist.get_world_size()
+    with _collective():
+        dist.all_gather_object(boxes, values)
+    return [v for box in boxes for v in box]

@@ -72,6 +72,10 @@ class LayerPool:
             results = list(self._pool.map(lambda job: job.run(), ordered))
         return zip([job.name for job in ordered], results)
 
+    def map_here(self, jobs: Iterable[LayerJob[T]]) -> Iterator[tuple[str, T]]:
+        """The same as :meth:`map`: there is one process."""
+        return self.map(jobs)
+
     def close(self) -> None:
         self._pool.shutdown()
 
@@ -80,6 +84,30 @@ class LayerPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SharedLayerPool(LayerPool):
+    """A :class:`LayerPool` of one process among several (a ``torch.distributed`` group): :meth:`map`
+    gives each process a share of the jobs (the longest first, each to the least-loaded process:
+    the same plan on every process) and hands every result to every process; :meth:`map_here` runs
+    jobs in this process only (e.g. writing, which one process does)."""
+
+    def map(self, jobs: Iterable[LayerJob[T]]) -> Iterator[tuple[str, T]]:
+        from .launch import gathered, rank, world_size
+
+        ordered = sorted(jobs, key=lambda job: -job.cost)
+        load = [0] * world_size()
+        mine = []
+        for job in ordered:  # longest processing time first
+            owner = load.index(min(load))
+            load[owner] += job.cost
+            if owner == rank():
+                mine.append(job)
+        results = dict(gathered(list(super().map(mine))))
+        return ((job.name, results[job.name]) for job in ordered)
+
+    def map_here(self, jobs: Iterable[LayerJob[T]]) -> Iterator[tuple[str, T]]:
+        return super().map(jobs)
 
 
 def cpu_workers() -> int:

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import backend
-from ..adapters.init import INITS, LayerInit, RandomInit, draw_random
+from ..adapters.init import INITS, LayerInit, RandomInit, base_without, draw_random
 from ..adapters.state import AdapterSet, LayerAdapter
 from ..decompose import DECOMPOSITIONS, Context, factorize, shared_contexts
 from ..methods import Method
@@ -26,7 +26,7 @@ from .waves import Unit
 
 def _build_layer(
     method: Method, name: str, plan: LayerPlan, contexts: Callable[[float], Context] | None, random: RandomInit, dtype
-) -> tuple[LayerAdapter, torch.Tensor | None]:
+) -> LayerAdapter:
     W = weight_matrix(plan.module)  # (out, in)
     taken = factorize(W, contexts, name, want=(method.take, plan.rank)) if method.decomposition else None
     layer = LayerInit(W, taken, plan.rank, plan.alpha, random, dtype, method.base)
@@ -47,10 +47,15 @@ def build_adapters(
     seed: int = 0,
     progress: bool = True,
     put_base: Callable[[str, nn.Module, torch.Tensor], None] | None = None,
+    write_base: bool = True,
 ) -> AdapterSet:
     """Initialise every planned layer's adapter. New base weights (out, in) go to
-    ``put_base(name, module, W)`` (e.g. a :class:`~.base_file.StreamedBase`), by default into the
-    model in place."""
+    ``put_base(name, module, W)`` (e.g. a run's base writer), by default into the model in place;
+    nowhere without ``write_base`` (a process of a group that does not write).
+
+    In one process each layer's base is written by the job that decomposed it; in a process group
+    the layers are shared out, and the writing process writes the bases of the others' layers from
+    the adapters they hand back."""
     put_base = put_base or (lambda _name, module, W: set_weight_matrix(module, W))
     generator = torch.Generator().manual_seed(seed)
     row = DECOMPOSITIONS[method.decomposition] if method.decomposition else None
@@ -60,17 +65,26 @@ def build_adapters(
     }
     device = next(iter(plan.values())).module.weight.device if plan else "cpu"
     built: dict[str, LayerAdapter] = {}
+    written: set[str] = set()
+
+    def write(name: str, adapter: LayerAdapter) -> LayerAdapter:
+        module = plan[name].module
+        new_base = base_without(weight_matrix(module), adapter) if write_base else None
+        if new_base is not None:
+            put_base(name, module, new_base)  # layers are distinct: safe from parallel workers
+        written.add(name)
+        return adapter
 
     def job(name: str, contexts: Callable[[float], Context] | None) -> backend.LayerJob[LayerAdapter]:
         p = plan[name]
 
         def run() -> LayerAdapter:
-            adapter, new_base = _build_layer(method, name, p, contexts, randoms[name], adapter_dtype(p.module))
-            if new_base is not None:
-                put_base(name, p.module, new_base)  # layers are distinct: safe from parallel workers
-            return adapter
+            return write(name, _build_layer(method, name, p, contexts, randoms[name], adapter_dtype(p.module)))
 
         return backend.LayerJob(name, tuple(weight_matrix(p.module).shape), run)
+
+    def write_job(name: str, adapter: LayerAdapter) -> backend.LayerJob[LayerAdapter]:
+        return backend.LayerJob(name, tuple(weight_matrix(plan[name].module).shape), lambda: write(name, adapter))
 
     bar = tqdm(total=len(plan), desc=f"building {method.name}", unit="layer", disable=not progress)
     with bar, backend.on(device).layer_pool() as pool:
@@ -79,9 +93,12 @@ def build_adapters(
             for unit in wave:
                 contexts = shared_contexts(row, unit.statistic, unit.names[0]) if row else None
                 jobs += [job(name, contexts) for name in unit.names if name in plan]
-            for name, adapter in pool.map(jobs):
-                built[name] = adapter
-                bar.update(1)
+            results = dict(pool.map(jobs))
+            if write_base:  # the layers other processes decomposed
+                elsewhere = [write_job(name, adapter) for name, adapter in results.items() if name not in written]
+                results.update(pool.map_here(elsewhere))
+            built.update(results)
+            bar.update(len(results))
     missing = [n for n in plan if n not in built]
     if missing:
         raise RuntimeError(f"no statistics reached {len(missing)} layers, e.g. {missing[0]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,10 +101,13 @@ def _statistics(opts: BuildOptions, loaded, method, plan, progress: bool):
 
 
 def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
-    """Run a build as the CLI does: the run is written to ``opts.out``."""
+    """Run a build as the CLI does: the run is written to ``opts.out``. Under a launcher each process
+    calibrates its share of the batches (sums added up across processes) and decomposes its share of
+    each block's layers; rank 0 alone writes the run (and holds the lock of ``--out``)."""
     out = Path(opts.out).expanduser()
-    with exclusive(out):
-        return build_locked(opts, out, progress)
+    device = backend.resolve_device(opts.device)
+    with backend.process_group(device), exclusive(out) if backend.is_main_process() else nullcontext():
+        return build_locked(opts, out, progress and backend.is_main_process())
 
 
 def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
@@ -111,7 +115,9 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
     started = time.monotonic()
     adapter = opts.adapter
     method = get_method(adapter.method, adapter.truncation)
-    check_run_out(out, opts.overwrite)
+    writer = backend.is_main_process()
+    if writer:
+        check_run_out(out, opts.overwrite)
     device = backend.resolve_device(opts.device)
     head_kwargs = {}
     if opts.head == "seq-cls":
@@ -121,7 +127,8 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
     modules = find_targets(loaded.model, adapter.targets)
     plan = plan_layers(modules, adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
     changed = method.changes_base or opts.head == "seq-cls"  # a new head lives in the base
-    base = backend.open_base_writer(loaded.model, loaded.location, [f"{n}.weight" for n in plan], changed)
+    keys = [f"{n}.weight" for n in plan]
+    base = backend.open_base_writer(loaded.model, loaded.location, keys, changed and writer)
     for name, layer in plan.items():  # fail before any long work starts
         check_finite(weight_matrix(layer.module), name)
         base.release(layer.module.weight)  # the check read it in; the build reads it when due
@@ -130,6 +137,9 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
         "name": loaded.name, "location": loaded.location,
     }  # fmt: skip
     waves, calibration = _statistics(opts, loaded, method, plan, progress)
+    if not writer:  # decompose this process's share of the layers; rank 0 writes the run
+        build_adapters(method, plan, waves, seed=opts.seed, progress=False, write_base=False)
+        return BuildResult(Run(out, backend.from_main(None)))
     with atomic_directory(out) as tmp:
         base.start(tmp / "base")
 
@@ -155,4 +165,4 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
             "build_seconds": round(time.monotonic() - started, 2),
         }
         meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, changed, base_fingerprint)
-    return BuildResult(Run(out, meta))
+    return BuildResult(Run(out, backend.from_main(meta)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,16 +74,21 @@ class CalibrateResult:
 
 
 def calibrate(opts: CalibrateOptions, progress: bool = True) -> CalibrateResult:
-    """Run a calibration as the CLI does: the store is written to ``opts.out``."""
+    """Run a calibration as the CLI does: the store is written to ``opts.out``. Under a launcher each
+    process takes its share of the batches, the sums are added up across processes, and rank 0
+    alone writes (and holds the lock of ``--out``)."""
     out = Path(opts.out).expanduser()
-    with exclusive(out):
-        return _calibrate(opts, out, progress)
+    device = backend.resolve_device(opts.device)
+    with backend.process_group(device), exclusive(out) if backend.is_main_process() else nullcontext():
+        return _calibrate(opts, out, device, progress and backend.is_main_process())
 
 
-def _calibrate(opts: CalibrateOptions, out: Path, progress: bool) -> CalibrateResult:
+def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -> CalibrateResult:
     started = time.monotonic()
-    check_out_dir(out, opts.resume)
-    loaded = load_model(opts.model, device=backend.resolve_device(opts.device))
+    writer = backend.is_main_process()
+    if writer:
+        check_out_dir(out, opts.resume)
+    loaded = load_model(opts.model, device=device)
     opts.source.check_length(max_positions(loaded.model))
     targets = find_targets(loaded.model, opts.targets)
     mode = resolve_mode(loaded.model, targets, opts.mode)
@@ -98,31 +104,38 @@ def _calibrate(opts: CalibrateOptions, out: Path, progress: bool) -> CalibrateRe
         "store_dtype": opts.store_dtype,
         "mode": mode,
     }
-    run = PartialRun(out, spec, opts.resume)
-    if run.complete:
-        store = CovarianceStore.load(out)
-        store.verify()  # complete means every shard is the one written
-        return CalibrateResult(store, reused=True)
-    done = run.done_units()
+    run = PartialRun(out, spec, opts.resume) if writer else None
+    complete, done = backend.from_main((run.complete, run.done_units()) if writer else None)
+    if complete:
+        if writer:
+            CovarianceStore.load(out).verify()  # complete means every shard is the one written
+        backend.barrier()
+        return CalibrateResult(CovarianceStore.load(out), reused=True)
+    alone = not backend.in_process_group()  # whole-model checkpoints hold one process's sums: not in a group
     settings = PassSettings(
         accumulate_dtype=DTYPES[opts.accumulate_dtype], store_dtype=DTYPES[opts.store_dtype], progress=progress,
-        total_samples=sum(len(b["input_ids"]) for b in batches), start_block=(max(done) + 1) if done else 0,
-        resume=run.load_full_state() if mode == "full" else None, on_checkpoint=run.save_full_state,
-        checkpoint_seconds=opts.checkpoint_seconds,
+        total_samples=sum(len(b["input_ids"]) for b in backend.share_of(batches)),
+        start_block=(max(done) + 1) if done else 0,
+        resume=run.load_full_state() if mode == "full" and alone else None,
+        on_checkpoint=run.save_full_state if alone else None, checkpoint_seconds=opts.checkpoint_seconds,
     )  # fmt: skip
     for unit, groups in iter_covariances(loaded.model, batches, targets, settings, mode):
-        run.write_unit(unit, groups)
-    store = run.finish(
-        {
-            "model": identity,
-            "source": source,
-            "samples": sum(len(b["input_ids"]) for b in batches),
-            "seq_len": max(b["input_ids"].shape[1] for b in batches),
-            "num_tokens": int(sum(b["attention_mask"].sum() for b in batches)),
-            "dtype": opts.store_dtype,
-            "accumulate_dtype": opts.accumulate_dtype,
-            "mode": mode,
-            "seconds": round(time.monotonic() - started, 2),
-        }
-    )
-    return CalibrateResult(store)
+        if writer:
+            run.write_unit(unit, groups)
+    if writer:
+        run.finish(
+            {
+                "model": identity,
+                "source": source,
+                "samples": sum(len(b["input_ids"]) for b in batches),
+                "seq_len": max(b["input_ids"].shape[1] for b in batches),
+                "num_tokens": int(sum(b["attention_mask"].sum() for b in batches)),
+                "dtype": opts.store_dtype,
+                "accumulate_dtype": opts.accumulate_dtype,
+                "mode": mode,
+                "processes": backend.world_size(),
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
+    backend.barrier()  # the store is complete before any process returns it
+    return CalibrateResult(CovarianceStore.load(out))
