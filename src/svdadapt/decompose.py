@@ -103,29 +103,45 @@ def activation_context(mean_abs: torch.Tensor, alpha: float = ASVD_ALPHA) -> Con
     return Context(apply=lambda W: W * scale.to(W.device), solve=lambda X: X / scale.to(X.device)[:, None])
 
 
+APPLY_COLUMNS = 512  # columns of C' made float64 at a time when only W·C' is wanted
+
+
 def covariance_context(C: torch.Tensor, damping: float = DEFAULT_DAMPING, name: str = "layer") -> Context:
-    """CorDA's K = C' = C + λ·mean(diag C)·I. Its Cholesky factor is computed only if a solve needs it
-    (layers with out ≤ in never do), once, and shared by every layer decomposed with this context."""
+    """CorDA's K = C' = C + λ·mean(diag C)·I. W·C' is computed a block of columns of C' at a time, so
+    that no float64 copy of all of C' exists unless a solve needs one (layers with out ≤ in never do):
+    then C' and its Cholesky factor are made once and shared by every layer of this context."""
     if not all_finite(C):
         raise SvdadaptError(f"covariance of {name} has non-finite values; recalibrate")
-    damped = C.detach().to(torch.float64, copy=True)  # (in, in)
-    scale = torch.diagonal(damped).mean()
-    if not scale > 0:
+    C = C.detach()  # (in, in)
+    shift = damping * torch.diagonal(C).to(torch.float64).mean()
+    if not shift > 0:
         raise SvdadaptError(f"covariance of {name} is zero: calibration never reached this layer")
-    torch.diagonal(damped).add_(damping * scale)
     factor: list[torch.Tensor] = []
     lock = threading.Lock()  # layers sharing this context may be decomposed by parallel workers
+
+    def damped_columns(start: int, stop: int, device: torch.device) -> torch.Tensor:
+        block = C[:, start:stop].to(device=device, dtype=torch.float64, copy=True)  # (in, b)
+        torch.diagonal(block[start:stop]).add_(shift.to(device))
+        return block
+
+    def apply(W: torch.Tensor) -> torch.Tensor:
+        n = C.shape[0]
+        M = W.new_empty(W.shape[0], n)  # (out, in)
+        for start in range(0, n, APPLY_COLUMNS):
+            stop = min(start + APPLY_COLUMNS, n)
+            torch.mm(W, damped_columns(start, stop, W.device), out=M[:, start:stop])
+        return M
 
     def solve(X: torch.Tensor) -> torch.Tensor:
         with lock:
             if not factor:
-                L, info = torch.linalg.cholesky_ex(damped)
+                L, info = torch.linalg.cholesky_ex(damped_columns(0, C.shape[0], X.device))
                 if int(info) != 0:
                     raise _NotPositiveDefinite
                 factor.append(L)
         return torch.cholesky_solve(X, factor[0])
 
-    return Context(apply=lambda W: W @ damped.to(W.device), solve=solve, damping=damping)
+    return Context(apply=apply, solve=solve, damping=damping)
 
 
 def _full_svd(M: torch.Tensor, context: Context, want: tuple[Take, int] | None = None) -> Factors:

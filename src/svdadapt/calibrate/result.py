@@ -19,7 +19,7 @@ def finish(group: Group, store_dtype: torch.dtype = torch.float32) -> FinishedGr
         sums.count = int(state["count"].item())
     count = max(sums.count, 1)
     covariance = sums.finish_().div_(count).to(store_dtype)
-    return FinishedGroup(
+    finished = FinishedGroup(
         key=group.key,
         members=list(group.members),
         covariance=covariance,
@@ -27,3 +27,5 @@ def finish(group: Group, store_dtype: torch.dtype = torch.float32) -> FinishedGr
         count=sums.count,
         masked=group.masked,
     )
+    group.sums = None  # the running sums are the largest thing calibration holds: gone as soon as used
+    return finished
