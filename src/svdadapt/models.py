@@ -17,11 +17,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .backend import collection_paused
+from .backend import Placement, collection_paused, place
 from .errors import SvdadaptError
 from .files import check_safetensors, first_line, inside, read_json
 from .fingerprint import model_identity
 from .hub import require_hub
+from .options import Options, opt
 
 BUILTIN_MODELS = ("default", "default-encoder")
 INDEX = "model.safetensors.index.json"
@@ -35,12 +36,33 @@ HEADS = {
 }
 
 
+@dataclass(kw_only=True)
+class PlacementOptions(Options):
+    """Where the model's weights and the cached hidden states live while a command works."""
+
+    offload: bool = opt(
+        False, "keep the model memory-mapped on the host as stored and bring one block at a time to --device "
+        "(the default anyway when the model does not fit there)",
+    )  # fmt: skip
+    hidden_states_dir: str | None = opt(
+        None, "keep the cached hidden states of the calibration in memory-mapped files under DIR (the default, "
+        "in the temporary directory, when offloading and they would take over half the free memory)",
+        metavar="DIR",
+    )  # fmt: skip
+
+    @property
+    def offload_choice(self) -> bool | None:
+        """``load_model``'s ``offload``: True when asked, else None (decided by whether the model fits)."""
+        return True if self.offload else None
+
+
 @dataclass
 class LoadedModel:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     name: str  # what the user asked for
     location: str  # the directory or hub id it came from
+    placement: Placement  # where its weights live and where work on them runs
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -121,26 +143,40 @@ def load_model(
     head: str = "auto",
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
+    offload: bool | None = False,
     **model_kwargs,
 ) -> LoadedModel:
-    """Load model and tokenizer; ``head`` is ``auto``, ``causal-lm``, ``base`` or ``seq-cls``."""
+    """Load model and tokenizer; ``head`` is ``auto``, ``causal-lm``, ``base`` or ``seq-cls``.
+
+    ``offload``: keep the weights memory-mapped on the host, as stored, and bring each block to
+    ``device`` only while it works (True), load everything onto ``device`` (False), or decide by
+    whether the model fits there (None; a note says when it does not)."""
     location = resolve_location(spec)
     head = head_for(location, head)
     if head not in HEADS:
         raise SvdadaptError(f"unknown model head {head!r}; choose one of {', '.join(HEADS)}")
+    placement = place(location, device, offload)
     if dtype is None:
         dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
+    if offload is None and placement.offloaded:
+        print(f"svdadapt: note: offloading ({placement.reason}): blocks go to {device} one at a time")
     try:
         with collection_paused():  # the first load imports most of transformers' modelling code
-            model = HEADS[head].from_pretrained(location, dtype=dtype, use_safetensors=True, **model_kwargs)
+            model = HEADS[head].from_pretrained(
+                location, dtype=placement.load_dtype(dtype), use_safetensors=True, **model_kwargs
+            )
     except LOAD_ERRORS as exc:
         raise SvdadaptError(f"could not load model {spec!r}: {first_line(exc)}") from None
     tokenizer = load_tokenizer(location)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # sequence classification needs it
-    model.to(device)
+    model.to(placement.home)
     model.eval()
-    return LoadedModel(model, tokenizer, spec, location)
+    if placement.offloaded:
+        placement.watch(location)
+        if not placement.mapped:
+            print(f"svdadapt: note: {spec} could not be mapped from disk; its weights are held in host memory")
+    return LoadedModel(model, tokenizer, spec, location, placement)
 
 
 def max_positions(model: nn.Module) -> int | None:

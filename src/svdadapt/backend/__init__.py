@@ -8,6 +8,10 @@ exports, never the modules behind it:
   ``eigh`` (symmetric eigensolvers) and ``layer_pool()`` (per-layer jobs over workers, longest first
   by one cost model). A CUDA or multi-process back end is a new :class:`Backend`, not a branch in
   domain code.
+- ``place`` → a :class:`Placement`: whether a model is loaded onto its compute device or
+  offloaded (memory-mapped on the host, each block brought over by ``on_compute`` while it
+  works); ``HiddenStates``: where a block-wise pass keeps its cached hidden states (device, host
+  or memory-mapped files).
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
   or saved); the one place that hands memory back to the OS.
 - processes and devices: ``resolve_device``, ``default_device``, ``process_group`` (joins the
@@ -22,6 +26,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .base_writer import BaseWriter, open_base_writer
     from .devices import Backend, on
     from .gram import mirror_upper
+    from .hidden import HiddenStates
     from .launch import (
         barrier,
         default_device,
@@ -35,6 +40,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
         sum_across_processes,
         world_size,
     )
+    from .placement import Placement, on_compute, place
     from .scheduling import LayerJob, LayerPool
 
 __all__ = [
@@ -52,6 +58,10 @@ __all__ = [
     "is_main_process",
     "mirror_upper",
     "on",
+    "on_compute",
+    "HiddenStates",
+    "place",
+    "Placement",
     "open_base_writer",
     "resolve_device",
     "set_aside_live_objects",

@@ -48,6 +48,10 @@ class Backend:
         """Workers for per-layer jobs (a context manager), shared with the other processes of a group."""
         return self._pool(1)
 
+    def decomposition_device(self, device: torch.device) -> torch.device:
+        """Where the float64 decompositions of weights used on ``device`` run: there by default."""
+        return device
+
     @staticmethod
     def _pool(workers: int) -> LayerPool:
         return SharedLayerPool(workers) if in_process_group() else LayerPool(workers)
@@ -69,8 +73,30 @@ class CpuBackend(Backend):
         return self._pool(cpu_workers())
 
 
+# GPUs whose float64 units run at half their float32 rate (P100, V100, A100, H100/H200, B100/B200);
+# others run float64 at 1/32–1/64 of it
+FP64_AT_RATE = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
+
+
+def fp64_at_rate(capability: tuple[int, int]) -> bool:
+    """Whether a CUDA GPU of compute ``capability`` computes float64 at rate."""
+    return tuple(capability) in FP64_AT_RATE
+
+
+class CudaBackend(Backend):
+    """Torch's CUDA kernels; decompositions in float64 on the GPU where it computes float64 at rate.
+
+    Elsewhere they run on the host's cores in float64 rather than on the GPU in float32: the bottom
+    components knowledge-preserving methods take lie at σ/σ_max below float32's 6e-8 rounding in
+    real layers (SmolLM2's q/o projections reach 1e-7), which a float32 SVD cannot resolve.
+    """
+
+    def decomposition_device(self, device: torch.device) -> torch.device:
+        return device if fp64_at_rate(torch.cuda.get_device_capability(device)) else torch.device("cpu")
+
+
 GENERIC = Backend()
-BACKENDS: dict[str, Backend] = {"cpu": CpuBackend()}
+BACKENDS: dict[str, Backend] = {"cpu": CpuBackend(), "cuda": CudaBackend()}
 
 
 def on(device: torch.device | str | None) -> Backend:

@@ -7,9 +7,11 @@
    hooks on its targets, keep its outputs as the next block's inputs, hand over its finished
    covariance groups, free them, and move on.
 
-Only one block's covariances (and one block's weights, if the model lives on another device) are
-held at a time, so models larger than the accelerator and covariance sets larger than memory can be
-calibrated. Assumes, as transformers' decoder and encoder stacks do, that a block's extra arguments
+Only one block's covariances (and, offloaded, one block's weights on the compute device: see
+:func:`svdadapt.backend.on_compute`) are held at a time, so models larger than the accelerator and
+covariance sets larger than memory can be calibrated. The cached hidden states live where the back
+end's :class:`~svdadapt.backend.HiddenStates` puts them (device, host, or memory-mapped files).
+Assumes, as transformers' decoder and encoder stacks do, that a block's extra arguments
 do not depend on the previous block's output.
 """
 
@@ -37,11 +39,12 @@ class _StopForward(Exception):
 
 
 class _Recorder(nn.Module):
-    """Stands in for a block during recording: stores the call's arguments, returns the input."""
+    """Stands in for a block during recording: stores the call's arguments, returns the input. The
+    block is not its submodule, so bringing the model body to a device leaves the blocks alone."""
 
     def __init__(self, block: nn.Module, calls: list, last: bool) -> None:
         super().__init__()
-        self.block = block
+        object.__setattr__(self, "_block", block)
         self.calls = calls
         self.last = last
 
@@ -55,7 +58,7 @@ class _Recorder(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["block"], name)  # e.g. decoder_layer.attention_type
+            return getattr(self.__dict__["_block"], name)  # e.g. decoder_layer.attention_type
 
 
 @dataclass
@@ -74,40 +77,58 @@ def find_stack(model: nn.Module, target_names: list[str]) -> tuple[str, nn.Modul
     return None
 
 
-def _to(obj, device: torch.device):
+def _to(obj, device: torch.device, dtype: torch.dtype | None = None, memo: dict | None = None):
+    """Tensors in ``obj`` on ``device``; floating ones also in ``dtype`` (when given). A tensor met
+    twice (blocks share their rotary tables and masks) is moved once when ``memo`` is given."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        if memo is not None and id(obj) in memo:
+            return memo[id(obj)]
+        moved = obj.to(device, dtype=dtype if dtype is not None and obj.is_floating_point() else None)
+        if memo is not None:
+            memo[id(obj)] = moved
+        return moved
     if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
+        return tuple(_to(o, device, dtype, memo) for o in obj)
     if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
+        return [_to(o, device, dtype, memo) for o in obj]
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _to(v, device, dtype, memo) for k, v in obj.items()}
     return obj
 
 
-def _record(runner: nn.Module, stack: nn.ModuleList, batch: Mapping, device: torch.device) -> _BatchRecord:
+@contextlib.contextmanager
+def _recorders(stack: nn.ModuleList) -> Iterator[list]:
+    """Swap the stack's blocks for recorders; yields the list each batch's calls are appended to."""
     originals = list(stack)
     calls: list = []
     try:
         for i, block in enumerate(originals):
             stack[i] = _Recorder(block, calls, last=i == len(originals) - 1)
-        with contextlib.suppress(_StopForward):
-            runner(**model_inputs(runner, batch, device))
+        yield calls
     finally:
         for i, block in enumerate(originals):
             stack[i] = block
-    if len(calls) != len(originals):
-        raise RuntimeError(f"recorded {len(calls)} block calls for {len(originals)} blocks")
-    args, kwargs = calls[0]
+
+
+def _record(runner: nn.Module, batch: Mapping, calls: list, blocks: int, placement: backend.Placement) -> _BatchRecord:
+    """One batch through the body with recorders in the stack (:func:`_recorders`); what the blocks
+    were called with is kept where the weights live."""
+    calls.clear()
+    with contextlib.suppress(_StopForward):
+        runner(**model_inputs(runner, batch, placement.compute))
+    if len(calls) != blocks:
+        raise RuntimeError(f"recorded {len(calls)} block calls for {blocks} blocks")
+    recorded = _to(list(calls), placement.home, memo={}) if placement.offloaded else list(calls)
+    args, kwargs = recorded[0]
     hidden = args[0] if args else kwargs["hidden_states"]
-    return _BatchRecord(hidden, calls, batch.get("attention_mask"), batch_samples(batch))
+    return _BatchRecord(hidden, recorded, batch.get("attention_mask"), batch_samples(batch))
 
 
-def _run_block(block: nn.Module, record: _BatchRecord, index: int, device: torch.device) -> torch.Tensor:
+def _run_block(block: nn.Module, record: _BatchRecord, index: int, placement: backend.Placement) -> torch.Tensor:
+    device, dtype = placement.compute, placement.dtype
     args, kwargs = record.calls[index]
-    args, kwargs = _to(args, device), _to(kwargs, device)
-    hidden = record.hidden.to(device)
+    args, kwargs = _to(args, device, dtype), _to(kwargs, device, dtype)
+    hidden = _to(record.hidden, device, dtype)
     if args:
         out = block(hidden, *args[1:], **kwargs)
     else:
@@ -124,9 +145,10 @@ def blockwise_pass(
 ) -> Iterator[tuple[int, list[FinishedGroup]]]:
     """Yield ``(block index, finished groups of that block)`` for every block holding targets.
 
-    ``settings.exec_device`` runs the blocks (default: where the model is); blocks stored elsewhere
-    are moved there one at a time. Blocks before ``settings.start_block`` only propagate hidden
-    states (resume).
+    ``settings.placement`` says where blocks run (an offloaded model's blocks are brought to the
+    compute device one at a time); ``settings.exec_device``, where no placement is given, runs
+    them on that device instead of where the model is. Blocks before ``settings.start_block`` only
+    propagate hidden states (resume).
     """
     found = find_stack(model, list(targets))
     if found is None:
@@ -134,13 +156,22 @@ def blockwise_pass(
     stack_name, stack = found
     runner, _ = forward_module(model, list(targets))
     home = module_device(runner)
-    exec_device = torch.device(settings.exec_device) if settings.exec_device is not None else home
+    placement = settings.placement
+    if placement is None:
+        exec_device = torch.device(settings.exec_device) if settings.exec_device is not None else home
+        placement = backend.Placement(exec_device, offloaded=exec_device != home)
+    exec_device = placement.compute
     sums_device = settings.sums_device if settings.sums_device is not None else exec_device
     start_block = settings.start_block
     was_training = model.training
     model.eval()
+    batches = list(batches)
+    hidden_states = backend.HiddenStates(placement, len(batches), settings.hidden_dir)
     try:
-        records = [_record(runner, stack, batch, home) for batch in batches]
+        with _recorders(stack) as calls, backend.on_compute(runner, placement):  # embeddings, rotary tables
+            records = [_record(runner, batch, calls, len(stack), placement) for batch in batches]
+        for i, record in enumerate(records):
+            record.hidden = hidden_states.keep(i, record.hidden)
         samples = sum(r.samples for r in records)
         by_block: dict[int, dict[str, nn.Module]] = {}
         for name, module in targets.items():
@@ -153,21 +184,19 @@ def blockwise_pass(
         with bar:
             for index in range(last + 1):
                 block = stack[index]
-                block_home = module_device(block)
-                block.to(exec_device)
                 hooked = by_block.get(index) if index >= start_block else None
                 capture = InputCapture(hooked or {}, settings.accumulate_dtype, sums_device)
-                with capture, products():
-                    for record in records:
+                with backend.on_compute(block, placement), capture, products():
+                    for i, record in enumerate(records):
                         capture.begin_batch(record.mask)
-                        record.hidden = _run_block(block, record, index, exec_device)
+                        record.hidden = hidden_states.keep(i, _run_block(block, record, index, placement))
                         capture.end_batch()
                         if hooked:
                             bar.set_postfix_str(f"block {index + 1}/{last + 1}")
                             bar.update(record.samples)
-                block.to(block_home)
                 if hooked:
                     yield index, [finish(g, settings.store_dtype) for g in capture.groups.values()]
                 del capture
     finally:
+        hidden_states.close()
         model.train(was_training)

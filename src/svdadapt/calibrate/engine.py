@@ -68,8 +68,14 @@ def iter_covariances(
 
     In a process group each process takes its share of the batches and the sums are added up."""
     modules = targets if isinstance(targets, dict) else find_targets(model, targets)
-    driver = MODES[resolve_mode(model, modules, mode)]
-    yield from driver(model, backend.share_of(batches), modules, settings or PassSettings())
+    settings = settings or PassSettings()
+    mode = resolve_mode(model, modules, mode)
+    if mode == "full" and settings.placement is not None and settings.placement.offloaded:
+        raise SvdadaptError(
+            "an offloaded model is calibrated block by block, and these targets are not all inside its block "
+            "stack: choose targets inside the blocks (--targets), or load it whole (no --offload, enough memory)"
+        )
+    yield from MODES[mode](model, backend.share_of(batches), modules, settings)
 
 
 def collect_covariances(

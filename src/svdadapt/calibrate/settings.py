@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from ..backend import Placement
 from .resume import FullPassState
 
 
@@ -18,6 +20,8 @@ class PassSettings:
     store_dtype: torch.dtype = torch.float32  # the covariances handed over (means)
     sums_device: torch.device | str | None = None  # where sums live (default: where the layer runs)
     exec_device: torch.device | str | None = None  # block-wise: where blocks run (default: the model's)
+    placement: Placement | None = None  # block-wise: where weights live and blocks run (overrides exec_device)
+    hidden_dir: str | Path | None = None  # block-wise: keep hidden states in memory-mapped files there
     progress: bool = True
     total_samples: int | None = None  # for the progress bar
     start_block: int = 0  # block-wise resume: blocks before it only pass their hidden states on

@@ -13,7 +13,7 @@ from ..calibrate import DTYPES, MODES, PassSettings, iter_covariances
 from ..calibrate.engine import resolve_mode
 from ..calibrate.partial import PartialRun, check_out_dir
 from ..data.options import DataOptions
-from ..models import describe_model, load_model, max_positions
+from ..models import PlacementOptions, describe_model, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
 from ..store import CovarianceStore
 from ..targets import find_targets
@@ -36,6 +36,7 @@ class CalibrateOptions(Options):
     accumulate_dtype: str = opt("float64", "dtype of the running sums", choices=list(DTYPES))
     store_dtype: str = opt("float32", "dtype of the stored covariances (means)", choices=list(DTYPES))
     device: str | None = opt(None, DEVICE_HELP)
+    placement: PlacementOptions = group(PlacementOptions)
     mode: str = opt(
         "auto", "blockwise: run blocks one at a time over cached hidden states (low memory); full: one "
         "whole-model pass; auto: blockwise when the targets sit in one block stack",
@@ -88,7 +89,7 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
     writer = backend.is_main_process()
     if writer:
         check_out_dir(out, opts.resume)
-    loaded = load_model(opts.model, device=device)
+    loaded = load_model(opts.model, device=device, offload=opts.placement.offload_choice)
     opts.source.check_length(max_positions(loaded.model))
     targets = find_targets(loaded.model, opts.targets)
     mode = resolve_mode(loaded.model, targets, opts.mode)
@@ -118,6 +119,7 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
         start_block=(max(done) + 1) if done else 0,
         resume=run.load_full_state() if mode == "full" and alone else None,
         on_checkpoint=run.save_full_state if alone else None, checkpoint_seconds=opts.checkpoint_seconds,
+        placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir,
     )  # fmt: skip
     for unit, groups in iter_covariances(loaded.model, batches, targets, settings, mode):
         if writer:
