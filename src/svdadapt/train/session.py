@@ -115,6 +115,7 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
         lr_scheduler_type=opts.schedule,
         logging_steps=opts.logging_steps,
         eval_strategy="epoch",
+        prediction_loss_only=metrics is None,  # SFT: the evaluation loss alone, no gathered logits
         save_strategy="epoch" if opts.save_checkpoints else "no",
         save_total_limit=2,
         seed=seed,

@@ -4,6 +4,7 @@ what trains."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -16,6 +17,7 @@ from ..adapters.losses import Regularizer
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
 from ..files import load_tensors, read_json
+from .datasets import IGNORE
 
 TRAINABLE_FILE = "trainable.safetensors"
 PROGRESS_FILE = "svdadapt_progress.json"  # in each checkpoint: the loss summed over every step so far
@@ -41,6 +43,7 @@ class SvdadaptTrainer(Trainer):
 
     # --------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = on_labelled_positions(model, inputs)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         if model.training:
             parts = {"task_loss": float(loss.detach())}
@@ -112,6 +115,30 @@ class SvdadaptTrainer(Trainer):
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
+
+
+def on_labelled_positions(model, inputs: dict) -> dict:
+    """Causal-LM ``inputs`` rewritten so the model runs its vocabulary-wide head only at positions
+    whose next token is labelled in some row (instruction tuning labels the response alone: the
+    prompt and padding get no logits), with the same loss: transformers' ``logits_to_keep`` picks
+    positions p₀ < … < p_{k-1} (plus p_{k-1} again, whose target is ignored), and the labels become
+    [-100, y(p₀ + 1), …, y(p_{k-1} + 1)], which the model's own shift-by-one loss pairs with them.
+    Other inputs (classification, models without ``logits_to_keep``) are returned unchanged."""
+    labels, ids = inputs.get("labels"), inputs.get("input_ids")
+    if labels is None or ids is None or labels.dim() != 2 or labels.shape != ids.shape:
+        return inputs
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return inputs
+    following = labels[:, 1:]  # (b, L - 1): the token position t predicts
+    keep = (following != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,)
+    if keep.numel() == 0:
+        return inputs
+    ignored = torch.full_like(labels[:, :1], IGNORE)  # (b, 1)
+    return {
+        **inputs,
+        "labels": torch.cat([ignored, following[:, keep]], dim=1),  # (b, k + 1)
+        "logits_to_keep": torch.cat([keep, keep[-1:]]),  # (k + 1,)
+    }
 
 
 class StepTimer(TrainerCallback):
