@@ -22,12 +22,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 
 from . import backend
 from .errors import SvdadaptError
+from .factors import Factors, Take
+from .input_spaces import Decomposer, null_space, principal_inputs
 from .linalg import all_finite, refine_bottom_singular
 
 GRAM_SAFE_RATIO = 1e-6  # full decompositions: below this σ_min/σ_max, use a full SVD
@@ -40,44 +41,6 @@ DEFAULT_DAMPING = 0.01  # λ in C' = C + λ·mean(diag C)·I, as PEFT starts it
 MAX_DAMPING = 1e4
 ASVD_ALPHA = 0.5
 REFINE_EXTRA = 24  # start vectors beyond r for the bottom-r refinement: faster convergence
-
-
-class Take(Enum):
-    """Which r components of a decomposition: the largest or the smallest."""
-
-    TOP = "top"
-    BOTTOM = "bottom"
-
-
-@dataclass
-class Factors:
-    """W = U diag(S) Vᵀ with S in descending order."""
-
-    U: torch.Tensor  # (out, k)
-    S: torch.Tensor  # (k,)
-    V: torch.Tensor  # (in, k)
-    damping: float | None = None  # λ actually used (context decomposition)
-
-    def top(self, r: int) -> Factors:
-        """The r largest components."""
-        return Factors(self.U[:, :r], self.S[:r], self.V[:, :r], self.damping)
-
-    def bottom(self, r: int) -> Factors:
-        """The r smallest components."""
-        k = self.S.shape[0]
-        return Factors(self.U[:, k - r :], self.S[k - r :], self.V[:, k - r :], self.damping)
-
-    def take(self, which: Take, r: int) -> Factors:
-        """The r largest (TOP) or smallest (BOTTOM) components."""
-        return self.top(r) if which is Take.TOP else self.bottom(r)
-
-    def drop_bottom(self, r: int) -> Factors:
-        """All but the r smallest components."""
-        return self.top(self.S.shape[0] - r)
-
-    def product(self) -> torch.Tensor:
-        """U diag(S) Vᵀ, (out, in)."""
-        return (self.U * self.S) @ self.V.T
 
 
 @dataclass
@@ -269,11 +232,20 @@ def context_svd(W: torch.Tensor, C: torch.Tensor, name: str = "layer") -> Factor
 
 @dataclass(frozen=True)
 class Decomposition:
-    """A row of :data:`DECOMPOSITIONS`: the statistic it needs and how it builds its context."""
+    """A row of :data:`DECOMPOSITIONS`: the statistic it needs and either the context K of an SVD of
+    W·K (a decomposition of all of W, which ``compress`` can sweep), or ``unit``: a decomposer made
+    from one unit's statistic for rows that take components from the inputs' spectrum
+    (:mod:`svdadapt.input_spaces`)."""
 
     name: str
-    needs: str | None  # "covariance", "mean_abs" or None
-    context: Callable[[torch.Tensor | None, float, str], Context]  # (statistic, λ, layer name) -> Context
+    needs: str | None  # a key of svdadapt.build.waves.STATISTICS, or None
+    context: Callable[[torch.Tensor | None, float, str], Context] | None = None  # (statistic, λ, name)
+    unit: Callable[[torch.Tensor | None, str], Decomposer] | None = None  # (statistic, unit name)
+
+    @property
+    def whole(self) -> bool:
+        """Whether it decomposes all of W (W = U diag(S) Vᵀ), as compression needs."""
+        return self.context is not None
 
 
 DECOMPOSITIONS = {
@@ -282,8 +254,18 @@ DECOMPOSITIONS = {
         Decomposition("plain", None, lambda _stat, _damping, _name: identity_context()),
         Decomposition("asvd", "mean_abs", lambda stat, _damping, _name: activation_context(stat)),
         Decomposition("context", "covariance", covariance_context),
+        Decomposition("inputs", "centred_covariance", unit=principal_inputs),  # EVA
+        Decomposition("null", "covariance", unit=null_space),  # LoRA-Null
     )
 }
+
+
+def decomposer(row: Decomposition, statistic: torch.Tensor | None, name: str) -> Decomposer:
+    """How the layers of one unit (reading one input, whose statistic is ``statistic``) are decomposed."""
+    if row.unit is not None:
+        return row.unit(statistic, name)
+    make = shared_contexts(row, statistic, name)
+    return lambda W, layer, want: factorize(W, make, layer, want)
 
 
 def shared_contexts(row: Decomposition, statistic: torch.Tensor | None, name: str) -> Callable[[float], Context]:

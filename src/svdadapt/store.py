@@ -4,11 +4,13 @@ Layout of a store directory::
 
     store.json                  metadata, written last: its presence marks the store complete
     covariances-00000.safetensors  one shard per block (or per batch of groups): for every group key
-                                   "<key>.covariance" (in, in), "<key>.mean_abs" (in,)
+                                   "<key>.covariance" (in, in), "<key>.mean_abs" (in,) and, in
+                                   stores written since means were kept, "<key>.mean" (in,)
 
 ``store.json`` holds the model identity (name, architecture, weights fingerprint), the source spec,
 sample count, sequence length, real tokens seen, dtype, the module-name → group-key map and, per
-group, its shard, dimension and token count. No pickle anywhere.
+group, its shard, dimension, token count and whether it holds the mean (``"mean": true``; absent
+in older stores, which stay readable: only what needs the mean asks to recalibrate). No pickle.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class FinishedGroup:
     mean_abs: torch.Tensor  # (in,)
     count: int
     masked: bool = True
+    mean: torch.Tensor | None = None  # (in,), mean x (None: sums resumed from before it was kept)
 
 
 @dataclass
@@ -52,6 +55,10 @@ class StoredGroup:
     dim: int
     count: int
     masked: bool = True
+    mean: bool = False  # whether the shard holds "<key>.mean"
+
+
+NO_MEAN = "recalibrate (svdadapt calibrate) into a new directory: this version records it"
 
 
 @dataclass
@@ -69,9 +76,12 @@ class CovarianceStore:
         """Add one finished group (held in memory until :meth:`save`)."""
         for name in group.members:
             self.module_to_group[name] = group.key
-        self.groups[group.key] = StoredGroup(shard, int(group.covariance.shape[0]), group.count, group.masked)
+        has_mean = group.mean is not None
+        self.groups[group.key] = StoredGroup(shard, int(group.covariance.shape[0]), group.count, group.masked, has_mean)
         self._tensors[f"{group.key}.covariance"] = group.covariance.detach().cpu()
         self._tensors[f"{group.key}.mean_abs"] = group.mean_abs.detach().cpu()
+        if has_mean:
+            self._tensors[f"{group.key}.mean"] = group.mean.detach().cpu()
 
     # ------------------------------------------------------------ reading
     @property
@@ -123,6 +133,22 @@ class CovarianceStore:
         """(in,) mean of |x| per input channel (for ASVD)."""
         return self._tensor(f"{self.group_key(module_name)}.mean_abs")
 
+    def mean(self, module_name: str) -> torch.Tensor:
+        """(in,) mean of x per input channel (to centre the covariance, as EVA's PCA does)."""
+        self.require("mean", [module_name])
+        return self._tensor(f"{self.group_key(module_name)}.mean")
+
+    def require(self, statistic: str, names: Iterable[str]) -> None:
+        """Refuse, in one line, a store that lacks ``statistic`` for any of the layers ``names``."""
+        if statistic != "mean":  # every store holds the covariance and mean |x|
+            return
+        lacking = [n for n in names if not self.groups[self.group_key(n)].mean]
+        if lacking:
+            raise SvdadaptError(
+                f"the covariance store at {self.path} holds no mean of the inputs of {lacking[0]} (written "
+                f"before svdadapt kept it); {NO_MEAN}"
+            )
+
     def members(self, key: str) -> list[str]:
         """The layers of one covariance group (layers that read the same input)."""
         return [m for m, k in self.module_to_group.items() if k == key]
@@ -149,7 +175,7 @@ class CovarianceStore:
             by_shard: dict[str, dict[str, torch.Tensor]] = {}
             for key, group in self.groups.items():
                 shard = by_shard.setdefault(group.shard, {})
-                for suffix in ("covariance", "mean_abs"):
+                for suffix in ("covariance", "mean_abs", "mean") if group.mean else ("covariance", "mean_abs"):
                     shard[f"{key}.{suffix}"] = self._tensor(f"{key}.{suffix}")
             for shard, tensors in by_shard.items():
                 write_safetensors(tmp / shard, tensors)
@@ -176,7 +202,8 @@ class CovarianceStore:
         for key, record in meta.pop("groups").items():
             where = f"{meta_file}, group {key!r}"
             require_fields(record, {"shard": str, "dim": int, "count": int}, where, DAMAGED)
-            groups[key] = StoredGroup(record["shard"], record["dim"], record["count"], bool(record.get("masked", True)))
+            groups[key] = StoredGroup(record["shard"], record["dim"], record["count"], bool(record.get("masked", True)),
+                                      record.get("mean") is True)  # fmt: skip
         modules = meta.pop("modules")
         if not all(isinstance(k, str) and v in groups for k, v in modules.items()):
             raise SvdadaptError(f"{meta_file} maps a layer to a group it does not list; {DAMAGED}")

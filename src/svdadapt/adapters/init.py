@@ -63,22 +63,26 @@ InitFunction = Callable[[LayerInit], LayerAdapter]
 
 @dataclass(frozen=True)
 class Init:
-    """A registered init: its function, the bases it can leave, and whether it draws A at random."""
+    """A registered init: its function, the bases it can leave, whether it draws A at random, and
+    whether it seeds A from the weights or data (then ``--freeze-a`` can keep that A fixed)."""
 
     name: str
     make: InitFunction
     bases: tuple[Base, ...]
     random_A: bool = False
+    seeded_A: bool = False
 
 
 INITS: dict[str, Init] = {}
 
 
-def register_init(name: str, bases: tuple[Base, ...], random_A: bool = False) -> Callable[[InitFunction], InitFunction]:
+def register_init(
+    name: str, bases: tuple[Base, ...], random_A: bool = False, seeded_A: bool = False
+) -> Callable[[InitFunction], InitFunction]:
     """Register an init function under ``name`` (a method row's ``init``)."""
 
     def register(make: InitFunction) -> InitFunction:
-        INITS[name] = Init(name, make, bases, random_A)
+        INITS[name] = Init(name, make, bases, random_A, seeded_A)
         return make
 
     return register
@@ -93,7 +97,7 @@ def draw_random(init: str, diag: bool, rank: int, in_features: int, generator: t
     return RandomInit(A, torch.randn(rank, generator=generator, dtype=torch.float64) if diag else None)
 
 
-@register_init("svd", bases=(Base.RESIDUAL,))
+@register_init("svd", bases=(Base.RESIDUAL,), seeded_A=True)
 def components_init(layer: LayerInit) -> LayerAdapter:
     """The adapter holds the taken components, A = √(S/s) Vᵀ, B = U √(S/s), and the base gives up
     exactly s·B·A as stored, so that base + adapter reproduces W (an identity at init)."""
@@ -119,6 +123,15 @@ def lora_init(layer: LayerInit) -> LayerAdapter:
     P = (dropped.U * dropped.S).to(work)  # (out, r)
     Q = dropped.V.T.to(work)  # (r, in)
     return LayerAdapter(A, B, layer.alpha, diag, base_P=P, base_Q=Q, damping=dropped.damping)
+
+
+@register_init("eva", bases=(Base.ORIGINAL,), seeded_A=True)
+def eva_init(layer: LayerInit) -> LayerAdapter:
+    """EVA: A = the taken directions' Vᵀ (r, in) — the inputs' top principal directions — and B = 0,
+    so the adapter adds nothing at init and W stays the base."""
+    A = layer.taken.V.T.to(layer.dtype)  # (r, in)
+    B = torch.zeros(layer.W.shape[0], layer.rank, dtype=layer.dtype)  # (out, r)
+    return LayerAdapter(A, B, layer.alpha)
 
 
 def base_without(W: torch.Tensor, adapter: LayerAdapter) -> torch.Tensor | None:

@@ -25,7 +25,7 @@ def inject(
 ) -> dict[str, AdapterLinear]:
     """Wrap each layer of ``adapters`` (or add to its existing wrapper) and freeze everything else.
 
-    Only the adapters' A, B (and ΔΣ) stay trainable.
+    Only the adapters' A (unless frozen), B (and ΔΣ) stay trainable.
     """
     modules = dict(model.named_modules())
     wrapped = {}
@@ -42,6 +42,10 @@ def inject(
         wrapped[layer] = module
     for pname, param in model.named_parameters():
         param.requires_grad_(".adapters." in pname)
+    for module in wrapped.values():
+        for adapter in module.adapters.values():
+            if adapter.frozen_A:
+                adapter.lora_A.weight.requires_grad_(False)
     return wrapped
 
 

@@ -28,6 +28,7 @@ class LowRank(nn.Module):
         self.lora_diag = nn.Parameter(torch.ones(rank, dtype=dtype, device=device)) if diag else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.base_scaling = 1.0
+        self.frozen_A = False  # A stays as initialised in training
         self.register_buffer("base_P", None)  # (out, q): original W = base + c·P·Q
         self.register_buffer("base_Q", None)  # (q, in)
 
@@ -50,13 +51,14 @@ class LowRank(nn.Module):
         if state.base_P is not None:
             self.base_P, self.base_Q = state.base_P.clone(), state.base_Q.clone()
             self.base_scaling = state.base_scaling
+        self.frozen_A = state.frozen_A
 
     def state(self) -> LayerAdapter:
         """The current values as adapter tensors (detached copies)."""
         diag = None if self.lora_diag is None else self.lora_diag.detach().clone()
         return LayerAdapter(
             self.lora_A.weight.detach().clone(), self.lora_B.weight.detach().clone(), self.alpha, diag,
-            self.base_P, self.base_Q, self.base_scaling,
+            self.base_P, self.base_Q, self.base_scaling, frozen_A=self.frozen_A,
         )  # fmt: skip
 
 

@@ -37,6 +37,7 @@ class LayerAdapter:
     base_Q: torch.Tensor | None = None  # (q, in)
     base_scaling: float = 1.0  # c in original W = base + c·P·Q
     damping: float | None = None
+    frozen_A: bool = False  # A stays as initialised in training (--freeze-a)
 
     @property
     def rank(self) -> int:
@@ -48,8 +49,9 @@ class LayerAdapter:
 
     @property
     def trainable_parameters(self) -> int:
-        """Values that train: A, B and ΔΣ."""
-        return self.A.numel() + self.B.numel() + (0 if self.diag is None else self.diag.numel())
+        """Values that train: A (unless frozen), B and ΔΣ."""
+        A = 0 if self.frozen_A else self.A.numel()
+        return A + self.B.numel() + (0 if self.diag is None else self.diag.numel())
 
     def folded_B(self) -> torch.Tensor:
         """B·diag(d) (out, r): the plain-LoRA B that gives the same ΔW."""
@@ -86,9 +88,10 @@ class AdapterSet:
         return flat
 
     def describe(self) -> dict:
-        """JSON-able per-layer facts (rank, alpha, damping)."""
+        """JSON-able per-layer facts (rank, alpha, damping; ``frozen_A`` where A is frozen)."""
         return {
             name: {"rank": a.rank, "alpha": a.alpha, "base_scaling": a.base_scaling, "damping": a.damping}
+            | ({"frozen_A": True} if a.frozen_A else {})
             for name, a in self.layers.items()
         }
 
@@ -100,7 +103,8 @@ class AdapterSet:
         for name, info in facts.items():
             parts = {f: tensors.get(f"{name}.{f}") for f in _FIELDS}
             _check_shapes(name, parts, info["rank"])
-            extra = {"base_scaling": info.get("base_scaling", 1.0), "damping": info.get("damping")}
+            extra = {"base_scaling": info.get("base_scaling", 1.0), "damping": info.get("damping"),
+                     "frozen_A": info.get("frozen_A") is True}  # fmt: skip
             layers[name] = LayerAdapter(alpha=info["alpha"], **extra, **parts)
         return cls(method, layers, list(conv1d))
 

@@ -17,20 +17,23 @@ from tqdm.auto import tqdm
 from .. import backend
 from ..adapters.init import INITS, LayerInit, RandomInit, base_without, draw_random
 from ..adapters.state import AdapterSet, LayerAdapter
-from ..decompose import DECOMPOSITIONS, Context, factorize, shared_contexts
+from ..decompose import DECOMPOSITIONS, Decomposer, decomposer
 from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
+from .allocate import allocate_ranks
 from .plan import LayerPlan
 from .waves import Unit
 
 
 def _build_layer(
-    method: Method, name: str, plan: LayerPlan, contexts: Callable[[float], Context] | None, random: RandomInit, dtype
+    method: Method, name: str, plan: LayerPlan, decompose: Decomposer | None, random: RandomInit, dtype
 ) -> LayerAdapter:
     W = weight_matrix(plan.module)  # (out, in)
-    taken = factorize(W, contexts, name, want=(method.take, plan.rank)) if method.decomposition else None
+    taken = decompose(W, name, (method.take, plan.rank)) if decompose else None
     layer = LayerInit(W, taken, plan.rank, plan.alpha, random, dtype, method.base)
-    return INITS[method.init].make(layer)
+    adapter = INITS[method.init].make(layer)
+    adapter.frozen_A = method.freeze_a
+    return adapter
 
 
 def adapter_dtype(module: nn.Module) -> torch.dtype:
@@ -57,6 +60,8 @@ def build_adapters(
     the layers are shared out, and the writing process writes the bases of the others' layers from
     the adapters they hand back."""
     put_base = put_base or (lambda _name, module, W: set_weight_matrix(module, W))
+    if method.ranks is not None:  # ranks that depend on every layer's spectrum: decided first
+        plan, waves = allocate_ranks(method, plan, waves)
     generator = torch.Generator().manual_seed(seed)
     row = DECOMPOSITIONS[method.decomposition] if method.decomposition else None
     randoms = {
@@ -75,11 +80,11 @@ def build_adapters(
         written.add(name)
         return adapter
 
-    def job(name: str, contexts: Callable[[float], Context] | None) -> backend.LayerJob[LayerAdapter]:
+    def job(name: str, decompose: Decomposer | None) -> backend.LayerJob[LayerAdapter]:
         p = plan[name]
 
         def run() -> LayerAdapter:
-            return write(name, _build_layer(method, name, p, contexts, randoms[name], adapter_dtype(p.module)))
+            return write(name, _build_layer(method, name, p, decompose, randoms[name], adapter_dtype(p.module)))
 
         return backend.LayerJob(name, tuple(weight_matrix(p.module).shape), run)
 
@@ -91,8 +96,8 @@ def build_adapters(
         for wave in waves:  # the wave source may run model forwards: full threads there
             jobs = []
             for unit in wave:
-                contexts = shared_contexts(row, unit.statistic, unit.names[0]) if row else None
-                jobs += [job(name, contexts) for name in unit.names if name in plan]
+                decompose = unit.decompose or (decomposer(row, unit.statistic, unit.names[0]) if row else None)
+                jobs += [job(name, decompose) for name in unit.names if name in plan]
             results = dict(pool.map(jobs))
             if write_base:  # the layers other processes decomposed
                 elsewhere = [write_job(name, adapter) for name, adapter in results.items() if name not in written]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from ..calibrate import DTYPES
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
-from ..methods import METHODS, TRUNCATIONS, get_method
-from ..options import FRACTION, POSITIVE, Options, opt
+from ..methods import METHODS, TRUNCATIONS, Method, get_method
+from ..options import FRACTION, POSITIVE, Options, at_least, opt
 
 
 @dataclass(kw_only=True)
@@ -27,12 +27,21 @@ class AdapterOptions(Options):
     truncation: str | None = opt(
         None, "kasa: decomposition that picks the dropped components", choices=list(TRUNCATIONS)
     )
+    rho: float | None = opt(
+        None, "eva: a layer's rank may grow to round(rho·r) as ranks move to where the inputs' variance is; "
+        "1 keeps every rank (default 2, as PEFT)", check=at_least(1),
+    )  # fmt: skip
+    freeze_a: bool = opt(False, "keep A as initialised while training (LoRA-Null's variant; rows whose A is seeded)")
     covariances: str | None = opt(None, "covariance store from `svdadapt calibrate` (context decompositions)")
     accumulate_dtype: str = opt("float64", "dtype of on-the-fly covariance sums", choices=list(DTYPES))
 
     def check(self) -> None:
         if self.method is not None:
-            get_method(self.method, self.truncation)  # --truncation on a method without truncation
+            self.row()  # --truncation, --rho or --freeze-a on a method they do not apply to
+
+    def row(self) -> Method:
+        """The method's row with these options applied (truncation, ρ, frozen A)."""
+        return get_method(self.method, self.truncation, self.rho, self.freeze_a)
 
 
 def check_statistics(adapter: AdapterOptions, calibration: DataOptions, data_flag: str) -> None:
@@ -42,7 +51,7 @@ def check_statistics(adapter: AdapterOptions, calibration: DataOptions, data_fla
         raise SvdadaptError(f"give either --covariances or {data_flag}, not both")
     if adapter.method is None or adapter.covariances or calibration.data:
         return
-    method = get_method(adapter.method, adapter.truncation)
+    method = adapter.row()
     if method.needs is not None:
         raise SvdadaptError(
             f"{method.name} needs calibration covariances: pass --covariances DIR (from svdadapt calibrate) "

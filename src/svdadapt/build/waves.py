@@ -7,13 +7,15 @@ covariance is used and freed right after its block finishes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from ..calibrate import PassSettings, iter_covariances
-from ..store import CovarianceStore, FinishedGroup
+from ..decompose import Decomposer
+from ..errors import SvdadaptError
+from ..store import NO_MEAN, CovarianceStore, FinishedGroup
 
 WAVE = 8  # units per wave when nothing else decides
 
@@ -22,29 +24,54 @@ WAVE = 8  # units per wave when nothing else decides
 class Unit:
     names: list[str]
     statistic: torch.Tensor | None  # (in, in) covariance, (in,) mean |x|, or None
+    decompose: Decomposer | None = None  # set where a planning pass already decomposed the unit
 
 
-def _chunks(units: list[Unit]) -> Iterator[list[Unit]]:
+def chunks(units: list[Unit]) -> Iterator[list[Unit]]:
     for start in range(0, len(units), WAVE):
         yield units[start : start + WAVE]
 
 
+def centred(covariance: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """C − μμᵀ (in, in), the covariance about the mean, subtracted in float64 and cast back once."""
+    mu = mean.to(torch.float64)  # (in,)
+    return torch.addr(covariance.to(torch.float64), mu, mu, alpha=-1).to(covariance.dtype)
+
+
+# What a decomposition's ``needs`` names, from the parts a store or a calibration pass holds per group.
+STATISTICS: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]] = {
+    "covariance": (("covariance",), lambda C: C),
+    "mean_abs": (("mean_abs",), lambda m: m),
+    "centred_covariance": (("covariance", "mean"), centred),
+}
+
+
 def _statistic(group: FinishedGroup, needs: str) -> torch.Tensor:
-    return group.covariance if needs == "covariance" else group.mean_abs
+    parts, make = STATISTICS[needs]
+    if "mean" in parts and group.mean is None:
+        raise SvdadaptError(f"calibration kept no mean of the inputs of {group.members[0]}; {NO_MEAN}")
+    return make(*(getattr(group, part) for part in parts))
+
+
+def _stored(store: CovarianceStore, name: str, needs: str) -> torch.Tensor:
+    parts, make = STATISTICS[needs]
+    return make(*(getattr(store, part)(name) for part in parts))
 
 
 def waves_without_statistics(names: Iterable[str]) -> Iterator[list[Unit]]:
-    yield from _chunks([Unit([n], None) for n in names])
+    yield from chunks([Unit([n], None) for n in names])
 
 
 def waves_from_store(store: CovarianceStore, names: list[str], needs: str) -> Iterator[list[Unit]]:
     """One unit per store group (shared layers decomposed against one loaded covariance)."""
+    for part in STATISTICS[needs][0]:
+        store.require(part, names)  # a statistic the store lacks: one line, before any work
     wanted = set(names)
     keys = list(dict.fromkeys(store.group_key(n) for n in names))
-    for chunk in _chunks([Unit([m for m in store.members(k) if m in wanted], None) for k in keys]):
+    for chunk in chunks([Unit([m for m in store.members(k) if m in wanted], None) for k in keys]):
         for unit in chunk:
             first = unit.names[0]
-            unit.statistic = store.covariance(first) if needs == "covariance" else store.mean_abs(first)
+            unit.statistic = _stored(store, first, needs)
         yield chunk
         for unit in chunk:
             unit.statistic = None  # free as soon as the wave is done

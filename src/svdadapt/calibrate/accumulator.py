@@ -1,4 +1,4 @@
-"""Running sums for one covariance group: Σ x xᵀ (upper block triangle only), Σ |x|, token count.
+"""Running sums for one covariance group: Σ x xᵀ (upper block triangle only), Σ |x|, Σ x, token count.
 
 The Gram product is symmetric, so only the block-upper triangle is computed (the back end's
 triangular product, on whatever kernels suit the device). Products run in float32 (or the
@@ -33,11 +33,13 @@ class GramAccumulator:
     device: torch.device | str = "cpu"
     gram: torch.Tensor = field(init=False)  # (d, d), block-upper triangle of Σ x xᵀ
     abs_sum: torch.Tensor = field(init=False)  # (d,), Σ |x|
+    sum: torch.Tensor | None = field(init=False)  # (d,), Σ x; None after resuming sums saved without it
     count: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.gram = torch.zeros(self.dim, self.dim, dtype=self.accumulate_dtype, device=self.device)
         self.abs_sum = torch.zeros(self.dim, dtype=self.accumulate_dtype, device=self.device)
+        self.sum = torch.zeros(self.dim, dtype=self.accumulate_dtype, device=self.device)
         self._kernels = backend.on(self.device)
 
     def add(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +47,8 @@ class GramAccumulator:
         x = x.to(device=self.device, dtype=compute_dtype_for(x.dtype))  # (n, d)
         batch_abs = x.abs().sum(dim=0)  # (d,)
         self.abs_sum += batch_abs.to(self.accumulate_dtype)
+        if self.sum is not None:
+            self.sum += x.sum(dim=0).to(self.accumulate_dtype)
         self.count += x.shape[0]
         self._kernels.accumulate_gram(self.gram, x)
         return batch_abs
@@ -60,11 +64,14 @@ class GramAccumulator:
     def state(self) -> dict[str, torch.Tensor]:
         """The running sums themselves, not copies (for an in-place all-reduce); ``gram`` holds only
         the block-upper triangle."""
-        return {
+        state = {
             "gram": self.gram,
             "abs_sum": self.abs_sum,
             "count": torch.tensor([self.count], dtype=torch.float64, device=self.device),
         }
+        if self.sum is not None:
+            state["sum"] = self.sum
+        return state
 
     def checkpoint(self) -> dict[str, torch.Tensor]:
         """A copy of the sums that any accumulator of this dimension resumes from, whatever its
@@ -79,4 +86,8 @@ class GramAccumulator:
         narrowest = self.dim if self.dim <= 2 * NARROWEST_BLOCK else NARROWEST_BLOCK
         self.gram.copy_(backend.mirror_upper(state["gram"].clone(), narrowest))
         self.abs_sum.copy_(state["abs_sum"])
+        if "sum" in state:  # sums saved before Σ x was kept: the group's mean stays unknown
+            self.sum.copy_(state["sum"])
+        else:
+            self.sum = None
         self.count = int(state["count"].item())

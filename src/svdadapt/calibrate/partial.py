@@ -113,10 +113,12 @@ class PartialRun:
         for g in groups:
             tensors[f"{g.key}.covariance"] = g.covariance
             tensors[f"{g.key}.mean_abs"] = g.mean_abs
+            if g.mean is not None:
+                tensors[f"{g.key}.mean"] = g.mean
         write_safetensors(self.out / shard, tensors)
         listing = [
             {"key": g.key, "members": g.members, "dim": int(g.covariance.shape[0]), "count": g.count,
-             "masked": g.masked, "shard": shard}
+             "masked": g.masked, "shard": shard, "mean": g.mean is not None}
             for g in groups
         ]  # fmt: skip
         write_json(self.units_dir / f"{unit:05d}.json", {"groups": listing, "file": file_record(self.out / shard)})
@@ -157,7 +159,8 @@ class PartialRun:
             for g in listing["groups"]:
                 for member in g["members"]:
                     store.module_to_group[member] = g["key"]
-                store.groups[g["key"]] = StoredGroup(g["shard"], g["dim"], g["count"], g["masked"])
+                has_mean = g.get("mean") is True
+                store.groups[g["key"]] = StoredGroup(g["shard"], g["dim"], g["count"], g["masked"], has_mean)
                 store.metadata["files"][g["shard"]] = listing.get("file")
         write_json(self.out / METADATA_FILE, store.describe())
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -26,6 +26,7 @@ def finish(group: Group, store_dtype: torch.dtype = torch.float32) -> FinishedGr
         mean_abs=(sums.abs_sum / count).to(store_dtype),
         count=sums.count,
         masked=group.masked,
+        mean=None if sums.sum is None else (sums.sum / count).to(store_dtype),
     )
     group.sums = None  # the running sums are the largest thing calibration holds: gone as soon as used
     return finished

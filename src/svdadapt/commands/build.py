@@ -114,7 +114,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
     """The build into ``out``, whose lock the caller holds (:func:`build`, or train building its run)."""
     started = time.monotonic()
     adapter = opts.adapter
-    method = get_method(adapter.method, adapter.truncation)
+    method = get_method(adapter.method, adapter.truncation, adapter.rho, adapter.freeze_a)
     writer = backend.is_main_process()
     if writer:
         check_run_out(out, opts.overwrite)

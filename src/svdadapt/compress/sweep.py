@@ -55,6 +55,9 @@ def check_decompositions(names: list[str], store: CovarianceStore | None) -> Non
     for name in names:
         if name not in DECOMPOSITIONS:
             raise SvdadaptError(f"unknown decomposition {name!r}; choose from {', '.join(DECOMPOSITIONS)}")
+        if not DECOMPOSITIONS[name].whole:
+            whole = ", ".join(n for n, d in DECOMPOSITIONS.items() if d.whole)
+            raise SvdadaptError(f"the {name} decomposition does not decompose all of W; compress compares {whole}")
         if DECOMPOSITIONS[name].needs and store is None:
             raise SvdadaptError(
                 f"the {name} decomposition needs calibration statistics: pass --covariances DIR (from "
