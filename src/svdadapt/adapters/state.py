@@ -9,7 +9,7 @@ untouched model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -52,6 +52,11 @@ class LayerAdapter:
         """Values that train: A (unless frozen), B and ΔΣ."""
         A = 0 if self.frozen_A else self.A.numel()
         return A + self.B.numel() + (0 if self.diag is None else self.diag.numel())
+
+    def to(self, device: torch.device | str) -> LayerAdapter:
+        """The same adapter with every tensor on ``device``."""
+        move = {k: getattr(self, k) for k in ("A", "B", "diag", "base_P", "base_Q")}
+        return replace(self, **{k: v.to(device) for k, v in move.items() if v is not None})
 
     def folded_B(self) -> torch.Tensor:
         """B·diag(d) (out, r): the plain-LoRA B that gives the same ΔW."""

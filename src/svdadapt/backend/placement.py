@@ -120,11 +120,12 @@ def place(location: str, device: str | torch.device, offload: bool | None) -> Pl
 
 
 @contextlib.contextmanager
-def on_compute(module: nn.Module, placement: Placement) -> Iterator[nn.Module]:
+def on_compute(module: nn.Module, placement: Placement, private: bool = False) -> Iterator[nn.Module]:
     """``module``'s parameters and buffers on the compute device, in the compute dtype, for the
     block of the ``with``; then the original tensors again (nothing is copied back) and their
-    mapped pages handed back. A no-op in place."""
-    if not placement.offloaded:
+    mapped pages handed back. In place a no-op, unless ``private``: then the block of the ``with``
+    gets copies it may change, and the module's own tensors are left as they were."""
+    if not placement.offloaded and not private:
         yield module
         return
     saved: list[tuple[nn.Module, str, torch.Tensor, bool]] = []
@@ -135,7 +136,7 @@ def on_compute(module: nn.Module, placement: Placement) -> Iterator[nn.Module]:
                     if tensor is None:
                         continue
                     dtype = placement.dtype if placement.dtype is not None and tensor.is_floating_point() else None
-                    moved = tensor.data.to(placement.compute, dtype=dtype)
+                    moved = tensor.data.to(placement.compute, dtype=dtype, copy=private)
                     saved.append((owner, name, tensor.data, kind))
                     if kind:
                         tensor.data = moved

@@ -26,9 +26,15 @@ from .waves import Unit
 
 
 def _build_layer(
-    method: Method, name: str, plan: LayerPlan, decompose: Decomposer | None, random: RandomInit, dtype
+    method: Method,
+    name: str,
+    plan: LayerPlan,
+    decompose: Decomposer | None,
+    random: RandomInit,
+    dtype: torch.dtype,
+    compute: torch.device,
 ) -> LayerAdapter:
-    W = weight_matrix(plan.module)  # (out, in)
+    W = weight_matrix(plan.module).to(compute)  # (out, in)
     taken = decompose(W, name, (method.take, plan.rank)) if decompose else None
     layer = LayerInit(W, taken, plan.rank, plan.alpha, random, dtype, method.base)
     adapter = INITS[method.init].make(layer)
@@ -51,10 +57,13 @@ def build_adapters(
     progress: bool = True,
     put_base: Callable[[str, nn.Module, torch.Tensor], None] | None = None,
     write_base: bool = True,
+    compute: torch.device | str | None = None,
 ) -> AdapterSet:
     """Initialise every planned layer's adapter. New base weights (out, in) go to
     ``put_base(name, module, W)`` (e.g. a run's base writer), by default into the model in place;
-    nowhere without ``write_base`` (a process of a group that does not write).
+    nowhere without ``write_base`` (a process of a group that does not write). Decompositions and
+    the new bases are computed on ``compute`` (default: where the weights are; an offloaded model's
+    weights go there one layer at a time); the adapters end where the weights live.
 
     In one process each layer's base is written by the job that decomposed it; in a process group
     the layers are shared out, and the writing process writes the bases of the others' layers from
@@ -68,23 +77,25 @@ def build_adapters(
         name: draw_random(method.init, method.diag, p.rank, in_out_features(p.module)[0], generator)
         for name, p in plan.items()
     }
-    device = next(iter(plan.values())).module.weight.device if plan else "cpu"
+    home = next(iter(plan.values())).module.weight.device if plan else torch.device("cpu")
+    device = torch.device(compute) if compute is not None else home
     built: dict[str, LayerAdapter] = {}
     written: set[str] = set()
 
     def write(name: str, adapter: LayerAdapter) -> LayerAdapter:
         module = plan[name].module
-        new_base = base_without(weight_matrix(module), adapter) if write_base else None
+        new_base = base_without(weight_matrix(module).to(device), adapter) if write_base else None
         if new_base is not None:
             put_base(name, module, new_base)  # layers are distinct: safe from parallel workers
         written.add(name)
-        return adapter
+        return adapter.to(home)
 
     def job(name: str, decompose: Decomposer | None) -> backend.LayerJob[LayerAdapter]:
         p = plan[name]
 
         def run() -> LayerAdapter:
-            return write(name, _build_layer(method, name, p, decompose, randoms[name], adapter_dtype(p.module)))
+            adapter = _build_layer(method, name, p, decompose, randoms[name], adapter_dtype(p.module), device)
+            return write(name, adapter)
 
         return backend.LayerJob(name, tuple(weight_matrix(p.module).shape), run)
 
@@ -96,7 +107,8 @@ def build_adapters(
         for wave in waves:  # the wave source may run model forwards: full threads there
             jobs = []
             for unit in wave:
-                decompose = unit.decompose or (decomposer(row, unit.statistic, unit.names[0]) if row else None)
+                statistic = unit.statistic.to(device) if unit.statistic is not None else None
+                decompose = unit.decompose or (decomposer(row, statistic, unit.names[0]) if row else None)
                 jobs += [job(name, decompose) for name in unit.names if name in plan]
             results = dict(pool.map(jobs))
             if write_base:  # the layers other processes decomposed

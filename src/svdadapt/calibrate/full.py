@@ -15,11 +15,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import backend
+from ..runner import batch_samples, forward_module, model_inputs, module_device
 from ..store import FinishedGroup
 from .capture import InputCapture
 from .result import finish
 from .resume import restore, snapshot
-from .runner import batch_samples, forward_module, model_inputs, module_device
 from .settings import PassSettings
 
 

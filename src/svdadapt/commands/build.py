@@ -19,7 +19,7 @@ from ..decompose import check_finite
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
 from ..methods import get_method
-from ..models import load_model, max_positions
+from ..models import PlacementOptions, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
 from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
 from ..store import CovarianceStore
@@ -39,6 +39,7 @@ class BuildOptions(Options):
     adapter: AdapterOptions = group(AdapterOptions)
     calibration: DataOptions = group(DataOptions, defaults={"data": None})  # --data: calibrate on the fly
     device: str | None = opt(None, DEVICE_HELP)
+    placement: PlacementOptions = group(PlacementOptions)
     seed: int = opt(0, "seed for random adapter initialisation and sampling")
     head: str = opt(
         "auto", "model head to load: auto (from the checkpoint), causal-lm, base, or seq-cls (a new, seeded "
@@ -96,7 +97,10 @@ def _statistics(opts: BuildOptions, loaded, method, plan, progress: bool):
     batches = opts.calibration.load_batches(loaded.tokenizer, opts.seed)
     modules = {name: layer.module for name, layer in plan.items()}
     accumulate = DTYPES[opts.adapter.accumulate_dtype]
-    waves = waves_on_the_fly(loaded.model, batches, modules, method.needs, accumulate, progress)
+    waves = waves_on_the_fly(
+        loaded.model, batches, modules, method.needs, accumulate, progress, loaded.placement,
+        opts.placement.hidden_states_dir,
+    )  # fmt: skip
     return waves, opts.calibration.source_spec(opts.seed)
 
 
@@ -123,7 +127,8 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
     if opts.head == "seq-cls":
         head_kwargs["num_labels"] = opts.num_labels
         torch.manual_seed(opts.seed)  # the new head's initial weights become part of the run's base
-    loaded = load_model(opts.model, head=opts.head, device=device, **head_kwargs)
+    loaded = load_model(opts.model, head=opts.head, device=device, offload=opts.placement.offload_choice, **head_kwargs)
+    compute = backend.on(device).decomposition_device(loaded.placement.compute)
     modules = find_targets(loaded.model, adapter.targets)
     plan = plan_layers(modules, adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
     changed = method.changes_base or opts.head == "seq-cls"  # a new head lives in the base
@@ -138,7 +143,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
     }  # fmt: skip
     waves, calibration = _statistics(opts, loaded, method, plan, progress)
     if not writer:  # decompose this process's share of the layers; rank 0 writes the run
-        build_adapters(method, plan, waves, seed=opts.seed, progress=False, write_base=False)
+        build_adapters(method, plan, waves, seed=opts.seed, progress=False, write_base=False, compute=compute)
         return BuildResult(Run(out, backend.from_main(None)))
     with atomic_directory(out) as tmp:
         base.start(tmp / "base")
@@ -146,7 +151,9 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
         def put_base(name: str, module, matrix) -> None:
             base.put(f"{name}.weight", module.weight, stored_weight(module, matrix))
 
-        adapters = build_adapters(method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base)
+        adapters = build_adapters(
+            method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base, compute=compute
+        )
         mixed_conv1d(adapters)
         base.finish(loaded.model, loaded.tokenizer)
         base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)

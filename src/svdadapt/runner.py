@@ -1,4 +1,4 @@
-"""Running a model forward for calibration: the cheapest module that still reaches every target."""
+"""Running a model forward (calibration, streamed blocks): the cheapest module that still reaches every target."""
 
 from __future__ import annotations
 

@@ -1,0 +1,115 @@
+"""Offloaded calibration and builds (``--offload``): the model stays memory-mapped as stored and each
+block comes to the compute device, in the compute dtype, only while it works.
+
+On the CPU the compute dtype is float32. An offloaded bfloat16 checkpoint therefore computes every
+block from the same float32 values an in-place float32 load holds, in the same order: the store and
+the adapters are bit-identical (asserted exactly). The residual base differs only in being written
+in the checkpoint's own dtype: it equals the in-place float32 base rounded to bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from svdadapt import CovarianceStore
+from svdadapt.assets import save_tiny_model
+from svdadapt.backend import HiddenStates, Placement, on_compute, place
+from svdadapt.backend.devices import fp64_at_rate
+from svdadapt.cli import main
+from svdadapt.models import load_model
+from svdadapt.runs import Run
+
+
+@pytest.fixture(scope="module")
+def bf16_llama(tmp_path_factory):
+    """A tiny llama saved in bfloat16 (weights as big checkpoints ship them)."""
+    path = save_tiny_model("llama", tmp_path_factory.mktemp("bf16") / "llama")
+    model = load_model(str(path)).model.to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def common(model, text_file, out):
+    return ["--model", str(model), "--data", str(text_file), "--samples", "8", "--seq-len", "32",
+            "--batch-size", "2", "--device", "cpu", "--out", str(out)]  # fmt: skip
+
+
+def test_offloaded_load_keeps_the_checkpoint_dtype_mapped(bf16_llama):
+    loaded = load_model(str(bf16_llama), offload=True)
+    assert loaded.placement.offloaded and loaded.placement.mapped
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    block = loaded.model.model.layers[0]
+    before = {n: (p.data_ptr(), p.dtype) for n, p in block.named_parameters()}
+    with on_compute(block, loaded.placement):
+        assert {p.dtype for p in block.parameters()} == {torch.float32}
+    after = dict(block.named_parameters())
+    assert {n: (p.data_ptr(), p.dtype) for n, p in after.items()} == before  # the originals, nothing copied back
+
+
+def test_offloaded_calibration_equals_in_place(bf16_llama, text_file, tmp_path):
+    assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "in-place")]) == 0
+    assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "offloaded"), "--offload"]) == 0
+    spill = tmp_path / "spill"
+    assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "spilled"), "--offload",
+                 "--hidden-states-dir", str(spill)]) == 0  # fmt: skip
+    assert spill.is_dir() and not any(spill.iterdir())  # the memory-mapped states were removed
+    one = CovarianceStore.load(tmp_path / "in-place")
+    for other in ("offloaded", "spilled"):
+        two = CovarianceStore.load(tmp_path / other)
+        assert two.metadata["model"]["fingerprint"] == one.metadata["model"]["fingerprint"]
+        for name in one.modules:
+            assert torch.equal(two.covariance(name), one.covariance(name)), (other, name)
+            assert torch.equal(two.mean_abs(name), one.mean_abs(name)), (other, name)
+
+
+def test_offloaded_build_equals_in_place(bf16_llama, text_file, tmp_path):
+    args = ["build", "--method", "corda-kpa", "--rank", "4"]
+    assert main([*args, *common(bf16_llama, text_file, tmp_path / "in-place")]) == 0
+    assert main([*args, *common(bf16_llama, text_file, tmp_path / "offloaded"), "--offload"]) == 0
+    one, two = Run.open(tmp_path / "in-place"), Run.open(tmp_path / "offloaded")
+    a, b = one.adapters(), two.adapters()
+    for name, layer in a.layers.items():
+        assert torch.equal(b.layers[name].A, layer.A) and torch.equal(b.layers[name].B, layer.B), name
+    in_place = load_file(tmp_path / "in-place" / "base" / "model.safetensors")  # float32, as loaded
+    offloaded = load_file(tmp_path / "offloaded" / "base" / "model.safetensors")  # bfloat16, as stored
+    assert {t.dtype for t in offloaded.values()} == {torch.bfloat16}
+    for key, value in in_place.items():
+        assert torch.equal(offloaded[key], value.to(torch.bfloat16)), key
+    assert json.loads((tmp_path / "offloaded" / "base" / "config.json").read_text())["dtype"] == "bfloat16"
+    two.load_adapted()  # the run loads and its base plus adapter is the model it was built from
+
+
+def test_offload_is_chosen_when_the_model_does_not_fit(bf16_llama, monkeypatch):
+    import svdadapt.backend.placement as placement
+
+    assert not place(str(bf16_llama), "cpu", None).offloaded  # a tiny model fits
+    monkeypatch.setattr(placement, "free_memory", lambda device: 1024)
+    chosen = place(str(bf16_llama), "cpu", None)
+    assert chosen.offloaded and chosen.dtype == torch.float32 and "GiB free" in chosen.reason
+    assert not place(str(bf16_llama), "cpu", False).offloaded  # never when told not to
+
+
+def test_offload_needs_targets_inside_the_blocks(bf16_llama, text_file, tmp_path, capsys):
+    status = main(["calibrate", *common(bf16_llama, text_file, tmp_path / "out"), "--offload",
+                   "--targets", "re:.*(q_proj|lm_head)$"])  # fmt: skip
+    assert status != 0
+    assert "block by block" in capsys.readouterr().err
+
+
+def test_hidden_states_spill_to_files_and_back(tmp_path):
+    states = HiddenStates(Placement(torch.device("cpu"), offloaded=True), count=2, directory=tmp_path / "h")
+    with states:
+        first = states.keep(0, torch.arange(6.0).view(2, 3))
+        again = states.keep(0, first * 2)  # the next block's output overwrites the slot in place
+        assert again.data_ptr() == first.data_ptr() and torch.equal(again, torch.arange(6.0).view(2, 3) * 2)
+        assert len(list((tmp_path / "h").iterdir())) == 1
+    assert not any((tmp_path / "h").iterdir())
+
+
+def test_float64_decompositions_stay_on_gpus_that_compute_it_at_rate():
+    assert fp64_at_rate((9, 0)) and fp64_at_rate((8, 0))  # H100/H200, A100
+    assert not fp64_at_rate((8, 9)) and not fp64_at_rate((8, 6))  # L4/RTX 4090, RTX 3090: decompose on the host
