@@ -113,3 +113,20 @@ def test_hidden_states_spill_to_files_and_back(tmp_path):
 def test_float64_decompositions_stay_on_gpus_that_compute_it_at_rate():
     assert fp64_at_rate((9, 0)) and fp64_at_rate((8, 0))  # H100/H200, A100
     assert not fp64_at_rate((8, 9)) and not fp64_at_rate((8, 6))  # L4/RTX 4090, RTX 3090: decompose on the host
+
+
+def test_offloaded_compression_sweep_equals_in_place(bf16_llama, tmp_path):
+    """Offloaded, each point's changed weights exist only in the block's copy on its way through;
+    the perplexities equal the in-place sweep's (same float32 arithmetic per block: rtol 1e-6)."""
+    args = ["compress", "--model", str(bf16_llama), "--decomposition", "plain", "--discard", "0,2,8", "--eval",
+            "news", "--seq-len", "32", "--max-windows", "6", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "in-place")]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in bf16_llama.iterdir()}
+    assert main([*args, "--out", str(tmp_path / "offloaded"), "--offload"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in bf16_llama.iterdir()} == before  # the checkpoint untouched
+    one = json.loads((tmp_path / "in-place" / "results.json").read_text())
+    two = json.loads((tmp_path / "offloaded" / "results.json").read_text())
+    ppl = [p["perplexity"] for p in one["points"]]
+    assert len(set(ppl)) == 3  # every point changes the model
+    for a, b in zip(one["points"], two["points"], strict=True):
+        assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-6), (a, b)

@@ -95,6 +95,11 @@ def find_stack(model: nn.Module, target_names: list[str]) -> tuple[str, nn.Modul
     return None
 
 
+def block_index(stack_name: str, name: str) -> int:
+    """The block of stack ``stack_name`` that the module named ``name`` lies in."""
+    return int(name[len(stack_name) + 1 :].split(".", 1)[0])
+
+
 def _to(obj, device: torch.device, dtype: torch.dtype | None = None, memo: dict | None = None):
     """Tensors in ``obj`` on ``device``; floating ones also in ``dtype`` (when given). A tensor met
     twice (blocks share their rotary tables and masks) is moved once when ``memo`` is given."""
@@ -192,7 +197,7 @@ class BlockStream:
 
     def block_index(self, name: str) -> int:
         """The block a module named ``name`` (inside the stack) belongs to."""
-        return int(name[len(self.stack_name) + 1 :].split(".", 1)[0])
+        return block_index(self.stack_name, name)
 
     def advance(
         self,

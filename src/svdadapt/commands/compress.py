@@ -17,8 +17,8 @@ from ..decompose import DECOMPOSITIONS, as_float64
 from ..errors import SvdadaptError
 from ..evaluate import evaluation_windows
 from ..fingerprint import model_identity
-from ..models import load_model, max_positions
-from ..options import POSITIVE, Options, at_least, opt
+from ..models import PlacementOptions, load_model, max_positions
+from ..options import POSITIVE, Options, at_least, group, opt
 from ..store import CovarianceStore
 from ..targets import find_targets, weight_matrix
 from .common import DEVICE_HELP, MODEL_HELP
@@ -59,6 +59,7 @@ class CompressOptions(Options):
         None, "layers to compress: name suffixes or re:REGEX, comma-separated (default: every linear layer in blocks)"
     )
     device: str | None = opt(None, DEVICE_HELP)
+    placement: PlacementOptions = group(PlacementOptions)
 
     def check(self) -> None:
         _names(self.decomposition)
@@ -112,7 +113,8 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
     discards = parse_discards(opts.discard)
     store = _store(opts, names)
     check_out(out)
-    loaded = load_model(opts.model, head="causal-lm", device=backend.resolve_device(opts.device))
+    device = backend.resolve_device(opts.device)
+    loaded = load_model(opts.model, head="causal-lm", device=device, offload=opts.placement.offload_choice)
     limit = max_positions(loaded.model)
     if limit is not None and opts.seq_len > limit:
         raise SvdadaptError(f"--seq-len {opts.seq_len} is beyond this model's limit of {limit} positions")
@@ -133,8 +135,9 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
                        f"perplexity {point.perplexity:.4g}")  # fmt: skip
 
     sweep = run_sweep(
-        loaded.model, modules, names, discards, windows, store, opts.batch_size, progress, on_point=report
-    )
+        loaded.model, modules, names, discards, windows, store, opts.batch_size, progress, on_point=report,
+        placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir,
+    )  # fmt: skip
     meta = {
         "model": {**identity, "name": loaded.name, "location": loaded.location},
         "covariances": None if store is None else {"path": str(store.path), **store.metadata.get("source", {})},

@@ -49,13 +49,17 @@ def decompose_bottom(
     r_max: dict[str, int],
     waves: Iterable[list[Unit]],
     progress: bool = True,
+    compute: torch.device | None = None,
 ) -> dict[str, Dropped]:
-    """The r_max[name] smallest components of every layer in ``waves`` (one factorization each)."""
-    device = next(iter(modules.values())).weight.device if modules else "cpu"
+    """The r_max[name] smallest components of every layer in ``waves`` (one factorization each), on
+    the back end's decomposition device for ``compute`` (default: where the weights are)."""
+    device = next(iter(modules.values())).weight.device if modules else torch.device("cpu")
+    device = backend.on(compute or device).decomposition_device(compute or device)
 
     def job(name: str, make) -> backend.LayerJob[Dropped]:
         def run() -> Dropped:
-            f = factorize(weight_matrix(modules[name]), make, name, want=(Take.BOTTOM, r_max[name]))
+            W = weight_matrix(modules[name]).to(device)  # (out, in)
+            f = factorize(W, make, name, want=(Take.BOTTOM, r_max[name]))
             cpu = dict(device="cpu", dtype=torch.float32)
             return Dropped((f.U * f.S).to(**cpu), f.V.to(**cpu), f.S.to(**cpu), f.damping)
 
@@ -65,7 +69,10 @@ def decompose_bottom(
     bar = tqdm(total=len(r_max), desc=f"decomposing ({row.name})", unit="layer", disable=not progress)
     with bar, backend.on(device).layer_pool() as pool:
         for wave in waves:
-            jobs = [job(n, shared_contexts(row, u.statistic, u.names[0])) for u in wave for n in u.names if n in r_max]
+            jobs = []
+            for unit in wave:
+                statistic = unit.statistic.to(device) if unit.statistic is not None else None
+                jobs += [job(n, shared_contexts(row, statistic, unit.names[0])) for n in unit.names if n in r_max]
             for name, dropped in pool.map(jobs):
                 found[name] = dropped
                 bar.update(1)

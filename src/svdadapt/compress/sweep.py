@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..backend import Placement
 from ..build.waves import waves_from_store, waves_without_statistics
 from ..decompose import DECOMPOSITIONS
 from ..errors import SvdadaptError
-from ..evaluate import PerplexityResult, Windows, perplexity
+from ..evaluate import PerplexityResult, Windows, perplexity, streamed_perplexity
 from ..store import CovarianceStore
+from ..streaming import block_index, find_stack
+from ..targets import weight_matrix
 from .discard import Discard, layer_ranks
 from .dropped import decompose_bottom, keep_originals, min_dim, restore, write_point
 
@@ -80,9 +83,13 @@ def run_sweep(
     batch_size: int = 1,
     progress: bool = True,
     on_point: Callable[[Point], None] | None = None,
+    placement: Placement | None = None,
+    hidden_dir=None,
 ) -> Sweep:
     """Perplexity of ``model`` with the smallest components of ``modules`` dropped, per decomposition
-    and point. ``on_point`` sees each point as soon as it is measured. The model ends as it began."""
+    and point. ``on_point`` sees each point as soon as it is measured. The model ends as it began.
+    An offloaded model (``placement``) streams its blocks through the compute device for every
+    measurement, each block's weights changed on the way, never in the model."""
     check_decompositions(decompositions, store)
     ks = {name: min_dim(m) for name, m in modules.items()}
     ranks = layer_ranks(points, ks)
@@ -96,14 +103,15 @@ def run_sweep(
         return Point(decomposition, discard.text, distinct, dropped, dropped / total_k,
                      result.perplexity, result.nll, result.tokens, round(seconds, 2))  # fmt: skip
 
-    base = perplexity(model, windows, batch_size, progress)
+    chosen_layers = {n: modules[n] for n in r_max}
+    measure = _measurer(model, chosen_layers, windows, batch_size, progress, placement, hidden_dir)
+    base = measure(None, {})
     sweep = Sweep(base)
-    originals = keep_originals({n: modules[n] for n in r_max})
+    compute = placement.compute if placement is not None else None
     for decomposition in decompositions:
         started = time.monotonic()
-        dropped = decompose_bottom(
-            DECOMPOSITIONS[decomposition], modules, r_max, _waves(decomposition, store, list(r_max)), progress
-        )
+        waves = _waves(decomposition, store, list(r_max))
+        dropped = decompose_bottom(DECOMPOSITIONS[decomposition], modules, r_max, waves, progress, compute)
         sweep.decompose_seconds[decomposition] = round(time.monotonic() - started, 2)
         sweep.dampings[decomposition] = sorted({d.damping for d in dropped.values() if d.damping is not None})
         for discard, chosen in tqdm(
@@ -113,14 +121,42 @@ def run_sweep(
             if not any(chosen.values()):  # nothing changes: the base model's measurement
                 result, seconds = base, 0.0
             else:
-                try:
-                    write_point(modules, originals, dropped, chosen)
-                    result = perplexity(model, windows, batch_size, progress)
-                finally:
-                    restore(modules, originals, [n for n, r in chosen.items() if r > 0])
+                result = measure(dropped, chosen)
                 seconds = time.monotonic() - started
             sweep.points.append(point(decomposition, discard, chosen, result, seconds))
             if on_point is not None:
                 on_point(sweep.points[-1])
         del dropped
     return sweep
+
+
+def _measurer(model, modules, windows, batch_size, progress, placement: Placement | None, hidden_dir=None):
+    """``measure(dropped, chosen)``: the perplexity with each layer's ``chosen`` r smallest components
+    dropped (none: the model as it is). In place the weights are written, measured and restored;
+    offloaded each block's copy on the compute device is changed on its way through."""
+    if placement is None or not placement.offloaded:
+        originals = keep_originals(modules)
+
+        def in_place(dropped, chosen) -> PerplexityResult:
+            try:
+                write_point(modules, originals, dropped, chosen)
+                return perplexity(model, windows, batch_size, progress)
+            finally:
+                restore(modules, originals, [n for n, r in chosen.items() if r > 0])
+
+        return in_place
+    stack_name, _ = find_stack(model, list(modules))
+    by_block: dict[int, list[str]] = {}
+    for name in modules:
+        by_block.setdefault(block_index(stack_name, name), []).append(name)
+
+    def streamed(dropped, chosen) -> PerplexityResult:
+        def change(index: int, _block) -> None:
+            names = [n for n in by_block.get(index, []) if chosen.get(n, 0) > 0]
+            current = {n: weight_matrix(modules[n]) for n in names}  # the block's private copies
+            write_point({n: modules[n] for n in names}, current, dropped, {n: chosen[n] for n in names})
+
+        edit = change if chosen else None
+        return streamed_perplexity(model, windows, placement, batch_size, progress, edit, hidden_dir)
+
+    return streamed

@@ -1,6 +1,6 @@
 """Evaluation: perplexity on text, task metrics, and the lm-evaluation-harness bridge."""
 
-from .perplexity import PerplexityResult, Windows, evaluation_windows, perplexity
+from .perplexity import PerplexityResult, Windows, evaluation_windows, perplexity, streamed_perplexity
 from .suite import evaluate_model
 
-__all__ = ["PerplexityResult", "Windows", "evaluate_model", "evaluation_windows", "perplexity"]
+__all__ = ["PerplexityResult", "Windows", "evaluate_model", "evaluation_windows", "perplexity", "streamed_perplexity"]

@@ -11,6 +11,7 @@ CorDA repository). PPL = exp(total NLL / predicted tokens).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from .. import backend
 from ..data.samples import adds_bos
 from ..data.sources import EVAL_SPLITS, resolve
 from ..errors import SvdadaptError, require
+from ..streaming import BlockStream
 
 
 @dataclass
@@ -64,6 +66,15 @@ def evaluation_windows(
     return Windows(source, torch.tensor(rows, dtype=torch.long))
 
 
+def _nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
+    """Summed NLL of tokens 1.. of ``ids`` (b, L) under ``logits`` (b, L, vocab), and their count."""
+    pred = logits[:, :-1]  # (b, L - 1, vocab): position t predicts token t + 1
+    pred = pred if pred.dtype == torch.float64 else pred.float()
+    target = ids[:, 1:].to(pred.device)
+    nll = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
+    return float(nll), target.numel()
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: Windows, batch_size: int = 1, progress: bool = True) -> PerplexityResult:
     """PPL of ``model`` over prepared windows (float64 accumulation of the NLL)."""
@@ -77,13 +88,46 @@ def perplexity(model: nn.Module, windows: Windows, batch_size: int = 1, progress
             ids = windows.ids[start : start + batch_size].to(device)
             with backend.on(device).forward_products():
                 logits = model(input_ids=ids, use_cache=False).logits  # (b, L, vocab)
-            pred = logits[:, :-1]  # (b, L - 1, vocab): position t predicts token t + 1
-            pred = pred if pred.dtype == torch.float64 else pred.float()
-            target = ids[:, 1:]
-            nll = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="sum")
-            total += float(nll)
-            counted += target.numel()
+            nll, count = _nll_sum(logits, ids)
+            total += nll
+            counted += count
     finally:
         model.train(was_training)
     mean = total / counted
     return PerplexityResult(windows.source, math.exp(mean), mean, counted, n, seq_len)
+
+
+@torch.no_grad()
+def streamed_perplexity(
+    model: nn.Module,
+    windows: Windows,
+    placement: backend.Placement,
+    batch_size: int = 1,
+    progress: bool = True,
+    change: Callable[[int, nn.Module], None] | None = None,
+    hidden_dir=None,
+) -> PerplexityResult:
+    """:func:`perplexity` of a model whose blocks stream through the compute device one at a time
+    (an offloaded model: :class:`svdadapt.streaming.BlockStream`); ``change(index, block)`` may edit
+    block ``index``'s weights for this pass only (the model's own are never written)."""
+    n, seq_len = windows.ids.shape
+    batches = [{"input_ids": windows.ids[s : s + batch_size]} for s in range(0, n, batch_size)]
+    sums = [0.0, 0]
+    was_training = model.training
+    model.eval()
+
+    def add(batch, outputs) -> None:
+        nll, count = _nll_sum(outputs.logits, batch["input_ids"])
+        sums[0] += nll
+        sums[1] += count
+
+    try:
+        with BlockStream(model, batches, placement=placement, hidden_dir=hidden_dir) as stream:
+            blocks = len(stream.stack)
+            for index in tqdm(range(blocks), desc=f"perplexity {windows.source}", unit="block", disable=not progress):
+                stream.advance(index, change=(lambda block, i=index: change(i, block)) if change else None)
+            stream.outputs(add)
+    finally:
+        model.train(was_training)
+    mean = sums[0] / sums[1]
+    return PerplexityResult(windows.source, math.exp(mean), mean, sums[1], n, seq_len)
