@@ -40,3 +40,13 @@ def module_device(module: nn.Module) -> torch.device:
 
 def batch_samples(batch: Mapping[str, torch.Tensor]) -> int:
     return int(batch["input_ids"].shape[0])
+
+
+def positions_to_keep(model: nn.Module, wanted: torch.Tensor) -> torch.Tensor | None:
+    """The positions (k,) where ``wanted`` (b, L) holds in some row, for a model that can run its
+    vocabulary-wide head at chosen positions only (transformers' ``logits_to_keep``); None when it
+    cannot, or when nothing is wanted."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return None
+    keep = wanted.any(dim=0).nonzero().squeeze(1)  # (k,)
+    return keep if keep.numel() else None

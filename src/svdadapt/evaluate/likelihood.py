@@ -24,6 +24,7 @@ from ..data.samples import Sample
 from ..data.sources import resolve
 from ..data.templates import get_template
 from ..errors import SvdadaptError
+from ..runner import positions_to_keep
 
 POLARITY_LABELS = ("positive", "negative")
 
@@ -74,14 +75,19 @@ def response_logprobs(
             group = samples[start : start + batch_size]
             batch = pad_batch(group, pad_id)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (b, L)
-            with backend.on(device).forward_products():
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]  # (b, L-1, V)
-            logits = logits if logits.dtype == torch.float64 else logits.float()
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]  # (b, L-1)
             position = torch.arange(1, ids.shape[1], device=device)  # position of each predicted token
             starts = torch.tensor([s.prompt_len for s in group], device=device)
             counted = (position[None, :] >= starts[:, None]) & mask[:, 1:].bool()  # (b, L-1) response tokens
-            scores.append((logp.double() * counted).sum(dim=1).cpu())
+            keep = positions_to_keep(model, counted)  # (k,): the head runs at these positions only
+            extra = {} if keep is None else {"logits_to_keep": keep}
+            with backend.on(device).forward_products():
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits  # (b, k, V)
+            if keep is None:
+                keep = torch.arange(ids.shape[1] - 1, device=device)
+                logits = logits[:, :-1]
+            logits = logits if logits.dtype == torch.float64 else logits.float()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, keep + 1, None])[..., 0]  # (b, k)
+            scores.append((logp.double() * counted[:, keep]).sum(dim=1).cpu())
     finally:
         model.train(was_training)
     return torch.cat(scores)

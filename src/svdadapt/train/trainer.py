@@ -4,7 +4,6 @@ what trains."""
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
@@ -17,6 +16,7 @@ from ..adapters.losses import Regularizer
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
 from ..files import load_tensors, read_json
+from ..runner import positions_to_keep
 from .datasets import IGNORE
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -127,11 +127,9 @@ def on_labelled_positions(model, inputs: dict) -> dict:
     labels, ids = inputs.get("labels"), inputs.get("input_ids")
     if labels is None or ids is None or labels.dim() != 2 or labels.shape != ids.shape:
         return inputs
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        return inputs
     following = labels[:, 1:]  # (b, L - 1): the token position t predicts
-    keep = (following != IGNORE).any(dim=0).nonzero().squeeze(1)  # (k,)
-    if keep.numel() == 0:
+    keep = positions_to_keep(model, following != IGNORE)  # (k,)
+    if keep is None:
         return inputs
     ignored = torch.full_like(labels[:, :1], IGNORE)  # (b, 1)
     return {
