@@ -34,9 +34,9 @@ class LowRank(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.lora_A(self.dropout(x))  # (..., r)
-        if self.lora_diag is not None:
-            h = h * self.lora_diag
-        return self.lora_B(h) * self.scaling  # (..., out)
+        # s (and ΔΣ) scale the r-wide middle, not the out-wide result: the same product, less work
+        scale = self.scaling if self.lora_diag is None else self.lora_diag * self.scaling  # () or (r,)
+        return self.lora_B(h * scale)  # (..., out)
 
     def delta_weight(self) -> torch.Tensor:
         """(out, in) float64 ΔW."""
