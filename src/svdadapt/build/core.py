@@ -58,12 +58,14 @@ def build_adapters(
     put_base: Callable[[str, nn.Module, torch.Tensor], None] | None = None,
     write_base: bool = True,
     compute: torch.device | str | None = None,
+    release: Callable[[torch.Tensor], None] | None = None,
 ) -> AdapterSet:
     """Initialise every planned layer's adapter. New base weights (out, in) go to
     ``put_base(name, module, W)`` (e.g. a run's base writer), by default into the model in place;
     nowhere without ``write_base`` (a process of a group that does not write). Decompositions and
     the new bases are computed on ``compute`` (default: where the weights are; an offloaded model's
-    weights go there one layer at a time); the adapters end where the weights live.
+    weights go there one layer at a time); the adapters end where the weights live. ``release``
+    gets each layer's weight once the layer is done (e.g. to hand its mapped pages back).
 
     In one process each layer's base is written by the job that decomposed it; in a process group
     the layers are shared out, and the writing process writes the bases of the others' layers from
@@ -87,6 +89,8 @@ def build_adapters(
         new_base = base_without(weight_matrix(module).to(device), adapter) if write_base else None
         if new_base is not None:
             put_base(name, module, new_base)  # layers are distinct: safe from parallel workers
+        elif release is not None:
+            release(module.weight)
         written.add(name)
         return adapter.to(home)
 

@@ -95,6 +95,7 @@ def _statistics(opts: BuildOptions, loaded, method, plan, progress: bool):
         return waves_from_store(store, list(plan), method.needs), calibration
     opts.calibration.check_length(max_positions(loaded.model))
     batches = opts.calibration.load_batches(loaded.tokenizer, opts.seed)
+    backend.check_shares(len(batches))
     modules = {name: layer.module for name, layer in plan.items()}
     accumulate = DTYPES[opts.adapter.accumulate_dtype]
     waves = waves_on_the_fly(
@@ -143,7 +144,9 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
     }  # fmt: skip
     waves, calibration = _statistics(opts, loaded, method, plan, progress)
     if not writer:  # decompose this process's share of the layers; rank 0 writes the run
-        build_adapters(method, plan, waves, seed=opts.seed, progress=False, write_base=False, compute=compute)
+        build_adapters(
+            method, plan, waves, seed=opts.seed, progress=False, write_base=False, compute=compute, release=base.release
+        )
         return BuildResult(Run(out, backend.from_main(None)))
     with atomic_directory(out) as tmp:
         base.start(tmp / "base")
@@ -152,8 +155,9 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
             base.put(f"{name}.weight", module.weight, stored_weight(module, matrix))
 
         adapters = build_adapters(
-            method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base, compute=compute
-        )
+            method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base, compute=compute,
+            release=base.release,
+        )  # fmt: skip
         mixed_conv1d(adapters)
         base.finish(loaded.model, loaded.tokenizer)
         base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
