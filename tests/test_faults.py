@@ -320,6 +320,37 @@ def test_damaged_model_directories_are_one_line(made, capsys, tmp_path):
     one_line(capsys, "eval", pickled, names=["pickle"])
 
 
+def test_models_that_cannot_be_loaded_lazily_are_one_line_with_or_without_offload(made, capsys, tmp_path):
+    def calibrate(model, *extra):
+        return ["calibrate", "--model", model, "--data", made["text"], "--samples", "4", "--seq-len", "32",
+                "--device", "cpu", "--out", tmp_path / "store", *extra]  # fmt: skip
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(made["model"] / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    one_line(capsys, *calibrate(pickled, "--offload"), names=["pickle", "safetensors"])
+    build = build_args(made, tmp_path / "r", "--offload", "--data", made["text"])
+    one_line(capsys, *build, "--model", pickled, names=["pickle"])
+    gguf = tmp_path / "gguf"
+    gguf.mkdir()
+    (gguf / "model-Q8_0.gguf").write_bytes(b"GGUF\x03\x00\x00\x00not loaded")
+    for model in (gguf, gguf / "model-Q8_0.gguf"):
+        for extra in ((), ("--offload",)):
+            one_line(capsys, *calibrate(model, *extra), names=["GGUF", "safetensors", "gguf_file='model-Q8_0.gguf'"])
+    remote = copy(made["model"], tmp_path / "remote")
+    config = json.loads((remote / "config.json").read_text())
+    auto_map = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (remote / "config.json").write_text(json.dumps({**config, "model_type": "x-custom", "auto_map": auto_map}))
+    for extra in ((), ("--offload",)):
+        one_line(capsys, *calibrate(remote, *extra), names=[remote, "auto_map", "code"])
+    assert not (tmp_path / "store").exists()
+    # an auto_map beside an architecture transformers has is not needed: the model loads, no code is run
+    native = copy(made["model"], tmp_path / "native")
+    (native / "config.json").write_text(json.dumps({**config, "auto_map": auto_map}))
+    ok(capsys, *calibrate(native, "--offload"))
+
+
 @pytest.mark.parametrize(
     "content", ["{not json", '{"format": "svdadapt.run"}', '{"format": "svdadapt.run", "version": "1"}', "[]"]
 )  # noqa: E501

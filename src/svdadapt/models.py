@@ -16,6 +16,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .backend import Placement, collection_paused, place
 from .errors import SvdadaptError
@@ -70,6 +71,14 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _check_local_dir(path: Path) -> None:
+    ggufs = [path] if path.suffix == ".gguf" and path.is_file() else sorted(path.glob("*.gguf"))
+    if ggufs and not any(path.glob("*.safetensors")):
+        raise SvdadaptError(
+            f"{path} holds a GGUF checkpoint; svdadapt needs a safetensors one: convert it once with transformers, "
+            f"AutoModelForCausalLM.from_pretrained({str(ggufs[0].parent)!r}, gguf_file={ggufs[0].name!r})"
+            ".save_pretrained(OUT) and the "
+            "same with AutoTokenizer, then pass OUT"
+        )
     if not path.is_dir():
         raise SvdadaptError(f"model directory {path} does not exist")
     if not (path / "config.json").is_file():
@@ -83,7 +92,13 @@ def _check_local_dir(path: Path) -> None:
             )
         raise SvdadaptError(f"model directory {path} has no weights (*.safetensors)")
     fix = "the model directory is damaged: copy or save it again"
-    read_json(path / "config.json", "model config", fix)
+    config = read_json(path / "config.json", "model config", fix)
+    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise SvdadaptError(
+            f"{path} needs its own modelling code (auto_map in config.json, model_type "
+            f"{config.get('model_type')!r} unknown to transformers); svdadapt never runs a checkpoint's code: "
+            "use a model of an architecture transformers has"
+        )
     shards = sorted(path.glob("*.safetensors"))
     if (path / INDEX).is_file():
         weight_map = read_json(path / INDEX, "checkpoint index", fix).get("weight_map")
@@ -119,7 +134,7 @@ def head_for(location: str, head: str) -> str:
     if head != "auto":
         return head
     try:
-        config = AutoConfig.from_pretrained(location)
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
     except LOAD_ERRORS as exc:
         raise SvdadaptError(f"could not read the config of {location}: {first_line(exc)}") from None
     archs = getattr(config, "architectures", None) or []
@@ -130,7 +145,7 @@ def head_for(location: str, head: str) -> str:
 
 def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
     except LOAD_ERRORS as exc:
         raise SvdadaptError(f"could not load the tokenizer of {location}: {first_line(exc)}") from None
     if tokenizer.pad_token is None:
@@ -163,7 +178,11 @@ def load_model(
     try:
         with collection_paused():  # the first load imports most of transformers' modelling code
             model = HEADS[head].from_pretrained(
-                location, dtype=placement.load_dtype(dtype), use_safetensors=True, **model_kwargs
+                location,
+                dtype=placement.load_dtype(dtype),
+                use_safetensors=True,
+                trust_remote_code=False,
+                **model_kwargs,
             )
     except LOAD_ERRORS as exc:
         raise SvdadaptError(f"could not load model {spec!r}: {first_line(exc)}") from None
@@ -188,7 +207,7 @@ def positions_of_model(spec: str) -> int | None:
     """:func:`max_positions` of the model ``spec`` names, from its config alone (nothing loaded)."""
     location = resolve_location(spec)
     try:
-        return positions_of(AutoConfig.from_pretrained(location))
+        return positions_of(AutoConfig.from_pretrained(location, trust_remote_code=False))
     except LOAD_ERRORS as exc:
         raise SvdadaptError(f"could not read the config of {location}: {first_line(exc)}") from None
 

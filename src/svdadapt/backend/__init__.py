@@ -15,7 +15,7 @@ exports, never the modules behind it:
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
   or saved); the one place that hands memory back to the OS.
 - processes and devices: ``resolve_device``, ``default_device``, ``process_group`` (joins the
-  other processes of a launch), ``world_size``, ``rank``, ``is_main_process``, ``share_of``,
+  other processes of a launch), ``world_size``, ``rank``, ``is_main_process``, ``share_of``, ``check_shares``,
   ``sum_across_processes``, ``from_main``, ``barrier``.
 - the garbage collector: ``collection_paused``, ``set_aside_live_objects``.
 """
@@ -29,6 +29,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .hidden import HiddenStates
     from .launch import (
         barrier,
+        check_shares,
         default_device,
         from_main,
         in_process_group,
@@ -46,6 +47,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
 __all__ = [
     "Backend",
     "barrier",
+    "check_shares",
     "from_main",
     "process_group",
     "rank",

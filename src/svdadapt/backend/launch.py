@@ -5,14 +5,23 @@ Training under such a launcher is Trainer's own data parallelism; svdadapt makes
 process writes the run and that each process starts on its own accelerator. Calibration in a
 ``torch.distributed`` process group gives each rank every world_size-th batch and all-reduces the
 sums.
+
+A process of a launch whose peer stops ends with one line: a collective that loses its peer raises,
+and the launcher's SIGTERM (``torchrun`` stops the others when one fails) becomes an error too, so
+atomic writes in progress are dropped. ``SVDADAPT_PROCESS_TIMEOUT`` (seconds) bounds how long a
+collective waits for a peer that hangs (default: torch's, 30 minutes).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+import re
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -21,6 +30,8 @@ import torch.distributed as dist
 from ..errors import SvdadaptError
 
 T = TypeVar("T")
+TIMEOUT_VARIABLE = "SVDADAPT_PROCESS_TIMEOUT"
+AGAIN = "what was written is complete or was not kept: launch again, with --resume where the command takes it"
 
 
 def world_size() -> int:
@@ -60,23 +71,42 @@ def in_process_group() -> bool:
 
 
 def share_of(items: Iterable[T]) -> Iterable[T]:
-    """This process's share of ``items`` in a process group (every world_size-th), else all of them."""
+    """This process's share of ``items`` in a process group (every world_size-th), else all of them;
+    a one-line error, on every process, when a list of batches has fewer than one per process."""
     if not in_process_group():
         return items
+    if isinstance(items, Sequence):
+        check_shares(len(items))
     return itertools.islice(items, dist.get_rank(), None, dist.get_world_size())
+
+
+def check_shares(batches: int) -> None:
+    """Every process of the group gets at least one of ``batches`` calibration batches, or one line."""
+    processes = dist.get_world_size() if in_process_group() else 1
+    if batches < processes:
+        raise SvdadaptError(
+            f"{processes} processes were launched for {batches} calibration batch{'es' if batches != 1 else ''}, "
+            f"and each needs one at least: make {processes} batches or more (raise --samples or lower "
+            f"--batch-size), or launch {max(batches, 1)} process{'es' if batches > 1 else ''} at most"
+        )
 
 
 @contextmanager
 def _collective() -> Iterator[None]:
-    """A step all processes take together: if another process of the launch died or failed, one line."""
+    """A step all processes take together: if another process of the launch died, failed or hangs
+    (past the timeout), one line."""
     try:
         yield
     except RuntimeError as exc:  # gloo and NCCL report a peer that is gone as RuntimeError
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SvdadaptError(
-            f"another process of the launch stopped ({text}); what was written is complete or was not "
-            "kept: launch again, with --resume where the command takes it"
+            f"another process of the launch stopped or does not answer ({_reason(exc)}); {AGAIN}"
         ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of a collective's error, without gloo's source location."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip()).split("\n")[0]
+    return text.split(". ")[0].rstrip(".") or type(exc).__name__
 
 
 def sum_across_processes(tensors: Iterable[torch.Tensor]) -> None:
@@ -98,15 +128,50 @@ def process_group(device: str | torch.device) -> Iterator[None]:
     kind = "nccl" if torch.device(device).type == "cuda" else "gloo"
     if kind == "nccl":
         torch.cuda.set_device(torch.device(device))
+    timeout = _timeout()
     try:
-        dist.init_process_group(kind)
+        dist.init_process_group(kind, **({"timeout": timeout} if timeout is not None else {}))
     except (RuntimeError, ValueError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SvdadaptError(f"could not join the other processes of the launch ({text})") from None
     try:
-        yield
+        with _stopped_by_launcher():
+            yield
     finally:
         dist.destroy_process_group()
+
+
+def _timeout() -> timedelta | None:
+    """``SVDADAPT_PROCESS_TIMEOUT`` as a timedelta, if set."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise SvdadaptError(f"{TIMEOUT_VARIABLE}={text!r}: give the seconds a collective may wait, a positive number")
+    return timedelta(seconds=seconds)
+
+
+@contextmanager
+def _stopped_by_launcher() -> Iterator[None]:
+    """Inside, SIGTERM (the launcher stopping the processes left when one failed) raises a one-line
+    error where this process is, so that what it was writing atomically is dropped, not left half-done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the process as usual
+        raise SvdadaptError(f"the launcher stopped this process (another process of the launch failed); {AGAIN}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def rank() -> int:

@@ -132,6 +132,11 @@ class PartialRun:
         header = {"position": json.dumps(position), "group_of": json.dumps(state.group_of)}
         write_safetensors(self.dir / FULL_STATE, tensors, metadata=header)
 
+    @property
+    def checkpointed(self) -> bool:
+        """Whether a whole-model pass left a checkpoint of its running sums (one process's: it ran alone)."""
+        return (self.dir / FULL_STATE).is_file()
+
     def load_full_state(self) -> FullPassState | None:
         path = self.dir / FULL_STATE
         if not path.is_file():

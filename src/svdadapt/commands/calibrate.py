@@ -94,6 +94,7 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
     targets = find_targets(loaded.model, opts.targets)
     mode = resolve_mode(loaded.model, targets, opts.mode)
     batches = opts.source.load_batches(loaded.tokenizer, opts.seed)
+    backend.check_shares(len(batches))  # before anything is written
     identity = describe_model(loaded)
     source = opts.source.source_spec(opts.seed)
     spec = {
@@ -113,6 +114,9 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
         backend.barrier()
         return CalibrateResult(CovarianceStore.load(out), reused=True)
     alone = not backend.in_process_group()  # whole-model checkpoints hold one process's sums: not in a group
+    if writer and mode == "full" and not alone and run.checkpointed:
+        print(f"svdadapt: note: the checkpoint in {out} holds one process's sums; {backend.world_size()} processes "
+              "start the whole-model pass over (resume with one process to continue it)")  # fmt: skip
     settings = PassSettings(
         accumulate_dtype=DTYPES[opts.accumulate_dtype], store_dtype=DTYPES[opts.store_dtype], progress=progress,
         total_samples=sum(len(b["input_ids"]) for b in backend.share_of(batches)),
