@@ -14,7 +14,7 @@ run must be shorter), r = 128; svdadapt against PEFT on the same GPU (wall time,
 8 GiB (``torch.cuda.set_per_process_memory_fraction``). Targets: peak GPU memory ≤ 0.25× PEFT's,
 wall time ≤ 0.33× PEFT's; the capped build completes.
 
-    python benchmarks/scale.py [--repeats 1] [--json docs/scale-bench.json]
+    python benchmarks/scale.py [--repeats 1] [--json docs/scale-bench.json] [--peft-from EARLIER.json]
     python benchmarks/scale.py --gpu --json docs/scale-gpu-bench.json
 """
 
@@ -168,6 +168,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-torchrun", action="store_true", help="CPU: skip the 2-process build")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--peft-from", help="take PEFT's figures from this earlier --json of the same setup instead of rerunning it"
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](**json.loads(args.kwargs))))
@@ -189,15 +192,21 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
             else:
                 runs.setdefault("svdadapt build (CLI process)", []).append(run_cli(setup, model, out))
-            runs.setdefault("PEFT preprocess_corda + get_peft_model", []).append(
-                run_child("peft", setup=setup, model=model)
-            )
+            if not args.peft_from:
+                runs.setdefault("PEFT preprocess_corda + get_peft_model", []).append(
+                    run_child("peft", setup=setup, model=model)
+                )
         if args.gpu:
             capped = run_child("svdadapt", setup=setup, model=model, out=out, cap_gib=8.0)
             runs["svdadapt build, GPU capped to 8 GiB"] = [capped]
         elif not args.no_torchrun:
             runs["svdadapt build, 2 processes (torchrun)"] = [run_torchrun(setup, model, out)]
     figures = {name: median(r) for name, r in runs.items()}
+    if args.peft_from:  # PEFT's earlier figures (it takes ~30 min on the CPU setup)
+        earlier = json.loads(Path(args.peft_from).read_text())
+        if earlier["setup"] != setup:
+            raise SystemExit(f"{args.peft_from} measured another setup: {earlier['setup']}")
+        figures["PEFT preprocess_corda + get_peft_model"] = earlier["runs"]["PEFT preprocess_corda + get_peft_model"]
     ours = figures["svdadapt build" if args.gpu else "svdadapt build (CLI process)"]
     peft = figures["PEFT preprocess_corda + get_peft_model"]
     ratios = {
@@ -220,7 +229,8 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name:48s} {value:6.2f}")
     if args.json:
-        payload = {"machine": describe(), "setup": setup, "float32_gib": float32_gib, "runs": figures, "ratios": ratios}
+        payload = {"machine": describe(), "setup": setup, "float32_gib": float32_gib, "runs": figures, "ratios": ratios,
+                   "peft_from": args.peft_from}  # fmt: skip
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -125,7 +125,8 @@ def test_sft_masks_prompts_and_packs():
 
 def test_sft_on_polarity_and_resume(capsys, tiny_dirs, tmp_path):
     args = train_args(tiny_dirs, tmp_path / "run", kind="llama", method="pissa", task="sft", data="polarity",
-                      epochs=1, train_samples=32, eval_samples=8, save_checkpoints=True, max_length=160)  # fmt: skip
+                      epochs=1, train_samples=32, eval_samples=8, save_checkpoints=True, max_length=160,
+                      order="length")  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
     first = json.loads((tmp_path / "run" / "train_results.json").read_text())
     assert first["steps"] == 4 and first["main_metric"] == "loss"

@@ -139,7 +139,7 @@ def _trained_run(name: str, covariances: Path, opts: QuickstartOptions, run_dir:
         TrainOptions(
             run=str(run_dir), task=TaskOptions(task="sft", data="polarity", max_length=128), seed=0,
             training=TrainingOptions(epochs=opts.epochs, batch_size=8, module_lr=opts.module_lr, warmup_ratio=0.1,
-                                     schedule="cosine", logging_steps=2),
+                                     schedule="cosine", logging_steps=2, order="length"),
             device=opts.device,
         ),
         progress=progress,

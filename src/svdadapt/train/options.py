@@ -41,6 +41,10 @@ class TrainingOptions(Options):
     weight_decay: float = opt(0.0, "AdamW weight decay", check=NON_NEGATIVE)
     warmup_ratio: float = opt(0.06, "fraction of steps with linear warm-up", check=FRACTION)
     schedule: str = opt("linear", "learning-rate schedule", choices=SCHEDULES)
+    order: str = opt(
+        "random", "order of training examples: random, or length (batches of similar length: less padding)",
+        choices=["random", "length"],
+    )  # fmt: skip
     beta: float = opt(1e-4, "kasa: weight of the singular-value term ‖ΔΣ‖²", check=NON_NEGATIVE)
     gamma: float = opt(1e-3, "kasa: weight of the orthogonality term ‖BᵀB − I‖ + ‖AAᵀ − I‖", check=NON_NEGATIVE)
     bf16: bool = opt(False, "train in bfloat16 mixed precision (where the device supports it)")

@@ -113,6 +113,7 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
         weight_decay=opts.weight_decay,
         warmup_steps=opts.warmup_ratio,  # a float below 1 is a fraction of all steps
         lr_scheduler_type=opts.schedule,
+        train_sampling_strategy="group_by_length" if opts.order == "length" else "random",
         logging_steps=opts.logging_steps,
         eval_strategy="epoch",
         prediction_loss_only=metrics is None,  # SFT: the evaluation loss alone, no gathered logits
