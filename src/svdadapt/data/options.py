@@ -14,7 +14,7 @@ from .sources import FieldOptions, resolve
 from .templates import TEMPLATES
 
 SOURCE_HELP = (
-    "source: wiki, wiki-heldout, news, polarity, nqopen, triviaqa, wikitext2, ptb, metamath, codefeedback, "
+    "source: wiki, wiki-heldout, news, polarity, news-cloze, nqopen, triviaqa, wikitext2, ptb, metamath, codefeedback, "
     "wizardlm, alpaca; NAME:FILE for a local copy of NAME; a .txt/.json/.jsonl file; or hf:REPO[:CONFIG]"
 )
 

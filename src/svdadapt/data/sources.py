@@ -88,6 +88,16 @@ def _polarity(heldout: bool) -> Callable[[], Corpus]:
     return get
 
 
+def _news_cloze(heldout: bool) -> Callable[[], Corpus]:
+    def get() -> Corpus:
+        from .cloze import news_cloze_rows
+
+        where = "bundled news-cloze" + (" (held-out part)" if heldout else "")
+        return Corpus(where=where, rows=news_cloze_rows(heldout), example_format=_format("alpaca"))
+
+    return get
+
+
 def _wiki(heldout: bool) -> Callable[[], str]:
     def get() -> str:
         from ..assets import wiki_text
@@ -120,6 +130,8 @@ _BUNDLED_ROWS = (
     ("news", "bundled Lee news background text", "text", _bundled_text("news", _news)),
     ("polarity", "bundled movie-review sentiment, 160-example training part", "alpaca", _polarity(False)),
     ("polarity-heldout", "bundled movie-review sentiment, 40-example held-out part", "alpaca", _polarity(True)),
+    ("news-cloze", "fill-in-the-blank prompts from the bundled news text, training part", "alpaca", _news_cloze(False)),
+    ("news-cloze-heldout", "fill-in-the-blank prompts from held-out news stories", "alpaca", _news_cloze(True)),
 )
 SOURCES: dict[str, Source] = {
     **{name: Source(name, desc, schema, hub=hub) for name, desc, schema, hub in _HUB_ROWS},

@@ -1,0 +1,83 @@
+"""benchmarks/retention.py's planning and matching logic (pure functions; no model, no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "retention.py"
+
+
+@pytest.fixture(scope="module")
+def retention():
+    spec = importlib.util.spec_from_file_location("retention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["retention"] = module  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("retention", None)
+
+
+def test_plan_covers_every_combination_and_shares_deterministic_builds(retention):
+    settings = retention.Settings()
+    random = {m: retention.random_init(m) for m in settings.methods}
+    assert {m for m, r in random.items() if r} == {"lora", "kasa", "kasa-context"}
+    jobs, builds = retention.plan(settings, random)
+    assert len(jobs) == 9 * 3 * 3 * 2 == len({j.key for j in jobs})
+    assert [j.seed for j in jobs[:54]] == [0] * 54  # seeds outermost: a partial run holds whole seeds
+    # 6 deterministic rows once (corda-ipa once per task), 3 random rows once per seed
+    assert len(builds) == 5 + 2 + 3 * 3
+    assert builds["corda-ipa@news-cloze"] == ("corda-ipa", "news-cloze", 0)
+    assert builds["kasa-context#s2"] == ("kasa-context", "", 2)
+    quick_jobs, _ = retention.plan(retention.QUICK, random)
+    assert len(quick_jobs) == 9 * 2 and {j.method for j in quick_jobs} == set(retention.METHODS)
+
+
+def point(loss, ppl):
+    return (loss, {"ppl_change": ppl, "task_loss": loss})
+
+
+def test_crossing_interpolates_along_the_path_and_never_extrapolates(retention):
+    path = [point(2.0, 0.0), point(1.0, 1.0), point(0.5, 3.0)]
+    assert retention.crossing(path, 1.5, "ppl_change") == pytest.approx(0.5)
+    assert retention.crossing(path, 0.75, "ppl_change") == pytest.approx(2.0)
+    assert retention.crossing(path, 0.4, "ppl_change") is None
+    # a path that overshoots (too large a learning rate) is read where it first crosses
+    assert retention.crossing([point(2.0, 0.0), point(1.0, 2.0), point(1.8, 9.0)], 1.5, "ppl_change") == 1.0
+
+
+def test_target_is_the_worst_learners_best_loss(retention):
+    paths = {
+        ("a", 0): [point(2.0, 0), point(1.0, 1)],
+        ("b", 0): [point(2.0, 0), point(1.4, 1), point(1.2, 2)],
+        ("broken", 0): [point(9.0, 50), point(5.0, 40)],  # never gets below the original: not a learner
+    }
+    assert retention.common_target(paths, original_loss=2.0) == 1.2
+    assert retention.common_target({("x", 0): [point(2.0, 0)]}, original_loss=2.0) is None
+
+
+def test_summary_matches_each_seed_and_reports_mean_and_spread(retention):
+    original = {"task_loss": {"t": 2.0}}
+    points = []
+    for seed, slope in ((0, 1.0), (1, 3.0)):
+        for lr, loss in ((1e-4, 1.5), (1e-3, 1.0)):
+            change = slope * (2.0 - loss)
+            points.append({"task": "t", "method": "m", "seed": seed, "lr": lr, "task_loss": loss,
+                           "ppl_change": change, "seen_change": -change, "unseen_change": 0.0})  # fmt: skip
+    summary = retention.summarize(points, {}, original, {})["t"]
+    assert summary["target_task_loss"] == 1.0
+    mean, sd, n = summary["methods"]["m"]["ppl_change"]
+    assert (mean, n) == (pytest.approx(2.0), 2) and sd == pytest.approx(1.4142, abs=1e-3)
+    fixed = retention.summarize(points, {}, original, {"t": 1.5})["t"]["methods"]["m"]
+    assert fixed["ppl_change"][0] == pytest.approx(1.0) and fixed["seen_change"][0] == pytest.approx(-1.0)
+    assert fixed["seen_minus_unseen"][0] == pytest.approx(-1.0) and fixed["matched_seeds"] == 2
+    # KaSA-like: a method whose init is not the original starts its path from its measured init
+    inits = {"m": {"t": {"task_loss": 3.0, "ppl_change": 10.0, "seen_change": 0.0, "unseen_change": 0.0}}}
+    shifted = retention.summarize(points, inits, original, {"t": 2.0})["t"]["methods"]["m"]
+    assert shifted["ppl_change"][0] == pytest.approx(4.0)  # 10 + 2/3·(0.5 − 10) and 10 + 2/3·(1.5 − 10)
+    assert "| m |" in retention.table(retention.summarize(points, {}, original, {}), {"m": 123})
