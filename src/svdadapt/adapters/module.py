@@ -38,6 +38,18 @@ class LowRank(nn.Module):
         scale = self.scaling if self.lora_diag is None else self.lora_diag * self.scaling  # () or (r,)
         return self.lora_B(h * scale)  # (..., out)
 
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y + ΔW·x for the base layer's output y (..., out): the sum is the B product's own
+        accumulation (one addmm), not a separate pass over an out-wide tensor."""
+        h = self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype)))  # (..., r)
+        if self.lora_diag is not None:
+            h = h * self.lora_diag
+        B = self.lora_B.weight  # (out, r)
+        if y.dtype != B.dtype:  # e.g. a bf16 base under a float32 adapter
+            return y + self.lora_B(h * self.scaling).to(y.dtype)
+        flat = torch.addmm(y.reshape(-1, B.shape[0]), h.reshape(-1, B.shape[1]), B.T, alpha=self.scaling)
+        return flat.view(y.shape)  # (..., out)
+
     def delta_weight(self) -> torch.Tensor:
         """(out, in) float64 ΔW."""
         return low_rank_delta(self.lora_A.weight, self.lora_B.weight, self.lora_diag, self.scaling)
@@ -92,8 +104,7 @@ class AdapterLinear(nn.Module):
         y = self.base_layer(x, *args, **kwargs)
         for name in self.active:
             if name not in self.merged:
-                adapter = self.adapters[name]
-                y = y + adapter(x.to(adapter.lora_A.weight.dtype)).to(y.dtype)
+                y = self.adapters[name].add_to(y, x)
         return y
 
     @torch.no_grad()
