@@ -33,6 +33,7 @@ from .checkpoint import (
     INDEX,
     Slot,
     checkpoint_dir,
+    clean_mappings,
     copy_except,
     pwrite_all,
     read_slots,
@@ -47,10 +48,7 @@ class BaseWriter:
     """A run's base as the model was loaded: nothing to write (``put`` is an error)."""
 
     def __init__(self, location: str) -> None:
-        source = checkpoint_dir(location)
-        shards = shard_names(source) if source is not None else None
-        # the never-written private mappings of the checkpoint: their pages can go back to the OS
-        self._clean = file_mappings([str(source / s) for s in shards], clean_only=True) if shards else []
+        self._clean = clean_mappings(location)  # their pages can go back to the OS
 
     def release(self, tensor: torch.Tensor) -> None:
         """The caller has read ``tensor`` and reads it again only later, if at all: hand the pages

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import DTYPES, checkpoint_dir, read_slots, shard_names
-from .memory import drop_mapped_pages, file_mappings
+from .checkpoint import DTYPES, checkpoint_dir, clean_mappings, read_slots, shard_names
+from .memory import drop_mapped_pages
 
 FIT_FRACTION = 0.8  # of the free memory a model in place may take (the rest: activations, covariances)
 
@@ -48,9 +48,7 @@ class Placement:
     def watch(self, location: str) -> None:
         """Note the clean private mappings of ``location``'s checkpoint (after loading it), whose
         pages :meth:`release` may hand back."""
-        source = checkpoint_dir(location)
-        shards = shard_names(source) if source is not None else None
-        self._clean = file_mappings([str(source / s) for s in shards], clean_only=True) if shards else []
+        self._clean = clean_mappings(location)
 
     @property
     def mapped(self) -> bool:
@@ -60,10 +58,6 @@ class Placement:
     def release(self, tensor: torch.Tensor) -> None:
         """Hand back the mapped pages under ``tensor`` (a later read faults them in again)."""
         drop_mapped_pages(tensor, self._clean)
-
-    def matrix(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` on the compute device (its dtype kept); the same tensor when already there."""
-        return tensor.to(self.compute, non_blocking=False)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype | None:
