@@ -9,9 +9,10 @@ The study of issue 14, on the embedded SmolLM2-135M-Instruct with bundled text o
 2. **Build** (`build`) every method at the same rank r and alpha = r, on all 210 linear layers: lora,
    pissa, milora, corda-ipa, corda-kpa, kasa (plain-SVD truncation), kasa-context, eva, lora-null.
    Trainable-parameter budget: the same rank everywhere gives r·(in + out) per layer; KaSA adds
-   its ΔΣ (r more per layer, +0.07% at r = 16), and EVA moves rank between layers with the same
-   total Σ r (ρ = 2, PEFT's default), so its total is within a few percent (only layer shapes
-   differ). The measured trainable counts are printed and stored with the results.
+   its ΔΣ (r more per layer: +0.07%), and EVA moves rank between layers keeping the total Σ r
+   (ρ = 2, PEFT's default) — not the parameter count, since ranks go to narrower layers (the k/v
+   projections): −9.6% parameters at r = 4 in the quick run. The measured trainable counts are
+   printed and stored with the results; equalising EVA's parameters instead would mean a larger r.
    Deterministic inits are built once; random ones (lora, kasa) once per seed.
 3. **Train** (`train`, SFT, `--order length`, loss on the response) each method on each task, at
    each learning rate of a 3-value sweep and each seed, for the same number of optimizer steps.
@@ -34,9 +35,14 @@ The study of issue 14, on the embedded SmolLM2-135M-Instruct with bundled text o
    it lies in almost every method's range; `--target-loss` fixes it. The table gives mean ± sample
    standard deviation over seeds; the PNG (one panel per task) shows every point and the matched ones.
 
-Full mode (default), sized for this 2-core CPU (≤ 90 minutes): 9 methods × 3 learning rates ×
-3 seeds × 2 tasks = 162 trainings at rank 16 of 24 optimizer steps of batch 8. Estimated from the
-quick mode's measured per-training time (see docs/results.md, "Knowledge retention study"); the
+Full mode (default), sized for this 2-core CPU (≤ 90 minutes): 9 methods × 3 learning rates
+(1.5e-4, 5e-4, 1.5e-3) × 3 seeds × 2 tasks = 162 trainings at rank 16, each 10 optimizer steps of
+batch 4 (cosine, 10% warm-up); wiki calibration 32 × 256 tokens; measured on 32 held-out task
+examples, 6 × 256 tokens of held-out Wikipedia and 64 + 64 cloze items. Estimated, not measured:
+about 85 minutes on an idle machine (~4 min of calibration, builds and init evaluations, then
+~30 s per training: ~18 s of steps at ~1.8 s per batch-4 step as the quickstart and quick mode
+ran them, ~12 s loading and measuring). The one sizing run tried shared the cores with a test
+suite and was stopped; time it with `--seeds 0 --tasks polarity` first if the budget matters. The
 full run has not been run yet.
 
     python benchmarks/retention.py --quick --out /tmp/retention-quick   # ≤ 10 min: whole pipeline, 1 seed, 1 lr
@@ -87,18 +93,18 @@ class Settings:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     rank: int = 16
-    lrs: list[float] = field(default_factory=lambda: [2e-4, 5e-4, 1.25e-3])
+    lrs: list[float] = field(default_factory=lambda: [1.5e-4, 5e-4, 1.5e-3])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 24
-    batch_size: int = 8
+    steps: int = 10
+    batch_size: int = 4
     max_length: int = 128
     calib_samples: int = 32
     calib_seq_len: int = 256
     ipa_samples: int = 64  # task prompts for corda-ipa's store
-    eval_windows: int = 8
+    eval_windows: int = 6
     eval_seq_len: int = 256
-    probe_items: int = 96  # per side (seen / unseen)
-    task_eval_items: int = 40  # held-out task examples
+    probe_items: int = 64  # per side (seen / unseen)
+    task_eval_items: int = 32  # held-out task examples
     device: str | None = None
 
 
@@ -432,6 +438,7 @@ def run_study(settings: Settings, out: Path, targets: dict, keep_runs: bool) -> 
             loaded = load(str(runs[build_key(name, "", settings.seeds[0], random[name])]), settings, initial=True)
             found = measure(loaded.model, tok, probes, tasks, windows, settings.tasks)
             inits[name] = {t: relative(found, original, t) for t in settings.tasks}
+            del loaded
             log(f"{name} at init: {json.dumps(inits[name])}")
     write_json(state_file, state)
     todo = [j for j in jobs if j.key not in points]
@@ -442,6 +449,7 @@ def run_study(settings: Settings, out: Path, targets: dict, keep_runs: bool) -> 
         trained = train_one(settings, job, runs[build_key(job.method, job.task, job.seed, random[job.method])], run_dir)
         loaded = load(str(run_dir), settings)
         found = relative(measure(loaded.model, tok, probes, tasks, windows, [job.task]), original, job.task)
+        del loaded
         points[job.key] = {**asdict(job), **trained, **found, "seconds": time.monotonic() - t}
         write_json(state_file, state)
         if not keep_runs:
@@ -469,9 +477,8 @@ def _panel(ax, state: dict, task: str, key: str, ylabel: str, wide: float, color
 
     s, points = state["summary"][task], [p for p in state["points"].values() if p["task"] == task]
     original_loss, target = s["original_task_loss"], s["target_task_loss"]
-    xs_all = [p["task_loss"] for p in points] + [original_loss]
-    nudge = 0.008 * (max(xs_all) - min(xs_all) or 1.0)  # matched markers side by side, not stacked
-    ys_all = []
+    shown = {m for m, r in s["methods"].items() if r[key][0] is not None}  # the axes fit these; others may be off
+    xs_all, ys_all = [original_loss], [0.0]
     for i, (method, r) in enumerate(s["methods"].items()):
         mine = [p for p in points if p["method"] == method]
         start = state.get("inits", {}).get(method, {}).get(task, {"task_loss": original_loss, key: 0.0})
@@ -479,20 +486,24 @@ def _panel(ax, state: dict, task: str, key: str, ylabel: str, wide: float, color
             trail = sorted((p for p in mine if p["seed"] == seed), key=lambda p: p["lr"])
             xs = [start["task_loss"], *(p["task_loss"] for p in trail)]
             ys = [start[key], *(p[key] for p in trail)]
-            ys_all += ys
+            if method in shown:
+                xs_all, ys_all = xs_all + xs, ys_all + ys
             ax.plot(xs, ys, "-o", color=colors[method], alpha=0.35, markersize=3, linewidth=0.8)
         mean, sd, n = r[key]
         if mean is not None:
-            x = target + (i - (len(s["methods"]) - 1) / 2) * nudge
+            x = target + (i - (len(s["methods"]) - 1) / 2) * 0.008 * (max(xs_all) - min(xs_all) or 1.0)
             ax.errorbar([x], [mean], yerr=[sd or 0], fmt="D", color=colors[method], markersize=7, capsize=3,
                         label=f"{method} ({n})")  # fmt: skip
         else:
-            ax.plot([], [], "D", color=colors[method], label=f"{method} (not matched)")
+            ax.plot([], [], "D", color=colors[method], label=f"{method} (not matched; may be off the axes)")
     if target is not None:
         ax.axvline(target, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("held-out task loss (lower: learned more)")
     ax.set_ylabel(ylabel, fontsize=8)
-    if max(map(abs, ys_all), default=0) > wide:  # e.g. KaSA's plain truncation: +10⁵ %
+    (x0, x1), (y0, y1) = (min(xs_all), max(xs_all)), (min(ys_all), max(ys_all))
+    ax.set_xlim(x0 - 0.06 * (x1 - x0 or 1), x1 + 0.06 * (x1 - x0 or 1))
+    ax.set_ylim(y0 - 0.08 * (y1 - y0 or 1), y1 + 0.08 * (y1 - y0 or 1))
+    if max(map(abs, ys_all)) > wide:  # e.g. a method that forgets by orders of magnitude more
         ax.set_yscale("symlog", linthresh=1.0)
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(alpha=0.3)
