@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from processes import run_process
 
 SAMPLES, SEQ_LEN, SEED, RANK = 16, 256, 0, 16
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -141,20 +141,6 @@ CHILDREN = {
     "peft": child_peft,
     "decomposition": child_decomposition_timing,
 }
-
-
-def run_process(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
-    """Run ``cmd`` (with ``env`` added to the environment); its stdout, wall seconds and peak RSS
-    in GiB (os.wait4's ru_maxrss)."""
-    start = time.perf_counter()
-    inherited = {k: v for k, v in os.environ.items() if k != "SVDADAPT_ONEDNN"}  # svdadapt's own choice
-    environment = {**inherited, **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd[1:4])} failed with status {status}")
-    return out, time.perf_counter() - start, usage.ru_maxrss / 2**20
 
 
 def run_child(name: str, **kwargs) -> dict:

@@ -25,11 +25,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from processes import run_process
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SETUPS = {
@@ -108,17 +109,6 @@ CHILDREN = {"svdadapt": child_svdadapt, "peft": child_peft}
 
 
 # ------------------------------------------------------------------------------------------ parent
-def run_process(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
-    """stdout, wall seconds and peak RSS (GiB, the largest process) of a child, from os.wait4."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(cmd[:6])} ... failed with status {status}")
-    return out, time.perf_counter() - start, usage.ru_maxrss / 2**20
-
-
 def run_child(name: str, **kwargs) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--kwargs", json.dumps(kwargs)]
     out, wall, rss = run_process(cmd)
@@ -135,7 +125,7 @@ def run_cli(setup: dict, model: str, out: str) -> dict:
 
 def run_torchrun(setup: dict, model: str, out: str, processes: int = 2) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max((os.cpu_count() or 2) // processes, 1))}
+    env = {"OMP_NUM_THREADS": str(max((os.cpu_count() or 2) // processes, 1))}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "-m", "svdadapt"]
     _, wall, rss = run_process([*launch, *build_args(setup, model, out)], env)
     timed = json.loads((Path(out) / "run.json").read_text())["build_seconds"]
