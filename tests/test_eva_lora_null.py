@@ -37,6 +37,7 @@ from svdadapt.build.waves import centred
 from svdadapt.commands import BuildOptions, build
 from svdadapt.errors import SvdadaptError
 from svdadapt.methods import get_method
+from svdadapt.runs import Run
 from svdadapt.store import CovarianceStore
 from svdadapt.targets import find_targets, weight_matrix
 
@@ -213,12 +214,25 @@ def test_freeze_a_is_recorded_and_keeps_a_out_of_training(tiny_dirs, text_file, 
                         samples=8, seq_len=32, batch_size=4, out=str(tmp_path / "run"), device="cpu"),
         progress=False,
     ).run  # fmt: skip
-    facts = json.loads((run.path / "run.json").read_text())["layers"]
-    assert all(f.get("frozen_A") is True for f in facts.values())
+    meta = json.loads((run.path / "run.json").read_text())
+    assert meta["freeze_a"] is True and "rho" not in meta and run.method.freeze_a
+    assert all(f.get("frozen_A") is True for f in meta["layers"].values())
     model = run.load_adapted().model
     named = dict(model.named_parameters())
     assert not any(p.requires_grad for n, p in named.items() if n.endswith("lora_A.weight"))
     assert all(p.requires_grad for n, p in named.items() if n.endswith("lora_B.weight"))
+
+
+def test_rho_is_recorded_in_the_run(tiny_dirs, text_file, tmp_path):
+    run = build(
+        BuildOptions.of(model=str(tiny_dirs["llama"]), method="eva", rank=4, rho=1.5, data=str(text_file),
+                        samples=8, seq_len=32, batch_size=4, out=str(tmp_path / "run"), device="cpu"),
+        progress=False,
+    ).run  # fmt: skip
+    meta = json.loads((run.path / "run.json").read_text())
+    assert meta["rho"] == 1.5 and "freeze_a" not in meta
+    assert Run.open(run.path).method.rho == 1.5 and not run.method.freeze_a
+    assert max(f["rank"] for f in meta["layers"].values()) <= 6  # round(1.5 · 4)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -93,6 +93,26 @@ def test_offload_is_chosen_when_the_model_does_not_fit(bf16_llama, monkeypatch):
     assert not place(str(bf16_llama), "cpu", False).offloaded  # never when told not to
 
 
+def test_offload_off_keeps_a_model_in_place_that_auto_would_offload(
+    bf16_llama, text_file, tmp_path, monkeypatch, capsys
+):
+    """--offload auto|on|off (a bare --offload is on): with the device's free memory made tiny, auto
+    offloads (and so refuses a target outside the blocks), off loads the model whole and calibrates it."""
+    import svdadapt.backend.placement as placement
+
+    monkeypatch.setattr(placement, "free_memory", lambda device: 1024)
+    args = ["calibrate", "--targets", r"re:.*(q_proj|lm_head)$"]
+    for choice in ([], ["--offload"], ["--offload", "on"], ["--offload", "auto"]):  # refused before writing
+        assert main([*args, *common(bf16_llama, text_file, tmp_path / "refused"), *choice]) != 0, choice
+        assert "block by block" in capsys.readouterr().err
+    assert main([*args, *common(bf16_llama, text_file, tmp_path / "whole"), "--offload", "off"]) == 0
+    assert "lm_head" in CovarianceStore.load(tmp_path / "whole").modules
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit):  # argparse's usage error
+        main([*args, *common(bf16_llama, text_file, tmp_path / "x"), "--offload", "maybe"])
+    assert "invalid choice: 'maybe'" in capsys.readouterr().err
+
+
 def test_offload_needs_targets_inside_the_blocks(bf16_llama, text_file, tmp_path, capsys):
     status = main(["calibrate", *common(bf16_llama, text_file, tmp_path / "out"), "--offload",
                    "--targets", "re:.*(q_proj|lm_head)$"])  # fmt: skip

@@ -75,3 +75,26 @@ def test_train_builds_with_builds_own_option_groups():
         TrainOptions.of(out="o", model="m", method="corda-kpa")
     with pytest.raises(SvdadaptError, match="either --covariances or --data"):
         BuildOptions.of(model="m", out="o", method="corda-kpa", rank=4, covariances="c", data="wiki")
+
+
+def test_an_on_off_choice_reads_yaml_booleans_and_a_bare_flag():
+    """``offload: off`` in YAML 1.1 is the boolean false; a choice of on/off reads it as "off". A bare
+    ``--offload`` is its nargs="?" constant, "on"."""
+    import yaml
+
+    from svdadapt.commands import CalibrateOptions
+
+    base = {"model": "m", "data": "wiki", "out": "o"}
+    for text, expected in (("off", "off"), ("on", "on"), ("auto", "auto"), ("false", "off"), ("true", "on")):
+        values = {**base, **yaml.safe_load(f"offload: {text}")}
+        opts = from_mapping(CalibrateOptions, values, "recipe.yaml: calibrate")
+        assert opts.placement.offload == expected, text
+    assert CalibrateOptions.of(**base).placement.offload_choice is None
+    assert from_mapping(CalibrateOptions, {**base, "offload": False}, "r").placement.offload_choice is False
+    with pytest.raises(SvdadaptError, match="--offload must be one of auto, on, off, got 'yes please'"):
+        from_mapping(CalibrateOptions, {**base, "offload": "yes please"}, "r")
+    parser = argparse.ArgumentParser()
+    add_options(parser, CalibrateOptions)
+    flags = ["--model", "m", "--data", "wiki", "--out", "o"]
+    assert from_namespace(CalibrateOptions, parser.parse_args([*flags, "--offload"])).placement.offload == "on"
+    assert from_namespace(CalibrateOptions, parser.parse_args(flags)).placement.offload == "auto"

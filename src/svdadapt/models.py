@@ -41,9 +41,10 @@ HEADS = {
 class PlacementOptions(Options):
     """Where the model's weights and the cached hidden states live while a command works."""
 
-    offload: bool = opt(
-        False, "keep the model memory-mapped on the host as stored and bring one block at a time to --device "
-        "(the default anyway when the model does not fit there)",
+    offload: str = opt(
+        "auto", "on: keep the model memory-mapped on the host as stored and bring one block at a time to "
+        "--device; auto: do so when the model would take over 80%% of the device's free memory; off: never "
+        "(a bare --offload means on)", choices=["auto", "on", "off"], nargs="?", const="on",
     )  # fmt: skip
     hidden_states_dir: str | None = opt(
         None, "keep the cached hidden states of the calibration in memory-mapped files under DIR (the default, "
@@ -53,8 +54,8 @@ class PlacementOptions(Options):
 
     @property
     def offload_choice(self) -> bool | None:
-        """``load_model``'s ``offload``: True when asked, else None (decided by whether the model fits)."""
-        return True if self.offload else None
+        """``load_model``'s ``offload``: True (on), False (off) or None (decided by whether the model fits)."""
+        return {"on": True, "off": False, "auto": None}[self.offload]
 
 
 @dataclass

@@ -46,7 +46,7 @@ def at_least(n: int) -> Check:
 
 def opt(default: Any = MISSING, help: str = "", *, check: Check | None = None, **meta: Any) -> Any:
     """A dataclass field with CLI metadata (``help``, ``check``, ``choices``, ``flag``, ``positional``,
-    ``nargs``, ``metavar``)."""
+    ``nargs``, ``const``, ``metavar``)."""
     return field(default=default, metadata={"help": help, "check": check, **meta})
 
 
@@ -236,6 +236,8 @@ def _add(parser: argparse.ArgumentParser, flat: FlatField) -> None:
         return
     if not required and default is not None:
         kwargs["help"] += f" (default: {default})"
+    if meta.get("nargs"):  # e.g. "?": the bare flag means ``const``
+        kwargs |= {"nargs": meta["nargs"], "const": meta.get("const")}
     parser.add_argument(
         flat.flag, dest=flat.dest, type=_converter(flat.type), default=default, required=required,
         metavar=meta.get("metavar"), **kwargs,
@@ -258,22 +260,25 @@ def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
     missing = [flat.dest for flat in flats if flat.default is MISSING and flat.dest not in values]
     if missing:
         raise SvdadaptError(f"{where} needs {missing[0]!r}")
-    values = {**values, **{flat.dest: _number(values[flat.dest], flat) for flat in flats if flat.dest in values}}
+    values = {**values, **{flat.dest: _yaml_1_1(values[flat.dest], flat) for flat in flats if flat.dest in values}}
     try:
         return _construct(cls, values)
     except SvdadaptError as exc:
         raise SvdadaptError(f"{where}: {exc}") from None
 
 
-def _number(value: Any, flat: FlatField) -> Any:
-    """A number written as text where YAML did not read it as one (``1e-05``: YAML 1.1 wants a dot),
-    converted as its flag would be; anything else is left for the checks."""
+def _yaml_1_1(value: Any, flat: FlatField) -> Any:
+    """What YAML 1.1 misread, as its flag would read it: a number written as text (``1e-05``: YAML
+    1.1 wants a dot), and ``on``/``off`` read as true/false for a choice of on/off; anything else is
+    left for the checks."""
     base = _base_type(flat.type)
     if base in (int, float) and isinstance(value, str):
         try:
             return base(value)
         except ValueError:
             return value
+    if base is str and isinstance(value, bool) and {"on", "off"} <= set(flat.field.metadata.get("choices") or ()):
+        return "on" if value else "off"
     return value
 
 

@@ -1,8 +1,9 @@
 """Run directories: what ``build`` writes and ``train`` updates — one kind of thing, so ``merge`` and
 ``export`` work on either.
 
-    run.json                    method, ranks, the original model's identity, the base's fingerprint,
-                                stage ("built" or "trained"), per-layer facts (rank, alpha, damping)
+    run.json                    method (with ρ and freeze_a where set), ranks, the original model's identity,
+                                the base's fingerprint, stage ("built" or "trained"), per-layer facts (rank,
+                                alpha, damping)
     base/                       the frozen base as an ordinary transformers model directory (residual or
                                 truncated weights); absent when the method leaves the base untouched
     adapter/                    the current adapter as a stock PEFT LoRA checkpoint (KaSA's ΔΣ folded into B)
@@ -117,8 +118,10 @@ class Run:
 
     @property
     def method(self) -> Method:
-        """The row of the methods table this run was built with (its decomposition as recorded)."""
-        return get_method(self.meta["method"], self.meta.get("decomposition"))
+        """The row of the methods table this run was built with (its decomposition, ρ and --freeze-a as
+        recorded)."""
+        meta = self.meta
+        return get_method(meta["method"], meta.get("decomposition"), meta.get("rho"), meta.get("freeze_a") is True)
 
     @property
     def base_changed(self) -> bool:

@@ -45,14 +45,20 @@ def _full(model, batches, targets, settings: PassSettings) -> Iterator[tuple[int
 MODES: dict[str, Callable] = {"full": _full, "blockwise": blockwise_pass}
 
 
-def resolve_mode(model: nn.Module, targets: dict[str, nn.Module], mode: str) -> str:
-    """``auto`` → ``blockwise`` when every target sits in one block stack, else ``full``."""
+def resolve_mode(model: nn.Module, targets: dict[str, nn.Module], mode: str, placement=None) -> str:
+    """``auto`` → ``blockwise`` when every target sits in one block stack, else ``full``; an offloaded
+    model (``placement``) can only be calibrated block by block."""
     if mode == "auto":
-        return "blockwise" if find_stack(model, list(targets)) is not None else "full"
-    if mode not in MODES:
+        mode = "blockwise" if find_stack(model, list(targets)) is not None else "full"
+    elif mode not in MODES:
         raise SvdadaptError(f"unknown calibration mode {mode!r}; choose auto, {', '.join(MODES)}")
-    if mode == "blockwise" and find_stack(model, list(targets)) is None:
+    elif mode == "blockwise" and find_stack(model, list(targets)) is None:
         raise SvdadaptError("--mode blockwise needs every target inside the model's block stack; use --mode full")
+    if mode == "full" and placement is not None and placement.offloaded:
+        raise SvdadaptError(
+            "an offloaded model is calibrated block by block, and these targets are not all inside its block "
+            "stack: choose targets inside the blocks (--targets), or load it whole (--offload off, enough memory)"
+        )
     return mode
 
 
@@ -69,12 +75,7 @@ def iter_covariances(
     In a process group each process takes its share of the batches and the sums are added up."""
     modules = targets if isinstance(targets, dict) else find_targets(model, targets)
     settings = settings or PassSettings()
-    mode = resolve_mode(model, modules, mode)
-    if mode == "full" and settings.placement is not None and settings.placement.offloaded:
-        raise SvdadaptError(
-            "an offloaded model is calibrated block by block, and these targets are not all inside its block "
-            "stack: choose targets inside the blocks (--targets), or load it whole (no --offload, enough memory)"
-        )
+    mode = resolve_mode(model, modules, mode, settings.placement)
     yield from MODES[mode](model, backend.share_of(batches), modules, settings)
 
 

@@ -165,6 +165,8 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
             "stage": "built",
             "method": method.name,
             "decomposition": method.decomposition,
+            **({"rho": method.rho} if method.rho is not None else {}),
+            **({"freeze_a": True} if method.freeze_a else {}),
             "rank": adapter.rank,
             "alpha": adapter.alpha if adapter.alpha is not None else adapter.rank,
             "dropout": adapter.dropout,

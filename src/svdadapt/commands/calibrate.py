@@ -92,7 +92,7 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
     loaded = load_model(opts.model, device=device, offload=opts.placement.offload_choice)
     opts.source.check_length(max_positions(loaded.model))
     targets = find_targets(loaded.model, opts.targets)
-    mode = resolve_mode(loaded.model, targets, opts.mode)
+    mode = resolve_mode(loaded.model, targets, opts.mode, loaded.placement)  # refusals before anything is written
     batches = opts.source.load_batches(loaded.tokenizer, opts.seed)
     backend.check_shares(len(batches))  # before anything is written
     identity = describe_model(loaded)
