@@ -467,6 +467,40 @@ def run_study(settings: Settings, out: Path, targets: dict, keep_runs: bool) -> 
     return state
 
 
+def combine(dirs: list[Path], out: Path, targets: dict) -> dict:
+    """One study from runs of the same settings on different tasks (``--tasks`` split across runs or
+    machines): points, originals and inits joined, every task summarised as a single run would."""
+    from svdadapt.atomic import write_json
+
+    states = [json.loads((d / "results.json").read_text()) for d in dirs]
+    first = states[0]
+    same = lambda s: {k: v for k, v in s["settings"].items() if k != "tasks"}  # noqa: E731
+    for d, s in zip(dirs, states):
+        if same(s) != same(first):
+            sys.exit(f"{d}/results.json was run with other settings than {dirs[0]}/results.json (tasks aside)")
+        for key in ("ppl", "cloze_seen", "cloze_unseen"):  # the same model on the same text
+            if abs(s["original"][key] - first["original"][key]) > 1e-6 * abs(first["original"][key]):
+                sys.exit(f"{d}: the original model's {key} differs from {dirs[0]}'s: not the same study")
+    tasks = [t for s in states for t in s["settings"]["tasks"]]
+    if len(set(tasks)) != len(tasks):
+        sys.exit(f"a task is in more than one of {', '.join(map(str, dirs))}: combine runs of different tasks")
+    points = {k: v for s in states for k, v in s["points"].items()}
+    original = {**first["original"], "task_loss": {t: v for s in states for t, v in s["original"]["task_loss"].items()}}
+    inits: dict[str, dict] = {}
+    for s in states:
+        for method, by_task in s.get("inits", {}).items():
+            inits.setdefault(method, {}).update(by_task)
+    state = {
+        "settings": {**first["settings"], "tasks": tasks}, "points": points, "original": original,
+        "trainable": first["trainable"], "inits": inits, "combined_from": [str(d) for d in dirs],
+        "summary": summarize(list(points.values()), inits, original, targets),
+        "seconds": sum(s.get("seconds", 0) for s in states),
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", state)
+    return state
+
+
 PANELS = (  # (measure, y label, symlog when it spans more than this)
     ("ppl_change", "held-out Wikipedia perplexity change (%)", 50.0),
     ("seen_change", "cloze log-lik. change, calibration sentences (nats)", 5.0),
@@ -575,6 +609,8 @@ def main() -> None:
     parser.add_argument("--target-loss", action="append", default=[], metavar="TASK=LOSS",
                         help="match at this held-out task loss instead of the worst method's best")  # fmt: skip
     parser.add_argument("--keep-runs", action="store_true", help="keep every trained run (disk: one adapter each)")
+    parser.add_argument("--combine", metavar="DIR,DIR", help="no training: join the results of runs of the same "
+                        "settings on different --tasks into --out (table, PNG, --json)")  # fmt: skip
     for key in OVERRIDES:
         parser.add_argument("--" + key.replace("_", "-"), type=str if key in ("model", "device") else int)
     args = parser.parse_args()
@@ -584,7 +620,10 @@ def main() -> None:
     settings = parse_settings(args)
     targets = {t: float(v) for t, _, v in (x.partition("=") for x in args.target_loss)}
     out = Path(args.out).expanduser()
-    state = run_study(settings, out, targets, args.keep_runs)
+    if args.combine:
+        state = combine([Path(d).expanduser() for d in args.combine.split(",")], out, targets)
+    else:
+        state = run_study(settings, out, targets, args.keep_runs)
     png = plot(state, out / "retention.png")
     print(table(state["summary"], state["trainable"]))
     print(f"\n{len(state['points'])} trainings; {state['seconds'] / 60:.1f} min in all; plot: {png}")

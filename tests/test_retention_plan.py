@@ -81,3 +81,39 @@ def test_summary_matches_each_seed_and_reports_mean_and_spread(retention):
     shifted = retention.summarize(points, inits, original, {"t": 2.0})["t"]["methods"]["m"]
     assert shifted["ppl_change"][0] == pytest.approx(4.0)  # 10 + 2/3·(0.5 − 10) and 10 + 2/3·(1.5 − 10)
     assert "| m |" in retention.table(retention.summarize(points, {}, original, {}), {"m": 123})
+
+
+def test_combine_joins_runs_of_different_tasks_and_refuses_other_settings(retention, tmp_path):
+    """--combine: two runs of the same settings on different tasks give the study a single run of
+    both would (each task is summarised on its own points); other settings or a repeated task exit."""
+    import json
+
+    def run(directory, task, slope, ppl=20.0, steps=10):
+        points = {}
+        for lr, loss in ((1e-4, 1.5), (1e-3, 1.0)):
+            key = f"{task}/m/s0/lr{lr}"
+            points[key] = {"task": task, "method": "m", "seed": 0, "lr": lr, "task_loss": loss,
+                           "ppl_change": slope * (2.0 - loss), "seen_change": 0.0, "unseen_change": 0.0}  # fmt: skip
+        state = {
+            "settings": {"tasks": [task], "steps": steps}, "points": points, "trainable": {"m": 1},
+            "original": {"task_loss": {task: 2.0}, "ppl": ppl, "cloze_seen": -5.0, "cloze_unseen": -5.0},
+            "inits": {"k": {task: {"task_loss": 3.0}}}, "seconds": 60.0,
+        }  # fmt: skip
+        (tmp_path / directory).mkdir()
+        (tmp_path / directory / "results.json").write_text(json.dumps(state))
+        return tmp_path / directory
+
+    a, b = run("a", "t1", 1.0), run("b", "t2", 3.0)
+    state = retention.combine([a, b], tmp_path / "both", {})
+    assert state["settings"]["tasks"] == ["t1", "t2"] and len(state["points"]) == 4 and state["seconds"] == 120.0
+    assert state["inits"] == {"k": {"t1": {"task_loss": 3.0}, "t2": {"task_loss": 3.0}}}
+    for task, slope, directory in (("t1", 1.0, a), ("t2", 3.0, b)):
+        points = json.loads((directory / "results.json").read_text())["points"].values()
+        alone = retention.summarize(list(points), {}, {"task_loss": {task: 2.0}}, {})[task]
+        assert state["summary"][task] == alone and alone["methods"]["m"]["ppl_change"][0] == pytest.approx(slope)
+    written = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert written["summary"] == json.loads(json.dumps(state["summary"]))
+    for other, message in ((run("c", "t3", 1.0, steps=20), "other settings"), (run("d", "t1", 1.0), "more than one"),
+                           (run("e", "t4", 1.0, ppl=21.0), "not the same study")):  # fmt: skip
+        with pytest.raises(SystemExit, match=message):
+            retention.combine([a, other], tmp_path / "x", {})
