@@ -25,18 +25,31 @@ from svdadapt import CovarianceStore
 from svdadapt.backend import launch as launching
 from svdadapt.cli import main
 from svdadapt.errors import SvdadaptError
+from svdadapt.runs import Run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "SVDADAPT_PROCESS_TIMEOUT": "30"}
 TIMEOUT = 150  # seconds a launch may take at most (about 12 on two busy cores)
 
 # svdadapt's command line, except that the process of rank DIE_RANK kills itself (SIGKILL), or with
 # DIE_HOW=hang sleeps, as its block-wise calibration starts block DIE_BLOCK (the blocks before it are
-# summed and written); with DIE_CHECKPOINT, once a whole-model pass has saved its first checkpoint
+# summed and written); with DIE_CHECKPOINT, once a whole-model pass has saved its first checkpoint;
+# with SLOW_WRITE=S, rank 0 takes S seconds more to write a build's run (a very large base)
 DRIVER = """
-import os, signal, time
+import importlib, os, signal, time
 from svdadapt.calibrate import blockwise
 from svdadapt.calibrate.partial import PartialRun
 from svdadapt.cli import console
+building = importlib.import_module("svdadapt.commands.build")  # the module, not the function
+
+write_run_files = building.write_run_files
+
+
+def slow(*args, **kwargs):
+    time.sleep(float(os.environ.get("SLOW_WRITE", "0")))
+    return write_run_files(*args, **kwargs)
+
+
+building.write_run_files = slow
 
 original = blockwise._block_sums
 
@@ -186,6 +199,18 @@ def test_a_process_that_hangs_is_given_up_after_the_timeout(tiny_dirs, text_file
     assert any("the launcher stopped this process" in line for line in lines), lines
     with pytest.raises(SvdadaptError):
         CovarianceStore.load(out)
+
+
+def test_the_others_wait_for_rank_0s_long_write_past_the_timeout(tiny_dirs, text_file, tmp_path, driver):
+    """The hand-over after a build is patient: rank 0 writing for longer than SVDADAPT_PROCESS_TIMEOUT
+    (a 70B base) is not a hung peer."""
+    build = ["build", "--model", tiny_dirs["llama"], "--method", "corda-kpa", "--rank", "4", "--data", text_file,
+             "--samples", "8", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
+             "--out", tmp_path / "run"]  # fmt: skip
+    env = {"DIE_RANK": "-1", "DIE_BLOCK": "0", "SLOW_WRITE": "8", launching.TIMEOUT_VARIABLE: "3"}
+    proc = launch(*build, port=29549, script=driver, env=env)
+    assert proc.returncode == 0 and not error_lines(proc.stderr), proc.stderr[-3000:]
+    assert Run.open(tmp_path / "run").meta["stage"] == "built"
 
 
 def test_sigterm_in_a_process_group_is_one_line_and_the_timeout_is_checked(monkeypatch):

@@ -9,7 +9,10 @@ sums.
 A process of a launch whose peer stops ends with one line: a collective that loses its peer raises,
 and the launcher's SIGTERM (``torchrun`` stops the others when one fails) becomes an error too, so
 atomic writes in progress are dropped. ``SVDADAPT_PROCESS_TIMEOUT`` (seconds) bounds how long a
-collective waits for a peer that hangs (default: torch's, 30 minutes).
+collective waits for a peer that hangs (default: torch's, 10 minutes for NCCL and 30 for gloo).
+The hand-over at the end, where the others wait while rank 0 writes the run or the store (a 70B
+base: minutes), is *patient*: it waits up to a day, whatever that variable says; a peer that dies
+is still reported at once.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from ..errors import SvdadaptError
 
 T = TypeVar("T")
 TIMEOUT_VARIABLE = "SVDADAPT_PROCESS_TIMEOUT"
+PATIENT_DEFAULT = timedelta(days=1)
+_patient: list = [None]  # the gloo group of the patient hand-over, while process_group() holds one
 AGAIN = "what was written is complete or was not kept: launch again, with --resume where the command takes it"
 
 
@@ -135,9 +140,11 @@ def process_group(device: str | torch.device) -> Iterator[None]:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SvdadaptError(f"could not join the other processes of the launch ({text})") from None
     try:
+        _patient[0] = dist.new_group(backend="gloo", timeout=PATIENT_DEFAULT)
         with _stopped_by_launcher():
             yield
     finally:
+        _patient[0] = None
         dist.destroy_process_group()
 
 
@@ -179,20 +186,22 @@ def rank() -> int:
     return dist.get_rank() if in_process_group() else 0
 
 
-def barrier() -> None:
-    """Wait until every process of the group arrives (nothing in one process)."""
+def barrier(patient: bool = False) -> None:
+    """Wait until every process of the group arrives (nothing in one process); ``patient``: as long as
+    rank 0's writing may take (see the module docstring)."""
     if in_process_group():
         with _collective():
-            dist.barrier()
+            dist.barrier(group=_patient[0] if patient else None)
 
 
-def from_main(value: T) -> T:
-    """Rank 0's ``value`` on every process (``value`` itself in one process)."""
+def from_main(value: T, patient: bool = False) -> T:
+    """Rank 0's ``value`` on every process (``value`` itself in one process); ``patient``: the others
+    wait as long as rank 0's writing may take (see the module docstring)."""
     if not in_process_group():
         return value
     box = [value]
     with _collective():
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_patient[0] if patient else None)
     return box[0]
 
 

@@ -147,7 +147,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
         build_adapters(
             method, plan, waves, seed=opts.seed, progress=False, write_base=False, compute=compute, release=base.release
         )
-        return BuildResult(Run(out, backend.from_main(None)))
+        return BuildResult(Run(out, backend.from_main(None, patient=True)))  # while rank 0 writes
     with atomic_directory(out) as tmp:
         base.start(tmp / "base")
 
@@ -178,4 +178,4 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
             "build_seconds": round(time.monotonic() - started, 2),
         }
         meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, changed, base_fingerprint)
-    return BuildResult(Run(out, backend.from_main(meta)))
+    return BuildResult(Run(out, backend.from_main(meta, patient=True)))

@@ -143,5 +143,5 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
                 "seconds": round(time.monotonic() - started, 2),
             }
         )
-    backend.barrier()  # the store is complete before any process returns it
+    backend.barrier(patient=True)  # the store is complete before any process returns it
     return CalibrateResult(CovarianceStore.load(out))
