@@ -38,15 +38,16 @@ The study of issue 14, on the embedded SmolLM2-135M-Instruct with bundled text o
 Full mode (default), sized for this 2-core CPU (≤ 90 minutes): 9 methods × 3 learning rates
 (1.5e-4, 5e-4, 1.5e-3) × 3 seeds × 2 tasks = 162 trainings at rank 16, each 10 optimizer steps of
 batch 4 (cosine, 10% warm-up); wiki calibration 32 × 256 tokens; measured on 32 held-out task
-examples, 6 × 256 tokens of held-out Wikipedia and 64 + 64 cloze items. Estimated, not measured:
-about 85 minutes on an idle machine (~4 min of calibration, builds and init evaluations, then
-~30 s per training: ~18 s of steps at ~1.8 s per batch-4 step as the quickstart and quick mode
-ran them, ~12 s loading and measuring). The one sizing run tried shared the cores with a test
-suite and was stopped; time it with `--seeds 0 --tasks polarity` first if the budget matters. The
-full run has not been run yet.
+examples, 6 × 256 tokens of held-out Wikipedia and 64 + 64 cloze items. Measured on this idle
+2-core CPU: 71.8 minutes (22–30 s per training, measuring included), run as its two tasks' halves
+and joined with `--combine`; docs/results.md has the figures and their reading.
 
     python benchmarks/retention.py --quick --out /tmp/retention-quick   # ≤ 10 min: whole pipeline, 1 seed, 1 lr
     python benchmarks/retention.py --out /tmp/retention --json docs/retention.json     # full mode
+    # or a task per run (or machine), joined: the same study
+    python benchmarks/retention.py --tasks polarity --out /tmp/ret-polarity
+    python benchmarks/retention.py --tasks news-cloze --out /tmp/ret-news
+    python benchmarks/retention.py --combine /tmp/ret-polarity,/tmp/ret-news --out /tmp/retention
     # GPU, larger scale (any causal LM; a rerun with the same --out resumes where it stopped):
     python benchmarks/retention.py --device cuda --model default --rank 32 --steps 200 --batch-size 16 \\
         --calib-samples 256 --calib-seq-len 512 --seeds 0,1,2,3,4 --lrs 1e-4,3e-4,1e-3 --eval-windows 64 \\
