@@ -244,8 +244,9 @@ def test_bad_input_is_one_line(tiny_dirs, text_file, tmp_path):
         BuildOptions.of(method="kasa", freeze_a=True, **common)
     with pytest.raises(SvdadaptError, match=r"--rho applies to methods that redistribute ranks \(eva\)"):
         BuildOptions.of(method="pissa", rho=2.0, **common)
-    with pytest.raises(SvdadaptError, match="--rho must be at least 1"):
-        BuildOptions.of(method="eva", rho=0.5, **common)
+    for bad in (0.5, float("inf"), float("nan")):
+        with pytest.raises(SvdadaptError, match="--rho must be a finite number of at least 1"):
+            BuildOptions.of(method="eva", rho=bad, **common)
     with pytest.raises(SvdadaptError, match="eva needs calibration covariances"):
         BuildOptions.of(method="eva", model=common["model"], rank=4, out=common["out"])
 

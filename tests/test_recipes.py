@@ -82,3 +82,16 @@ def test_config_file_supplies_flags(capsys, tiny_dirs, tmp_path):
     config.write_text(yaml.safe_dump({"methd": "pissa"}))
     assert main(["build", "--config", str(config), "--out", str(tmp_path / "run2")]) == 2
     assert "unknown key 'methd'" in capsys.readouterr().err
+
+
+def test_config_file_reads_yaml_1_1_switches_as_their_flags(capsys, tiny_dirs, text_file, tmp_path):
+    """`offload: off` (YAML 1.1's false) in a --config file is `--offload off`, as in a recipe."""
+    config = tmp_path / "calibrate.yaml"
+    config.write_text(f"model: {tiny_dirs['llama']}\ndata: {text_file}\nsamples: 4\nseq_len: 32\ndevice: cpu\n"
+                      "offload: on\n")  # fmt: skip
+    assert main(["calibrate", "--config", str(config), "--out", str(tmp_path / "on")]) == 0, capsys.readouterr().err
+    config.write_text(config.read_text().replace("offload: on", "offload: off"))
+    assert main(["calibrate", "--config", str(config), "--out", str(tmp_path / "off")]) == 0, capsys.readouterr().err
+    config.write_text(config.read_text().replace("offload: off", "offload: maybe"))
+    assert main(["calibrate", "--config", str(config), "--out", str(tmp_path / "bad")]) != 0
+    assert "offload" in capsys.readouterr().err

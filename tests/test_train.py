@@ -164,6 +164,11 @@ def test_bad_inputs(capsys, tiny_dirs, cola_dir, stsb_dir, tmp_path):
     msg = _bad(capsys, "train", tmp_path / "cls", "--task", "glue:stsb", "--data-dir", stsb_dir,
                "--out", tmp_path / "cls")  # fmt: skip
     assert "regression task" in msg
+    given = ((["--freeze-a"], "--freeze-a: this is"), (["--rank", "2", "--method", "eva"], "--method, --rank"),
+             (["--calib-data", "wiki"], "--calib-data"))  # fmt: skip
+    for flags, named in given:
+        msg = _bad(capsys, "train", tmp_path / "cls", "--task", "glue:cola", "--data-dir", cola_dir, *flags)
+        assert named in msg and "is built already" in msg, msg  # build options are not silently dropped
     with pytest.raises(SystemExit):
         main(train_args(tiny_dirs, tmp_path / "o", task="glue:mnli"))
     assert "invalid choice: 'glue:mnli'" in capsys.readouterr().err

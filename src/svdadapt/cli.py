@@ -14,7 +14,7 @@ import sys
 
 from .backend import set_aside_live_objects
 from .errors import SvdadaptError
-from .options import add_options, from_namespace
+from .options import add_options, from_namespace, yaml_values
 
 
 def subcommands() -> dict:
@@ -47,7 +47,7 @@ def build_parser(commands: dict) -> tuple[argparse.ArgumentParser, dict]:
     return parser, subparsers
 
 
-def _apply_config(argv: list[str], subparsers: dict) -> None:
+def _apply_config(argv: list[str], subparsers: dict, commands: dict) -> None:
     """``--config FILE``: its keys (option names, - or _) become the subcommand's defaults."""
     if not argv or argv[0] not in subparsers or "--config" not in argv:
         return
@@ -57,6 +57,7 @@ def _apply_config(argv: list[str], subparsers: dict) -> None:
     from .recipes import load_yaml_mapping
 
     values = {k.replace("-", "_"): v for k, v in load_yaml_mapping(argv[index + 1]).items()}
+    values = yaml_values(commands[argv[0]].options, values)  # e.g. `offload: off`, which YAML reads as false
     parser = subparsers[argv[0]]
     known = {a.dest: a for a in parser._actions}
     unknown = sorted(set(values) - set(known) - {"config"})
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, subparsers = build_parser(commands)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _apply_config(argv, subparsers)
+        _apply_config(argv, subparsers, commands)
     except SvdadaptError as exc:
         print(f"svdadapt: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ one function under a new name in one of those tables).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from .adapters.init import INITS, Base
@@ -130,8 +131,9 @@ def get_method(name: str, truncation: str | None = None, rho: float | None = Non
         if method.ranks is None:
             allocating = ", ".join(m.name for m in TABLE if m.ranks)
             raise SvdadaptError(f"--rho applies to methods that redistribute ranks ({allocating}), not to {name}")
-        if not rho >= 1:
-            raise SvdadaptError(f"--rho must be at least 1 (1 keeps every layer's rank; PEFT uses 2), got {rho}")
+        if not (rho >= 1 and math.isfinite(rho)):
+            raise SvdadaptError(f"--rho must be a finite number of at least 1 (1 keeps every layer's rank; PEFT uses "
+                                f"2), got {rho}")  # fmt: skip
         method = replace(method, rho=float(rho))
     if freeze_a:
         if not INITS[method.init].seeded_A:

@@ -260,11 +260,18 @@ def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
     missing = [flat.dest for flat in flats if flat.default is MISSING and flat.dest not in values]
     if missing:
         raise SvdadaptError(f"{where} needs {missing[0]!r}")
-    values = {**values, **{flat.dest: _yaml_1_1(values[flat.dest], flat) for flat in flats if flat.dest in values}}
+    values = yaml_values(cls, values)
     try:
         return _construct(cls, values)
     except SvdadaptError as exc:
         raise SvdadaptError(f"{where}: {exc}") from None
+
+
+def yaml_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` read from YAML (keyed by dest), with what YAML 1.1 misread for ``cls``'s fields
+    read as their flags would read it (see :func:`_yaml_1_1`); other keys are left as they are."""
+    flats = {flat.dest: flat for flat in flat_fields(cls)}
+    return {k: _yaml_1_1(v, flats[k]) if k in flats else v for k, v in values.items()}
 
 
 def _yaml_1_1(value: Any, flat: FlatField) -> Any:

@@ -18,13 +18,14 @@ from ..data.options import DataOptions
 from ..errors import SvdadaptError
 from ..files import read_json
 from ..models import load_tokenizer, resolve_location
-from ..options import Options, group, opt
+from ..options import Options, flat_fields, group, opt
 from ..runs import RUN_FILE, Run, copy_run, mark_stage, update_run
 from ..train.options import TaskOptions, TrainingOptions
 from ..train.tasks import classification_task
 from .build import BuildOptions, build_locked
 from .common import DEVICE_HELP, MODEL_HELP
 
+BUILDING = ("adapter", "calibration")  # TrainOptions' groups that only building a run reads
 NO_RUN = "give --model, --method and --out to build a run and train it, or an existing run: svdadapt train RUN"
 
 
@@ -55,6 +56,15 @@ class TrainOptions(Options):
             raise SvdadaptError(NO_RUN)
         if not self.run:
             check_statistics(self.adapter, self.calibration, "--calib-data")
+            return
+        building = [flat.flag for flat in flat_fields(TrainOptions)
+                    if flat.path[0] in BUILDING and flat.get(self) != flat.default]  # fmt: skip
+        if building:
+            raise SvdadaptError(
+                f"{', '.join(building)}: {'these are' if len(building) > 1 else 'this is'} for building a run, and "
+                f"{self.run} is built already; leave {'them' if len(building) > 1 else 'it'} out, or build again with "
+                "them (svdadapt build, or train --model M --method NAME --out DIR)"
+            )
 
 
 @dataclass
