@@ -200,7 +200,7 @@ def summarize(points: list[dict], inits: dict[str, dict], original: dict, target
         for p in sorted((p for p in points if p["task"] == task), key=lambda p: p["lr"]):
             start = inits.get(p["method"], {}).get(task, base)
             paths.setdefault((p["method"], p["seed"]), [(start["task_loss"], start)]).append((p["task_loss"], p))
-        target = targets.get(task) or common_target(paths, base["task_loss"])
+        target = targets[task] if task in targets else common_target(paths, base["task_loss"])
         rows = {}
         for method in dict.fromkeys(m for m, _ in paths):
             mine = {seed: path for (m, seed), path in paths.items() if m == method}
@@ -473,7 +473,18 @@ def combine(dirs: list[Path], out: Path, targets: dict) -> dict:
     machines): points, originals and inits joined, every task summarised as a single run would."""
     from svdadapt.atomic import write_json
 
+    missing = [d for d in dirs if not (d / "results.json").is_file()]
+    if missing:
+        sys.exit(f"{missing[0]} holds no results.json: give the --out directories of finished runs")
     states = [json.loads((d / "results.json").read_text()) for d in dirs]
+    for d, s in zip(dirs, states):  # every training its settings call for, measured
+        settings = Settings(**s["settings"])
+        wanted = [j.key for j in plan(settings, {m: random_init(m) for m in settings.methods})[0]]
+        left = [k for k in wanted if k not in s["points"]]
+        if left:
+            done = len(wanted) - len(left)
+            sys.exit(f"{d} is unfinished: {done} of {len(wanted)} trainings measured (not {left[0]}); run it again "
+                     "with the same settings and --out to finish it")  # fmt: skip
     first = states[0]
     same = lambda s: {k: v for k, v in s["settings"].items() if k != "tasks"}  # noqa: E731
     for d, s in zip(dirs, states):
@@ -598,6 +609,22 @@ def parse_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def parse_targets(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
+    """``--target-loss TASK=LOSS`` values, each checked: a task of the study and a positive loss."""
+    targets = {}
+    for item in items:
+        task, _, text = item.partition("=")
+        try:
+            loss = float(text)
+        except ValueError:
+            loss = float("nan")
+        if task not in TASKS or not loss > 0 or loss == float("inf"):
+            parser.error(f"--target-loss {item!r}: give TASK=LOSS, TASK one of {', '.join(TASKS)}, LOSS a positive "
+                         "held-out task loss")  # fmt: skip
+        targets[task] = loss
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: all 9 methods, rank 4, 1 seed, 1 lr")
@@ -619,9 +646,13 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars for every run loaded
     settings = parse_settings(args)
-    targets = {t: float(v) for t, _, v in (x.partition("=") for x in args.target_loss)}
+    targets = parse_targets(parser, args.target_loss)
     out = Path(args.out).expanduser()
     if args.combine:
+        given = [f"--{k.replace('_', '-')}" for k in ("quick", "methods", "tasks", "lrs", "seeds", "keep_runs",
+                                                      *OVERRIDES) if getattr(args, k) not in (None, False)]  # fmt: skip
+        if given:
+            parser.error(f"--combine joins finished runs with their own settings; leave out {', '.join(given)}")
         state = combine([Path(d).expanduser() for d in args.combine.split(",")], out, targets)
     else:
         state = run_study(settings, out, targets, args.keep_runs)

@@ -88,14 +88,15 @@ def test_combine_joins_runs_of_different_tasks_and_refuses_other_settings(retent
     both would (each task is summarised on its own points); other settings or a repeated task exit."""
     import json
 
-    def run(directory, task, slope, ppl=20.0, steps=10):
+    def run(directory, task, slope, ppl=20.0, steps=10, lrs=(1e-4, 1e-3)):
         points = {}
-        for lr, loss in ((1e-4, 1.5), (1e-3, 1.0)):
-            key = f"{task}/m/s0/lr{lr}"
-            points[key] = {"task": task, "method": "m", "seed": 0, "lr": lr, "task_loss": loss,
+        for lr, loss in zip(lrs, (1.5, 1.0)):
+            key = f"{task}/lora/s0/lr{lr:g}"
+            points[key] = {"task": task, "method": "lora", "seed": 0, "lr": lr, "task_loss": loss,
                            "ppl_change": slope * (2.0 - loss), "seen_change": 0.0, "unseen_change": 0.0}  # fmt: skip
         state = {
-            "settings": {"tasks": [task], "steps": steps}, "points": points, "trainable": {"m": 1},
+            "settings": {"methods": ["lora"], "tasks": [task], "lrs": [1e-4, 1e-3], "seeds": [0], "steps": steps},
+            "points": points, "trainable": {"lora": 1},
             "original": {"task_loss": {task: 2.0}, "ppl": ppl, "cloze_seen": -5.0, "cloze_unseen": -5.0},
             "inits": {"k": {task: {"task_loss": 3.0}}}, "seconds": 60.0,
         }  # fmt: skip
@@ -110,10 +111,24 @@ def test_combine_joins_runs_of_different_tasks_and_refuses_other_settings(retent
     for task, slope, directory in (("t1", 1.0, a), ("t2", 3.0, b)):
         points = json.loads((directory / "results.json").read_text())["points"].values()
         alone = retention.summarize(list(points), {}, {"task_loss": {task: 2.0}}, {})[task]
-        assert state["summary"][task] == alone and alone["methods"]["m"]["ppl_change"][0] == pytest.approx(slope)
+        assert state["summary"][task] == alone and alone["methods"]["lora"]["ppl_change"][0] == pytest.approx(slope)
     written = json.loads((tmp_path / "both" / "results.json").read_text())
     assert written["summary"] == json.loads(json.dumps(state["summary"]))
     for other, message in ((run("c", "t3", 1.0, steps=20), "other settings"), (run("d", "t1", 1.0), "more than one"),
-                           (run("e", "t4", 1.0, ppl=21.0), "not the same study")):  # fmt: skip
+                           (run("e", "t4", 1.0, ppl=21.0), "not the same study"),
+                           (run("f", "t5", 1.0, lrs=(1e-4,)), "unfinished: 1 of 2 trainings measured"),
+                           (tmp_path / "nowhere", "holds no results.json")):  # fmt: skip
         with pytest.raises(SystemExit, match=message):
             retention.combine([a, other], tmp_path / "x", {})
+
+
+def test_target_losses_are_checked(retention, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    assert retention.parse_targets(parser, ["polarity=0.15", "news-cloze=2.65"]) == {"polarity": 0.15,
+                                                                                     "news-cloze": 2.65}  # fmt: skip
+    for bad in ("polarty=0.2", "polarity", "polarity=abc", "polarity=0", "news-cloze=-1", "polarity=inf"):
+        with pytest.raises(SystemExit):
+            retention.parse_targets(parser, [bad])
+        assert "give TASK=LOSS" in capsys.readouterr().err, bad
