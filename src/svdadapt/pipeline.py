@@ -52,6 +52,8 @@ class Stage:
         """The stage's options with what earlier results handed over (where the recipe says nothing)."""
         names = {flat.dest for flat in flat_fields(self.command.options)}
         chained = {k: v for k, v in inputs.items() if k in names and k not in self.values}
+        if "run" in chained or "run" in self.values:  # a stage handed a run is not handed what builds one
+            chained.pop("covariances", None)
         return from_mapping(self.command.options, {**self.values, **chained}, f"{where}: {self.name}")
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..calibrate import DTYPES
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
 from ..methods import METHODS, TRUNCATIONS, Method, get_method
-from ..options import FRACTION, POSITIVE, Options, at_least, opt
+from ..options import FRACTION, POSITIVE, Check, Options, opt
 
 
 @dataclass(kw_only=True)
@@ -29,7 +30,8 @@ class AdapterOptions(Options):
     )
     rho: float | None = opt(
         None, "eva: a layer's rank may grow to round(rho·r) as ranks move to where the inputs' variance is; "
-        "1 keeps every rank (default 2, as PEFT)", check=at_least(1),
+        "1 keeps every rank (default 2, as PEFT)",
+        check=Check(lambda v: 1 <= v < math.inf, "must be a finite number of at least 1"),
     )  # fmt: skip
     freeze_a: bool = opt(False, "keep A as initialised while training (LoRA-Null's variant; rows whose A is seeded)")
     covariances: str | None = opt(None, "covariance store from `svdadapt calibrate` (context decompositions)")
