@@ -68,7 +68,7 @@ def test_train_builds_with_builds_own_option_groups():
                             accumulate_dtype="float32")  # fmt: skip
     build = BuildOptions(model="m", out="o", adapter=train.adapter, calibration=train.calibration)
     assert build.adapter.accumulate_dtype == "float32" and build.calibration.samples == 9
-    assert TrainOptions.of(run="r").adapter.rank == 8  # train's own default; build requires --rank
+    assert TrainOptions.of(run="r").adapter.rank is None  # given or not (train RUN refuses it); build needs --rank
     with pytest.raises(SvdadaptError, match="needs 'rank'"):
         BuildOptions.of(model="m", out="o", method="lora")
     with pytest.raises(SvdadaptError, match="--calib-data SOURCE"):

@@ -136,6 +136,36 @@ def test_sft_on_polarity_and_resume(capsys, tiny_dirs, tmp_path):
     assert second["steps"] == 8  # continued from the epoch-1 checkpoint, not from scratch
 
 
+def test_resume_of_a_finished_run_changes_nothing_and_a_mid_training_run_is_refused(capsys, tiny_dirs, tmp_path):
+    """--resume of a run trained to the end (no checkpoints; or the last at --max-steps) is "nothing to
+    resume", adapter unchanged; a run left at stage "training" (interrupted, killed) is refused by
+    merge, export and eval, which would otherwise use its unfinished adapter."""
+    for extra in ([], ["--save-checkpoints"]):
+        out = tmp_path / f"run{len(extra)}"
+        args = [*train_args(tiny_dirs, out, kind="llama", method="lora", task="sft", data="polarity", train_samples=16,
+                            eval_samples=4, max_length=160, max_steps=2), *extra]  # fmt: skip
+        assert main(args) == 0, capsys.readouterr().err
+        adapter = (out / "adapter_state.safetensors").read_bytes()
+        results = (out / "train_results.json").read_text()
+        assert main([*args, "--resume"]) == 0
+        assert "nothing to resume" in capsys.readouterr().out, extra
+        assert (out / "adapter_state.safetensors").read_bytes() == adapter
+        assert (out / "train_results.json").read_text() == results
+    meta = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**meta, "stage": "training"}))  # as a killed training leaves it
+    evaluate = ["eval", out, "--perplexity", "wiki-heldout", "--max-windows", "1", "--seq-len", "32"]
+    for command in (["merge", out, "--out", tmp_path / "m"], ["export", out, "--out", tmp_path / "e"], evaluate):
+        assert "is mid-training" in _bad(capsys, *command), command
+    assert not (tmp_path / "m").exists() and not (tmp_path / "e").exists()
+
+
+def test_examples_cut_to_their_prompt_are_said(capsys, tiny_dirs, tmp_path):
+    args = train_args(tiny_dirs, tmp_path / "r", kind="llama", method="lora", task="sft", data="polarity",
+                      train_samples=16, eval_samples=4, max_length=112, max_steps=1)  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert "have no response token within --max-length 112 and are left out" in capsys.readouterr().out
+
+
 def _bad(capsys, *args):
     code = main([str(a) for a in args])
     err = capsys.readouterr().err
@@ -165,7 +195,8 @@ def test_bad_inputs(capsys, tiny_dirs, cola_dir, stsb_dir, tmp_path):
                "--out", tmp_path / "cls")  # fmt: skip
     assert "regression task" in msg
     given = ((["--freeze-a"], "--freeze-a: this is"), (["--rank", "2", "--method", "eva"], "--method, --rank"),
-             (["--calib-data", "wiki"], "--calib-data"))  # fmt: skip
+             (["--calib-data", "wiki"], "--calib-data"), (["--rank", "8"], "--rank: this is"),
+             (["--dropout", "0.0"], "--dropout"))  # fmt: skip
     for flags, named in given:
         msg = _bad(capsys, "train", tmp_path / "cls", "--task", "glue:cola", "--data-dir", cola_dir, *flags)
         assert named in msg and "is built already" in msg, msg  # build options are not silently dropped

@@ -116,6 +116,16 @@ class Run:
     def _tensors(self, name: str, what: str) -> dict[str, torch.Tensor]:
         return load_tensors(self.verify(name, what), what, DAMAGED)
 
+    def require_settled(self, doing: str) -> None:
+        """A one-line error if the run is mid-training (interrupted or killed, or training now): its
+        adapter is not what any training ended with, so ``doing`` it would be wrong."""
+        if self.meta.get("stage") == "training":
+            raise SvdadaptError(
+                f"{self.path} is mid-training (interrupted, or training now), so {doing} would use an unfinished "
+                f"adapter: continue it with `svdadapt train {self.path} --resume ...` (kept with --save-checkpoints) "
+                "or train it again"
+            )
+
     @property
     def method(self) -> Method:
         """The row of the methods table this run was built with (its decomposition, ρ and --freeze-a as

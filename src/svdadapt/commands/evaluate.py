@@ -67,6 +67,8 @@ def load_target(target: str, device: str, initial: bool = False) -> tuple[Loaded
     path = Path(target).expanduser()
     if (path / RUN_FILE).is_file():
         run = Run.open(path)
+        if not initial:  # the adapter as built is there whatever became of a training
+            run.require_settled("evaluating it")
         loaded = run.load_adapted(device=device, initial=initial)
         training = run.meta.get("training") or {}
         stage = "built" if initial else run.meta.get("stage")

@@ -49,6 +49,7 @@ class ExportResult:
 def export(opts: ExportOptions, progress: bool = True) -> ExportResult:
     """Write the PEFT adapter to ``opts.out``."""
     run = Run.open(opts.run)
+    run.require_settled("exporting it")
     out = Path(opts.out).expanduser()
     with exclusive(out):
         check_new_out(out, "exported adapter")

@@ -36,6 +36,7 @@ class MergeResult:
 def merge(opts: MergeOptions, progress: bool = True) -> MergeResult:
     """Write the run's model (base + adapter, float64 sums cast once, any trained head) to ``opts.out``."""
     run = Run.open(opts.run)
+    run.require_settled("merging it")
     out = Path(opts.out).expanduser()
     with exclusive(out):
         check_new_out(out, "merged model")

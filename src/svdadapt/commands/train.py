@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import backend
@@ -26,6 +26,7 @@ from .build import BuildOptions, build_locked
 from .common import DEVICE_HELP, MODEL_HELP
 
 BUILDING = ("adapter", "calibration")  # TrainOptions' groups that only building a run reads
+BUILD_DEFAULTS = {"rank": 8, "dropout": 0.0}  # when train builds the run (None in TrainOptions: given or not)
 NO_RUN = "give --model, --method and --out to build a run and train it, or an existing run: svdadapt train RUN"
 
 
@@ -44,7 +45,7 @@ class TrainOptions(Options):
     )
     task: TaskOptions = group(TaskOptions)
     model: str | None = opt(None, MODEL_HELP)
-    adapter: AdapterOptions = group(AdapterOptions, defaults={"method": None, "rank": 8})  # building a run here
+    adapter: AdapterOptions = group(AdapterOptions, defaults={"method": None, "rank": None, "dropout": None})
     calibration: DataOptions = group(DataOptions, prefix="calib_", defaults={"data": None})  # --calib-data
     training: TrainingOptions = group(TrainingOptions)
     seed: int = opt(0, "seed for initialisation, data order and dropout")
@@ -125,8 +126,10 @@ def prepare_run(opts: TrainOptions, progress: bool) -> Run:
             "under a multi-process launcher, train an existing run: `svdadapt build ... --out RUN` first, "
             "then launch `svdadapt train RUN ...`"
         )
+    given = {k: getattr(opts.adapter, k) for k in BUILD_DEFAULTS if getattr(opts.adapter, k) is not None}
+    adapter = replace(opts.adapter, **{**BUILD_DEFAULTS, **given})
     build_opts = BuildOptions(
-        model=opts.model, out=opts.out, adapter=opts.adapter, calibration=opts.calibration, device=opts.device,
+        model=opts.model, out=opts.out, adapter=adapter, calibration=opts.calibration, device=opts.device,
         seed=opts.seed, head="seq-cls" if task is not None else "auto", num_labels=task.num_labels if task else None,
         overwrite=opts.overwrite,
     )  # fmt: skip
@@ -152,7 +155,7 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     """Train as the CLI does: the run ends at stage "trained" with its training results. One process
     of a launch writes (and holds the run's lock); a run created here is removed if training fails
     (not when interrupted: with --save-checkpoints it continues with --resume)."""
-    from ..train.session import prepare_data, run_training  # Trainer's imports: seconds, only when training
+    from ..train.session import nothing_to_resume, prepare_data, run_training  # Trainer's: seconds, only here
 
     device = backend.resolve_device(opts.device)
     data = prepare_data(opts.task, _tokenizer(opts), opts.seed)  # bad data fails before a run is built
@@ -160,17 +163,20 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     with exclusive(target) if backend.is_main_process() else nullcontext():
         created = not (target / RUN_FILE).exists()
         try:
-            return _train(opts, data, device, run_training, progress)
+            return _train(opts, data, device, run_training, nothing_to_resume, progress)
         except Exception:
             if created and backend.is_main_process():
                 shutil.rmtree(target, ignore_errors=True)
             raise
 
 
-def _train(opts: TrainOptions, data, device: str, run_training, progress: bool) -> TrainResult:
+def _train(opts: TrainOptions, data, device: str, run_training, nothing_to_resume, progress: bool) -> TrainResult:
     started = time.monotonic()
     run = prepare_run(opts, progress)
     before = run
+    if opts.training.resume and run.meta["stage"] == "trained" and nothing_to_resume(run.path, opts.training):
+        results = read_json(run.path / "train_results.json", "training results", "train without --resume")
+        return TrainResult(run, results, resumed_finished=True)  # the run stays as it was
     if backend.is_main_process():
         run = mark_stage(run, "training")  # until the trained adapter is written
     loaded = run.load_adapted(device=device)

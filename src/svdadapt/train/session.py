@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ def _sft(opts: TaskOptions, tok, seed: int) -> TrainingData:
     samples = make_samples(corpus, tok, count + held, opts.max_length, seed, opts.template)
     if len(samples) < 2:
         raise SvdadaptError(f"{opts.data} gives {len(samples)} example(s); training needs at least 2")
+    cut = sum(len(s.input_ids) <= s.prompt_len for s in samples)  # the prompt alone fills --max-length
+    if cut:
+        print(f"svdadapt: note: {cut} of {len(samples)} examples of {opts.data} have no response token within "
+              f"--max-length {opts.max_length} and are left out; raise --max-length to keep them")  # fmt: skip
     random.Random(seed).shuffle(samples)
     held = min(held, len(samples) // 2)
     train_set = sft_features(samples[held:], opts.packing, opts.max_length)
@@ -82,6 +87,24 @@ def prepare_data(opts: TaskOptions, tokenizer, seed: int) -> TrainingData:
     """Tokenized training and evaluation sets for ``opts.task`` (checked before any model work)."""
     task = classification_task(opts.task)
     return _classification(opts, task, tokenizer) if task is not None else _sft(opts, tokenizer, seed)
+
+
+def last_checkpoint(run_path: Path) -> str | None:
+    """The newest of Trainer's checkpoints kept in the run (``--save-checkpoints``), if any."""
+    folder = Path(run_path) / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def nothing_to_resume(run_path: Path, opts: TrainingOptions) -> bool:
+    """Whether ``--resume`` of a run trained to the end has nothing to continue: no checkpoint (it was
+    trained without --save-checkpoints), or the last one already at --max-steps."""
+    checkpoint = last_checkpoint(run_path)
+    if checkpoint is None:
+        return True
+    if opts.max_steps > 0:
+        state = Path(checkpoint) / "trainer_state.json"
+        return state.is_file() and json.loads(state.read_text()).get("global_step", 0) >= opts.max_steps
+    return False  # by epochs: Trainer resumes to the end, or past it with more --epochs
 
 
 def regularizer(method, opts: TrainingOptions) -> Regularizer | None:
@@ -137,7 +160,7 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
         compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(run.method, opts),
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
-    checkpoint = get_last_checkpoint(args.output_dir) if opts.resume and Path(args.output_dir).is_dir() else None
+    checkpoint = last_checkpoint(out) if opts.resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
     model.eval()
     title = f"{run.meta['method']} on {task}"
