@@ -238,7 +238,7 @@ def foreign_store(covs, tmp_path_factory):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"decomposition": "context,svd"}, "unknown decomposition 'svd'"),
+        ({"decomposition": "context,svd"}, "unknown decomposition 'svd'; choose from plain, asvd, context"),
         ({"decomposition": "plain", "discard": "0,1.5"}, "not below 1"),
         ({"decomposition": "plain", "discard": "0,-2"}, "negative"),
         ({"decomposition": "plain", "discard": "32"}, "drops 32 components of model.layers.0.self_attn.k_proj"),
@@ -254,7 +254,8 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tiny_dirs, texts, fore
     paths = {"FOREIGN": foreign_store, "NOWHERE": tmp_path}
     extra = {k: paths.get(v, v) for k, v in extra.items()}
     out = tmp_path / "sweep"
-    assert message in bad(capsys, *cli(tiny_dirs, texts, out, **extra))
+    line = bad(capsys, *cli(tiny_dirs, texts, out, **extra))
+    assert message in line and "inputs" not in line  # only decompositions of all of W can be swept
     assert not out.exists()
 
 

@@ -238,6 +238,9 @@ def test_rho_is_recorded_in_the_run(tiny_dirs, text_file, tmp_path):
 # ------------------------------------------------------------------------------------------ bad input
 def test_bad_input_is_one_line(tiny_dirs, text_file, tmp_path):
     common = dict(model=str(tiny_dirs["llama"]), rank=4, out=str(tmp_path / "run"), data=str(text_file))
+    for method in ("corda-kpa", "lora-null"):  # even a truncation naming the row's own decomposition
+        with pytest.raises(SvdadaptError, match=f"--truncation applies to .*, not to {method}"):
+            BuildOptions.of(method=method, truncation="context", **common)
     with pytest.raises(SvdadaptError, match="--freeze-a freezes an A seeded .*lora's A is random"):
         BuildOptions.of(method="lora", freeze_a=True, **common)
     with pytest.raises(SvdadaptError, match="--freeze-a .*kasa's A is random"):

@@ -145,6 +145,7 @@ def test_resume_of_a_finished_run_changes_nothing_and_a_mid_training_run_is_refu
         args = [*train_args(tiny_dirs, out, kind="llama", method="lora", task="sft", data="polarity", train_samples=16,
                             eval_samples=4, max_length=160, max_steps=2), *extra]  # fmt: skip
         assert main(args) == 0, capsys.readouterr().err
+        assert (out / "checkpoints").is_dir() == bool(extra)  # no empty folder when none is kept
         adapter = (out / "adapter_state.safetensors").read_bytes()
         results = (out / "train_results.json").read_text()
         assert main([*args, "--resume"]) == 0

@@ -30,8 +30,15 @@ def subcommands() -> dict:
     }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (and where to read the usage), as every error is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(commands: dict) -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="svdadapt",
         description="Knowledge-aware, SVD-based parameter-efficient fine-tuning (CorDA, KaSA).",
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..calibrate import DTYPES
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
-from ..methods import METHODS, TRUNCATIONS, Method, get_method
+from ..methods import METHODS, TRUNCATIONS, Base, Method, get_method
 from ..options import FRACTION, POSITIVE, Check, Options, opt
 
 
@@ -38,8 +38,11 @@ class AdapterOptions(Options):
     accumulate_dtype: str = opt("float64", "dtype of on-the-fly covariance sums", choices=list(DTYPES))
 
     def check(self) -> None:
-        if self.method is not None:
-            self.row()  # --truncation, --rho or --freeze-a on a method they do not apply to
+        if self.method is None:
+            return
+        method = self.row()  # --truncation, --rho or --freeze-a on a method they do not apply to
+        if self.truncation is not None and method.base is not Base.TRUNCATED:  # even one naming its own
+            raise SvdadaptError(f"--truncation applies to methods that truncate the base (kasa), not to {self.method}")
 
     def row(self) -> Method:
         """The method's row with these options applied (truncation, ρ, frozen A)."""

@@ -18,7 +18,7 @@ from ..data.options import DataOptions
 from ..decompose import check_finite
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
-from ..methods import get_method
+from ..methods import Base, get_method
 from ..models import PlacementOptions, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
 from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
@@ -68,7 +68,9 @@ class BuildResult:
         ranks = sorted({v["rank"] for v in layers.values()})
         dampings = sorted({v["damping"] for v in layers.values() if v["damping"] is not None})
         trainable = sum(a.trainable_parameters for a in run.adapters().layers.values())
-        base = f"residual weights in {run.path / 'base'}" if run.base_changed else "the original model, untouched"
+        kind = {Base.RESIDUAL: "residual weights", Base.TRUNCATED: "truncated weights"}.get(run.method.base)
+        base = f"{kind or 'the original weights with the new head'} in {run.path / 'base'}" if run.base_changed else (
+            "the original model, untouched")  # fmt: skip
         lines = [
             f"run: {run.path}",
             f"  method      {meta['method']} on {meta['original']['name']}: {len(layers)} layers, rank "

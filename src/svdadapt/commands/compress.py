@@ -86,7 +86,7 @@ def _names(text: str) -> list[str]:
     unknown = [n for n in names if n not in DECOMPOSITIONS]
     if unknown or not names:
         what = f"unknown decomposition {unknown[0]!r}" if unknown else "--decomposition is empty"
-        raise SvdadaptError(f"{what}; choose from {', '.join(DECOMPOSITIONS)}")
+        raise SvdadaptError(f"{what}; choose from {', '.join(n for n, d in DECOMPOSITIONS.items() if d.whole)}")
     return names
 
 

@@ -57,7 +57,8 @@ def check_decompositions(names: list[str], store: CovarianceStore | None) -> Non
     """Unknown names, or statistics a decomposition needs without a store, are errors."""
     for name in names:
         if name not in DECOMPOSITIONS:
-            raise SvdadaptError(f"unknown decomposition {name!r}; choose from {', '.join(DECOMPOSITIONS)}")
+            whole = ", ".join(n for n, d in DECOMPOSITIONS.items() if d.whole)
+            raise SvdadaptError(f"unknown decomposition {name!r}; choose from {whole}")
         if not DECOMPOSITIONS[name].whole:
             whole = ", ".join(n for n, d in DECOMPOSITIONS.items() if d.whole)
             raise SvdadaptError(f"the {name} decomposition does not decompose all of W; compress compares {whole}")

@@ -162,6 +162,8 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
     )  # fmt: skip
     checkpoint = last_checkpoint(out) if opts.resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.is_world_process_zero() and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+        (out / "checkpoints").rmdir()  # Trainer makes its output folder even when it keeps nothing there
     model.eval()
     title = f"{run.meta['method']} on {task}"
     curve = None
