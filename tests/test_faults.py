@@ -296,8 +296,8 @@ def test_an_interrupted_calibration_redoes_a_damaged_unit(made, capsys, tmp_path
 def test_damaged_model_directories_are_one_line(made, capsys, tmp_path):
     truncated = copy(made["model"], tmp_path / "truncated")
     truncate(truncated / "model.safetensors")
-    one_line(capsys, *build_args(made, tmp_path / "r", "--data", made["text"])[:-1], tmp_path / "r1",
-             "--model", truncated, names=["model.safetensors", "truncated"])  # fmt: skip
+    one_line(capsys, *build_args(made, tmp_path / "r1", "--data", made["text"]), "--model", truncated,
+             names=["model.safetensors", "truncated"])  # fmt: skip
     no_type = copy(made["model"], tmp_path / "no_type")
     config = json.loads((no_type / "config.json").read_text())
     config.pop("model_type")

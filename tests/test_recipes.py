@@ -95,3 +95,16 @@ def test_config_file_reads_yaml_1_1_switches_as_their_flags(capsys, tiny_dirs, t
     config.write_text(config.read_text().replace("offload: off", "offload: maybe"))
     assert main(["calibrate", "--config", str(config), "--out", str(tmp_path / "bad")]) != 0
     assert "offload" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, said", [
+    ("eval.tasks=polarity-instruc", "eval: unknown task 'polarity-instruc'"),
+    ("eval.perplexity=wiki-heldot", "eval: unknown data source 'wiki-heldot'"),
+    ("train.data=polarty", "train: unknown data source 'polarty'"),
+    ("calibrate.data=missing.jsonl", "calibrate: data file missing.jsonl does not exist"),
+])  # fmt: skip
+def test_a_recipe_with_a_misnamed_source_or_task_fails_before_its_first_stage(capsys, tmp_path, override, said):
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "offline" / "corda-kpa-wiki.yaml"
+    assert main(["run", str(recipe), f"out={tmp_path / 'out'}", override]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing ran

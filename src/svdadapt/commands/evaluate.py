@@ -10,10 +10,11 @@ from pathlib import Path
 
 from .. import backend
 from ..atomic import exclusive, write_json
+from ..data.sources import check_spec
 from ..errors import SvdadaptError
 from ..evaluate.report import results_table
 from ..evaluate.settings import EvalSettings
-from ..evaluate.suite import TASK_HELP, evaluate_model, is_causal_lm, precheck, split_list
+from ..evaluate.suite import TASK_HELP, evaluate_model, is_causal_lm, precheck, split_list, task_kind
 from ..models import LoadedModel, load_model
 from ..options import Options, group, opt
 from ..runs import RUN_FILE, Run
@@ -46,6 +47,12 @@ class EvalOptions(Options):
     initial: bool = opt(False, "a run: evaluate its adapter as built (before training), not its current one")
     device: str | None = opt(None, DEVICE_HELP)
     out: str | None = opt(None, "results JSON file (default: RUN/eval/results.json for a run; none for a model)")
+
+    def check(self) -> None:
+        for spec in split_list(self.tasks):  # names, before any model loads (a recipe: before its first stage)
+            task_kind(spec)
+        for spec in split_list(self.perplexity):
+            check_spec(spec)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from ..errors import SvdadaptError
 from ..options import POSITIVE, Options, opt
 from .batching import make_batches
 from .samples import Sample, make_samples
-from .sources import FieldOptions, resolve
+from .sources import FieldOptions, check_spec, resolve
 from .templates import TEMPLATES
 
 SOURCE_HELP = (
@@ -35,6 +35,10 @@ class DataOptions(Options):
     instruction_field: str | None = opt(None, "record field holding the instruction")
     input_field: str | None = opt(None, "record field holding optional extra input")
     output_field: str | None = opt(None, "record field holding the response")
+
+    def check(self) -> None:
+        if self.data is not None:
+            check_spec(self.data)  # an unknown name or a missing file, before any model loads
 
     def fields(self) -> FieldOptions:
         return FieldOptions(self.text_field, self.instruction_field, self.input_field, self.output_field)

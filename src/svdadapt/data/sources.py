@@ -196,6 +196,27 @@ def _hub(repo: str, config: str | None, split: str, what: str, schema: str | Non
     return _corpus_from_rows(rows, what, schema, fields)
 
 
+def check_spec(spec: str) -> None:
+    """A one-line error for a ``--data`` spec that cannot resolve, found without reading anything: an
+    unknown name, or a local file that is not there (so a recipe fails before its first stage)."""
+    spec = spec.strip()
+    if not spec:
+        raise SvdadaptError("--data is empty; name a source or a file")
+    if spec.startswith("hf:") or spec in SOURCES:
+        return
+    name, sep, file = spec.partition(":")
+    path = Path(file if sep and name in SOURCES and file else spec).expanduser()
+    if sep and name in SOURCES and file or path.suffix in (".txt", ".json", ".jsonl"):
+        if not path.exists():
+            raise SvdadaptError(f"data file {path} does not exist")
+        return
+    if not path.exists():
+        raise SvdadaptError(
+            f"unknown data source {spec!r}; use one of {', '.join(SOURCES)}, NAME:FILE, a .txt/.json/.jsonl "
+            "file, or hf:REPO[:CONFIG]"
+        )
+
+
 def resolve(spec: str, fields: FieldOptions = FieldOptions(), split: str | None = None) -> Corpus:
     """Turn a ``--data`` spec into a corpus (see the module docstring for the forms)."""
     spec = spec.strip()

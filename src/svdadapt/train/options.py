@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data.sources import check_spec
 from ..data.templates import TEMPLATES
 from ..errors import SvdadaptError
 from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, opt
@@ -24,7 +25,12 @@ class TaskOptions(Options):
     packing: bool = opt(False, "sft: pack several examples into each row of --max-length tokens")
     train_samples: int | None = opt(None, "use at most this many training examples", check=POSITIVE)
     eval_samples: int | None = opt(None, "use at most this many evaluation examples", check=NON_NEGATIVE)
-    max_length: int = opt(512, "tokens per example (longer ones are cut)", check=POSITIVE)
+    max_length: int = opt(512, "tokens per example (longer ones are cut; an example left with no response token "
+                          "is dropped, with a note)", check=POSITIVE)  # fmt: skip
+
+    def check(self) -> None:
+        if self.data is not None:
+            check_spec(self.data)  # an unknown name or a missing file, before any model loads
 
 
 @dataclass(kw_only=True)
