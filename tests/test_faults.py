@@ -217,6 +217,7 @@ def test_resume_carries_the_whole_history_and_a_finished_run_is_left_alone(made,
     monkeypatch.setattr(session, "StepTimer", lambda: type("T", (real, StopAfterFirstSave), {})())
     resumed = copy(made["run"], tmp_path / "resumed")
     assert main([str(a) for a in ["train", resumed, *args]]) == 130  # interrupted after epoch 1's checkpoint
+    assert "interrupted (continue it with --resume if it ran with --save-checkpoints" in capsys.readouterr().err
     monkeypatch.undo()
     ok(capsys, "train", resumed, *args, "--resume")
     got = json.loads((resumed / "train_results.json").read_text())

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"svdadapt: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("svdadapt: interrupted (long jobs continue where they stopped with --resume)", file=sys.stderr)
+        print(f"svdadapt: interrupted{RESUMING.get(args.command, '')}", file=sys.stderr)
         return 130
     except OSError as exc:  # disk full, permissions, ...: said of the output's own name
         message = TEMPORARY.sub(r"\1", str(exc))
@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
+
+RESUMING = {  # what an interrupted command leaves to continue from
+    "calibrate": " (continue it with --resume)",
+    "train": " (continue it with --resume if it ran with --save-checkpoints; else train again)",
+    "compress": " (run it again: it starts over)",
+}
 
 # the temporary sibling an atomic write fills (.NAME.XXXXXXXX.tmp) is named by the output it becomes
 TEMPORARY = re.compile(r"\.([^/\s]+?)\.[a-z0-9_]{8}\.tmp")
