@@ -219,6 +219,10 @@ def test_sigterm_in_a_process_group_is_one_line_and_the_timeout_is_checked(monke
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises as soon as the signal arrives
     assert signal.getsignal(signal.SIGTERM) == before
+    with pytest.raises(SvdadaptError, match="^stopped by SIGTERM$"), launching.stop_on_sigterm("stopped by SIGTERM"):
+        os.kill(os.getpid(), signal.SIGTERM)  # one process, no launcher: the CLI's guard, temporary files removed
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) == before
     for bad in ("soon", "0", "-3"):
         monkeypatch.setenv(launching.TIMEOUT_VARIABLE, bad)
         with pytest.raises(SvdadaptError, match=launching.TIMEOUT_VARIABLE):

@@ -178,3 +178,45 @@ def test_bf16_checkpoint_build_bf16_training_merge_and_export(bf16_llama, text_f
         exported = PeftModel.from_pretrained(original, tmp_path / "lora")
         for other in (merged(input_ids=ids).logits, exported(input_ids=ids).logits):
             torch.testing.assert_close(other, expected, atol=2e-2, rtol=0)
+
+
+def test_hidden_state_folders_of_dead_processes_are_removed(tmp_path):
+    """A run killed before it could clean up (SIGKILL) leaves its folder; the next one removes it."""
+    import os
+    import subprocess
+    import sys
+
+    from svdadapt.backend.hidden import PREFIX, remove_orphans
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan, mine = tmp_path / f"{PREFIX}{dead.stdout.strip()}-ab12", tmp_path / f"{PREFIX}{os.getpid()}-cd34"
+    for folder in (orphan, mine):
+        folder.mkdir()
+        (folder / "batch-0.bin").write_bytes(b"0" * 16)
+    states = HiddenStates(Placement(torch.device("cpu"), offloaded=True), count=1, directory=tmp_path)
+    states.keep(0, torch.ones(2, 3))
+    assert not orphan.exists() and mine.exists() and states.directory.name.startswith(f"{PREFIX}{os.getpid()}-")
+    states.close()
+    remove_orphans(tmp_path)  # a live process's folder stays
+    assert mine.exists()
+
+
+def test_scale_options_refuse_what_they_cannot_do_in_one_line(bf16_llama, text_file, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "s"), "--hidden-states-dir", str(a_file)]) == 2
+    assert "--hidden-states-dir" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "store")]) == 0
+    capsys.readouterr()
+    sweep = ["compress", "--model", str(bf16_llama), "--covariances", str(tmp_path / "store"), "--decomposition",
+             "plain", "--device", "cpu", "--seq-len", "32", "--max-windows", "1"]  # fmt: skip
+    assert main([*sweep, "--offload", "on", "--targets", "lm_head", "--out", str(tmp_path / "c")]) == 2
+    assert "swept block by block" in capsys.readouterr().err
+    spectra = ["spectra", "--model", str(bf16_llama), "--covariances", str(tmp_path / "store"), "--device", "cpu"]
+    assert main([*spectra, "--out", str(tmp_path / "sp.txt")]) == 2
+    assert "--out must name a .png file" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun
+    assert main([*sweep, "--out", str(tmp_path / "c2")]) == 2
+    assert "compress runs in one process" in capsys.readouterr().err
+    assert main(["eval", str(bf16_llama), "--perplexity", "news", "--device", "cpu"]) == 2
+    assert "eval runs in one process" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 
+from . import backend
 from .backend import set_aside_live_objects
 from .errors import SvdadaptError
 from .options import add_options, from_namespace, yaml_values
@@ -97,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     command = commands[args.command]
     _quiet_libraries()
     try:
-        result = command.run(from_namespace(command.options, args))
-        print(result.summary())
+        stopped = f"stopped by SIGTERM{RESUMING.get(args.command, '')}"
+        with backend.stop_on_sigterm(stopped):  # as after Ctrl-C: temporary files removed, nothing half-done
+            result = command.run(from_namespace(command.options, args))
+        if backend.is_main_process():  # one summary per launch, not one per process
+            print(result.summary())
     except SvdadaptError as exc:
         print(f"svdadapt: error: {exc}", file=sys.stderr)
         return 2

@@ -47,10 +47,16 @@ class PlacementOptions(Options):
         "(a bare --offload means on)", choices=["auto", "on", "off"], nargs="?", const="on",
     )  # fmt: skip
     hidden_states_dir: str | None = opt(
-        None, "keep the cached hidden states of the calibration in memory-mapped files under DIR (the default, "
-        "in the temporary directory, when offloading and they would take over half the free memory)",
+        None, "keep the cached hidden states (of the calibration, or of compress's evaluation) in memory-mapped "
+        "files under DIR (the default, in the temporary directory, when offloading and they would take over half "
+        "the free memory)",
         metavar="DIR",
     )  # fmt: skip
+
+    def check(self) -> None:
+        folder = Path(self.hidden_states_dir).expanduser() if self.hidden_states_dir else None
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise SvdadaptError(f"--hidden-states-dir {folder} is a file; give a directory (it is made if missing)")
 
     @property
     def offload_choice(self) -> bool | None:

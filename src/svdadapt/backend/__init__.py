@@ -16,7 +16,7 @@ exports, never the modules behind it:
   or saved); the one place that hands memory back to the OS.
 - processes and devices: ``resolve_device``, ``default_device``, ``process_group`` (joins the
   other processes of a launch), ``world_size``, ``rank``, ``is_main_process``, ``share_of``, ``check_shares``,
-  ``sum_across_processes``, ``from_main``, ``barrier``.
+  ``sum_across_processes``, ``from_main``, ``barrier``, ``stop_on_sigterm`` (SIGTERM as an error).
 - the garbage collector: ``collection_paused``, ``set_aside_live_objects``.
 """
 
@@ -38,6 +38,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
         rank,
         resolve_device,
         share_of,
+        stop_on_sigterm,
         sum_across_processes,
         world_size,
     )
@@ -68,6 +69,7 @@ __all__ = [
     "resolve_device",
     "set_aside_live_objects",
     "share_of",
+    "stop_on_sigterm",
     "sum_across_processes",
     "world_size",
 ]

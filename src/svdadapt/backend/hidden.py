@@ -9,6 +9,7 @@ the files hold one copy of the states and the OS pages them in and out as it nee
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +19,24 @@ import torch
 from .placement import Placement, free_memory
 
 SPILL_FRACTION = 0.5
+
+
+PREFIX = "svdadapt-hidden-"  # + the writing process's pid + "-" + a random part
+
+
+def remove_orphans(parent: Path) -> None:
+    """Remove the hidden-state folders in ``parent`` whose process is gone (killed before it could
+    clean up: SIGKILL, a node lost), so that they do not pile up in the temporary directory."""
+    for folder in parent.glob(f"{PREFIX}*-*"):
+        pid = folder.name[len(PREFIX) :].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 class HiddenStates:
@@ -54,7 +73,8 @@ class HiddenStates:
             parent = self.requested
             if parent is not None:
                 parent.mkdir(parents=True, exist_ok=True)
-            self.directory = Path(tempfile.mkdtemp(prefix="svdadapt-hidden-", dir=parent))
+            remove_orphans(Path(parent) if parent is not None else Path(tempfile.gettempdir()))
+            self.directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))
         path = self.directory / f"batch-{index}.bin"
         size = hidden.numel()
         slot = torch.from_file(str(path), shared=True, size=size, dtype=hidden.dtype).view(hidden.shape)

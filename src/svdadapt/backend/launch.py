@@ -162,17 +162,23 @@ def _timeout() -> timedelta | None:
     return timedelta(seconds=seconds)
 
 
+def _stopped_by_launcher():
+    """SIGTERM from the launcher stopping the processes left when one failed: a one-line error."""
+    return stop_on_sigterm(f"the launcher stopped this process (another process of the launch failed); {AGAIN}")
+
+
 @contextmanager
-def _stopped_by_launcher() -> Iterator[None]:
-    """Inside, SIGTERM (the launcher stopping the processes left when one failed) raises a one-line
-    error where this process is, so that what it was writing atomically is dropped, not left half-done."""
+def stop_on_sigterm(message: str) -> Iterator[None]:
+    """Inside, SIGTERM (a launcher, a scheduler's stop, ``kill``) raises a one-line error with
+    ``message`` where this process is, so that what it was writing atomically is dropped and its
+    temporary files are removed, as after Ctrl-C, not left half-done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame) -> None:
         signal.signal(signal.SIGTERM, previous)  # a second SIGTERM ends the process as usual
-        raise SvdadaptError(f"the launcher stopped this process (another process of the launch failed); {AGAIN}")
+        raise SvdadaptError(message)
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

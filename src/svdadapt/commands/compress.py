@@ -20,6 +20,7 @@ from ..fingerprint import model_identity
 from ..models import PlacementOptions, load_model, max_positions
 from ..options import POSITIVE, Options, at_least, group, opt
 from ..store import CovarianceStore
+from ..streaming import find_stack
 from ..targets import find_targets, weight_matrix
 from .common import DEVICE_HELP, MODEL_HELP
 
@@ -102,6 +103,8 @@ def _store(opts: CompressOptions, names: list[str]) -> CovarianceStore | None:
 
 def compress(opts: CompressOptions, progress: bool = True) -> CompressResult:
     """Run a sweep as the CLI does; the results are written to ``opts.out``."""
+    if backend.world_size() > 1:
+        raise SvdadaptError("compress runs in one process; run it without a multi-process launcher")
     out = Path(opts.out).expanduser()
     with exclusive(out):
         return _compress(opts, out, progress)
@@ -120,6 +123,11 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
         raise SvdadaptError(f"--seq-len {opts.seq_len} is beyond this model's limit of {limit} positions")
     identity = model_identity(loaded.model)
     modules = find_targets(loaded.model, opts.targets)
+    if loaded.placement.offloaded and find_stack(loaded.model, list(modules)) is None:
+        raise SvdadaptError(
+            "an offloaded model is swept block by block, and these targets are not all inside its block stack: "
+            "choose targets inside the blocks (--targets), or load it whole (--offload off, enough memory)"
+        )
     if store is not None:
         store.check_covers(identity["fingerprint"], modules)
     for name, module in modules.items():  # fail before any long work starts

@@ -10,7 +10,7 @@ from .. import backend
 from ..decompose import context_svd, plain_svd
 from ..fingerprint import model_identity
 from ..models import load_model
-from ..options import Options, opt
+from ..options import Check, Options, opt
 from ..plots import plot_lines
 from ..store import CovarianceStore
 from ..targets import find_targets, weight_matrix
@@ -23,7 +23,7 @@ class SpectraOptions(Options):
 
     model: str = opt(help=MODEL_HELP)
     covariances: str = opt(help="covariance store from `svdadapt calibrate` of this model")
-    out: str = opt(help="PNG file to write")
+    out: str = opt(help="PNG file to write", check=Check(lambda v: v.lower().endswith(".png"), "must name a .png file"))
     layers: str | None = opt(
         None, "layers to show, comma-separated full names (default: the first and last target of the middle block)"
     )
