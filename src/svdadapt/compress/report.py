@@ -35,9 +35,9 @@ def x_axis(points: list[Discard]) -> tuple[str, dict[str, float] | None]:
     """The plot's x label, and x per --discard text when every point is a count (else x = % of k)."""
     if all(p.count is not None for p in points):
         return "components dropped per layer (r)", {p.text: float(p.count) for p in points}
-    return "components dropped (% of min(out, in) of each layer)", {
-        p.text: p.fraction * 100 for p in points if p.fraction is not None
-    }
+    mixed = any(p.count is not None for p in points)  # a count among fractions sits at the share it drops
+    label = "components dropped (% of min(out, in) of each layer" + ("; a count r: % of all)" if mixed else ")")
+    return label, {p.text: p.fraction * 100 for p in points if p.fraction is not None}
 
 
 def _x(point: Point, xs: dict[str, float]) -> float:
