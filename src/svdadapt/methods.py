@@ -142,7 +142,7 @@ def get_method(name: str, truncation: str | None = None, rho: float | None = Non
                 f"--freeze-a freezes an A seeded from the weights or data ({seeded}); {name}'s A is random: drop it"
             )
         method = replace(method, freeze_a=True)
-    if truncation is not None and truncation != method.decomposition:
+    if truncation is not None:
         if method.base is not Base.TRUNCATED:
             raise SvdadaptError(f"--truncation applies to methods that truncate the base (kasa), not to {name}")
         if truncation not in TRUNCATIONS:

@@ -28,7 +28,7 @@ from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
 from .files import check_safetensors, file_record, inside, load_tensors, read_json, require_fields, verify_record
 from .fingerprint import weights_fingerprint
-from .methods import Method, get_method
+from .methods import METHODS, Base, Method, get_method
 
 FORMAT = "svdadapt.run"
 VERSION = 1
@@ -79,6 +79,15 @@ def task_type_of(model: nn.Module) -> str | None:
     return None
 
 
+def _row(meta: dict) -> Method:
+    """The methods-table row run.json records: the method, its truncation (a truncating row's recorded
+    decomposition), ρ and --freeze-a."""
+    name = meta["method"]
+    truncates = name in METHODS and METHODS[name].base is Base.TRUNCATED
+    truncation = meta.get("decomposition") if truncates else None
+    return get_method(name, truncation, meta.get("rho"), meta.get("freeze_a") is True)
+
+
 @dataclass
 class Run:
     path: Path
@@ -98,7 +107,7 @@ class Run:
             raise SvdadaptError(f"{path} was written by a newer svdadapt (run version {meta['version']})")
         for name, facts in meta["layers"].items():
             require_fields(facts, {"rank": int, "alpha": (int, float)}, f"{run_file}, layer {name!r}", DAMAGED)
-        get_method(meta["method"], meta.get("decomposition"))  # a method this version knows
+        _row(meta)  # a method this version knows
         run = cls(path, meta)
         for name, record in (meta.get("files") or {}).items():  # sizes and headers: cheap, before any use
             file = inside(path, name, str(run_file))
@@ -130,8 +139,7 @@ class Run:
     def method(self) -> Method:
         """The row of the methods table this run was built with (its decomposition, ρ and --freeze-a as
         recorded)."""
-        meta = self.meta
-        return get_method(meta["method"], meta.get("decomposition"), meta.get("rho"), meta.get("freeze_a") is True)
+        return _row(self.meta)
 
     @property
     def base_changed(self) -> bool:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..calibrate import DTYPES
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
-from ..methods import METHODS, TRUNCATIONS, Base, Method, get_method
-from ..options import FRACTION, POSITIVE, Check, Options, opt
+from ..methods import METHODS, TRUNCATIONS, Method, get_method
+from ..options import FRACTION, POSITIVE, Options, opt
 
 
 @dataclass(kw_only=True)
@@ -30,19 +29,15 @@ class AdapterOptions(Options):
     )
     rho: float | None = opt(
         None, "eva: a layer's rank may grow to round(rho·r) as ranks move to where the inputs' variance is; "
-        "1 keeps every rank (default 2, as PEFT)",
-        check=Check(lambda v: 1 <= v < math.inf, "must be a finite number of at least 1"),
+        "1 keeps every rank (default 2, as PEFT); checked with the method's row",
     )  # fmt: skip
     freeze_a: bool = opt(False, "keep A as initialised while training (LoRA-Null's variant; rows whose A is seeded)")
     covariances: str | None = opt(None, "covariance store from `svdadapt calibrate` (context decompositions)")
     accumulate_dtype: str = opt("float64", "dtype of on-the-fly covariance sums", choices=list(DTYPES))
 
     def check(self) -> None:
-        if self.method is None:
-            return
-        method = self.row()  # --truncation, --rho or --freeze-a on a method they do not apply to
-        if self.truncation is not None and method.base is not Base.TRUNCATED:  # even one naming its own
-            raise SvdadaptError(f"--truncation applies to methods that truncate the base (kasa), not to {self.method}")
+        if self.method is not None:
+            self.row()  # --truncation, --rho or --freeze-a on a method they do not apply to
 
     def row(self) -> Method:
         """The method's row with these options applied (truncation, ρ, frozen A)."""

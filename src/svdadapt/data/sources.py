@@ -196,48 +196,54 @@ def _hub(repo: str, config: str | None, split: str, what: str, schema: str | Non
     return _corpus_from_rows(rows, what, schema, fields)
 
 
-def check_spec(spec: str) -> None:
-    """A one-line error for a ``--data`` spec that cannot resolve, found without reading anything: an
-    unknown name, or a local file that is not there (so a recipe fails before its first stage)."""
-    spec = spec.strip()
-    if not spec:
-        raise SvdadaptError("--data is empty; name a source or a file")
-    if spec.startswith("hf:") or spec in SOURCES:
-        return
-    name, sep, file = spec.partition(":")
-    path = Path(file if sep and name in SOURCES and file else spec).expanduser()
-    if sep and name in SOURCES and file or path.suffix in (".txt", ".json", ".jsonl"):
-        if not path.exists():
-            raise SvdadaptError(f"data file {path} does not exist")
-        return
-    if not path.exists():
-        raise SvdadaptError(
-            f"unknown data source {spec!r}; use one of {', '.join(SOURCES)}, NAME:FILE, a .txt/.json/.jsonl "
-            "file, or hf:REPO[:CONFIG]"
-        )
+@dataclass(frozen=True)
+class _Form:
+    """What a ``--data`` spec names (see the module docstring), before anything is read."""
+
+    kind: str  # "hub", "source" (a table row), "file" (a local file, with the schema of ``name`` if any)
+    name: str = ""  # hub repo, or the table row
+    config: str | None = None  # hub config
+    path: Path | None = None
 
 
-def resolve(spec: str, fields: FieldOptions = FieldOptions(), split: str | None = None) -> Corpus:
-    """Turn a ``--data`` spec into a corpus (see the module docstring for the forms)."""
+def _form(spec: str) -> _Form:
     spec = spec.strip()
     if not spec:
         raise SvdadaptError("--data is empty; name a source or a file")
     if spec.startswith("hf:"):
         repo, _, config = spec[3:].partition(":")
-        return _hub(repo, config or None, split or "train", repo, None, fields)
+        return _Form("hub", repo, config or None)
     name, sep, file = spec.partition(":")
     if sep and name in SOURCES and file:
-        return _local(Path(file).expanduser(), SOURCES[name].schema, fields)
+        return _Form("file", name, path=Path(file).expanduser())
     if spec in SOURCES:
-        source = SOURCES[spec]
-        if source.bundled is not None:
-            return source.bundled()
-        repo, config, default_split = source.hub
-        return _hub(repo, config, split or default_split, spec, source.schema, fields)
+        return _Form("source", spec)
     path = Path(spec).expanduser()
     if path.suffix in (".txt", ".json", ".jsonl") or path.exists():
-        return _local(path, None, fields)
+        return _Form("file", path=path)
     raise SvdadaptError(
         f"unknown data source {spec!r}; use one of {', '.join(SOURCES)}, NAME:FILE, a .txt/.json/.jsonl "
         "file, or hf:REPO[:CONFIG]"
     )
+
+
+def check_spec(spec: str) -> None:
+    """A one-line error for a ``--data`` spec that cannot resolve, found without reading anything: an
+    unknown name, or a local file that is not there (so a recipe fails before its first stage)."""
+    form = _form(spec)
+    if form.kind == "file" and not form.path.exists():
+        raise SvdadaptError(f"data file {form.path} does not exist")
+
+
+def resolve(spec: str, fields: FieldOptions = FieldOptions(), split: str | None = None) -> Corpus:
+    """Turn a ``--data`` spec into a corpus (see the module docstring for the forms)."""
+    form = _form(spec)
+    if form.kind == "hub":
+        return _hub(form.name, form.config, split or "train", form.name, None, fields)
+    if form.kind == "file":
+        return _local(form.path, SOURCES[form.name].schema if form.name else None, fields)
+    source = SOURCES[form.name]
+    if source.bundled is not None:
+        return source.bundled()
+    repo, config, default_split = source.hub
+    return _hub(repo, config, split or default_split, form.name, source.schema, fields)
