@@ -223,6 +223,14 @@ def test_sigterm_in_a_process_group_is_one_line_and_the_timeout_is_checked(monke
         os.kill(os.getpid(), signal.SIGTERM)  # one process, no launcher: the CLI's guard, temporary files removed
         time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) == before
+    with pytest.raises(SvdadaptError, match="peer lost"), launching.stop_on_sigterm("stopped by SIGTERM"):
+        try:  # a collective lost its peer, then the launcher's SIGTERM arrives during the cleanup
+            with launching._stopped_by_launcher():
+                raise SvdadaptError("peer lost")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # ignored: the first reason is the one said
+    assert signal.getsignal(signal.SIGTERM) == before
     for bad in ("soon", "0", "-3"):
         monkeypatch.setenv(launching.TIMEOUT_VARIABLE, bad)
         with pytest.raises(SvdadaptError, match=launching.TIMEOUT_VARIABLE):
