@@ -84,6 +84,17 @@ def _quiet_libraries() -> None:
     logging.disable_progress_bar()
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parsed arguments; a command's trailing list (``run``'s KEY=VALUE overrides) may also come
+    after its flags (``svdadapt run r.yaml --resume train.epochs=2``), which argparse alone refuses."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``svdadapt`` console script; returns the exit status."""
     commands = subcommands()
@@ -94,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except SvdadaptError as exc:
         print(f"svdadapt: error: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     command = commands[args.command]
     _quiet_libraries()
     try:
@@ -120,6 +131,7 @@ RESUMING = {  # what an interrupted command leaves to continue from
     "calibrate": " (continue it with --resume)",
     "train": " (continue it with --resume if it ran with --save-checkpoints; else train again)",
     "compress": " (run it again: it starts over)",
+    "run": " (continue the pipeline with --resume: finished stages are kept)",
 }
 
 # the temporary sibling an atomic write fills (.NAME.XXXXXXXX.tmp) is named by the output it becomes

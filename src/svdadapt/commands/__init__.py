@@ -14,13 +14,16 @@ from typing import Any
 
 from .build import BuildOptions, BuildResult, build
 from .calibrate import CalibrateOptions, CalibrateResult, calibrate
+from .calibrate import interrupted as calibration_interrupted
 from .common import Result
 from .compress import CompressOptions, CompressResult, compress
-from .evaluate import EvalOptions, EvalResult, evaluate
+from .evaluate import EvalOptions, EvalResult, evaluate, results_path
 from .export import ExportOptions, ExportResult, export
 from .merge import MergeOptions, MergeResult, merge
 from .spectra import SpectraOptions, SpectraResult, spectra
 from .train import TrainOptions, TrainResult, train
+from .train import interrupted as training_interrupted
+from .train import written as trained_run
 
 
 @dataclass(frozen=True)
@@ -29,22 +32,35 @@ class Command:
     options: type
     run: Callable[..., Result]  # run(options, progress=True)
     promises: Callable[[Any], dict[str, str]] = lambda _options: {}  # the result's outputs, from the options
+    writes: Callable[[Any], str | None] = lambda options: options.out  # the path it writes
+    interrupted: Callable[[Any], bool] = lambda _options: False  # its output holds a job --resume continues
 
 
 def _run_dir(opts: TrainOptions) -> dict[str, str]:
-    path = opts.out or opts.run
+    path = trained_run(opts)
     return {"run": path, "target": path}
+
+
+def _results_file(opts: EvalOptions) -> str | None:
+    path = results_path(opts)
+    return str(path) if path else None
 
 
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("calibrate", CalibrateOptions, calibrate, lambda o: {"covariances": o.out}),
+        Command(
+            "calibrate",
+            CalibrateOptions,
+            calibrate,
+            lambda o: {"covariances": o.out},
+            interrupted=calibration_interrupted,
+        ),  # fmt: skip
         Command("build", BuildOptions, build, lambda o: {"run": o.out, "target": o.out}),
         Command("merge", MergeOptions, merge),
         Command("export", ExportOptions, export),
-        Command("train", TrainOptions, train, _run_dir),
-        Command("eval", EvalOptions, evaluate),
+        Command("train", TrainOptions, train, _run_dir, writes=trained_run, interrupted=training_interrupted),
+        Command("eval", EvalOptions, evaluate, writes=_results_file),
         Command("compress", CompressOptions, compress),
         Command("spectra", SpectraOptions, spectra),
     )

@@ -11,7 +11,7 @@ from .. import backend
 from ..atomic import exclusive
 from ..calibrate import DTYPES, MODES, PassSettings, iter_covariances
 from ..calibrate.engine import resolve_mode
-from ..calibrate.partial import PartialRun, check_out_dir
+from ..calibrate.partial import PARTIAL, PartialRun, check_out_dir
 from ..data.options import DataOptions
 from ..models import PlacementOptions, describe_model, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
@@ -72,6 +72,11 @@ class CalibrateResult:
             f"{meta.get('seconds', 0):.1f} s",
         ]
         return "\n".join(lines)
+
+
+def interrupted(opts: CalibrateOptions) -> bool:
+    """Whether ``--out`` holds an interrupted calibration that ``--resume`` continues."""
+    return (Path(opts.out).expanduser() / PARTIAL).is_dir()
 
 
 def calibrate(opts: CalibrateOptions, progress: bool = True) -> CalibrateResult:

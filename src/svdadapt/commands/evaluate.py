@@ -98,7 +98,8 @@ def _default_tasks(loaded: LoadedModel, about: dict) -> tuple[list[str], list[st
     raise SvdadaptError("this model is not a causal LM and has no trained task on record; name one with --tasks")
 
 
-def _out_path(opts: EvalOptions) -> Path | None:
+def results_path(opts: EvalOptions) -> Path | None:
+    """The JSON file the results go to: --out, or the run's eval/results.json (None: printed only)."""
     if opts.out:
         return Path(opts.out).expanduser()
     path = Path(opts.target).expanduser()
@@ -127,7 +128,7 @@ def evaluate(opts: EvalOptions, progress: bool = True) -> EvalResult:
     """Evaluate as the CLI does: the results, and the JSON file they were written to."""
     if backend.world_size() > 1:
         raise SvdadaptError("eval runs in one process; run it without a multi-process launcher")
-    out = _out_path(opts)
+    out = results_path(opts)
     if out is None:
         return _evaluate(opts, None, progress)
     with exclusive(out):

@@ -85,6 +85,21 @@ class TrainResult:
         return f"{json.dumps(shown)}\ntrained run: {self.run.path} (merge or export it like a built run)"
 
 
+def written(opts: TrainOptions) -> str:
+    """The run this training writes: OUT, or RUN trained in place."""
+    return opts.out or opts.run
+
+
+def interrupted(opts: TrainOptions) -> bool:
+    """Whether the run it writes was left mid-training with a checkpoint that ``--resume`` continues."""
+    path = Path(written(opts)).expanduser()
+    try:
+        stage = Run.open(path).meta.get("stage")
+    except SvdadaptError:
+        return False
+    return stage == "training" and any((path / "checkpoints").glob("checkpoint-*"))
+
+
 def _existing_out(opts: TrainOptions) -> Path | None:
     """OUT when it already holds a run to resume."""
     out = Path(opts.out).expanduser() if opts.out else None

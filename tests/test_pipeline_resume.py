@@ -1,0 +1,146 @@
+"""`svdadapt run RECIPE --resume`: finished stages are kept, an interrupted calibration or a
+checkpointed training continues, and from the first stage that runs again everything after it is
+made anew (what the earlier run left there removed first)."""
+
+import json
+
+import pytest
+import torch
+import transformers
+import yaml
+
+from svdadapt import CovarianceStore
+from svdadapt.calibrate import capture
+from svdadapt.cli import main
+from svdadapt.journal import fingerprint
+
+TRAIN = {"task": "sft", "data": "polarity", "train_samples": 16, "eval_samples": 4, "max_length": 160}
+
+
+def write_recipe(path, tiny_dirs, out, **stages):
+    recipe = {"model": str(tiny_dirs["llama"]), "out": str(out), "device": "cpu",
+              "calibrate": {"data": "news", "samples": 8, "seq_len": 32, "batch_size": 2},
+              "build": {"method": "corda-kpa", "rank": 4}, **stages}  # fmt: skip
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def said(capsys):
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_a_rerun_keeps_what_is_done_and_redoes_what_changed(capsys, tiny_dirs, tmp_path):
+    out = tmp_path / "out"
+    eval_stage = {"perplexity": "news", "seq_len": 64, "max_windows": 4}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, out, train={**TRAIN, "max_steps": 2}, eval=eval_stage)
+    assert main(["run", recipe]) == 0, said(capsys)[1]
+    paths = [out / "covariances", out / "run", out / "eval.json"]
+    before = [fingerprint(p) for p in paths]
+    said(capsys)
+
+    assert main(["run", recipe]) == 2  # the same out again: said, nothing touched
+    err = said(capsys)[1].strip()
+    assert "holds an earlier run of a pipeline" in err and "--resume" in err and len(err.splitlines()) == 1
+    assert [fingerprint(p) for p in paths] == before
+
+    assert main(["run", recipe, "--resume"]) == 0
+    text = said(capsys)[0]
+    assert text.count("kept from the earlier run (same options") == 4 and "4 kept from the earlier run" in text
+    assert [fingerprint(p) for p in paths] == before  # nothing ran
+
+    # a later stage's option: only that stage runs again (the overrides may follow the flag)
+    assert main(["run", recipe, "--resume", "eval.max_windows=2"]) == 0
+    text = said(capsys)[0]
+    assert text.count("kept from the earlier run (same options") == 3 and "max_windows: 4 → 2" in text
+    assert [fingerprint(p) for p in paths[:2]] == before[:2] and fingerprint(paths[2]) != before[2]
+    results = json.loads(paths[2].read_text())
+    assert "news" in json.dumps(results)
+
+    # a training option: training wrote the built run in place, so build runs again, then train and eval
+    adapter = (out / "run" / "adapter_state.safetensors").read_bytes()
+    assert main(["run", recipe, "train.module_lr=0.01", "--resume"]) == 0
+    text = said(capsys)[0]
+    assert text.count("kept from the earlier run (same options") == 1  # calibrate
+    assert "a later stage writes there in place" in text
+    assert fingerprint(paths[0]) == before[0]
+    assert (out / "run" / "adapter_state.safetensors").read_bytes() != adapter
+    run = json.loads((out / "run" / "run.json").read_text())
+    assert run["stage"] == "trained"
+    journal = json.loads((out / "pipeline.json").read_text())
+    assert [s["name"] for s in journal["stages"]] == ["calibrate", "build", "train", "eval"]
+    assert journal["stages"][2]["options"]["module_lr"] == 0.01
+
+    # a stage the earlier runs made, now changed: what they left at its output is replaced, not refused
+    assert main(["run", recipe, "train.module_lr=0.01", "build.rank=2", "--resume"]) == 0
+    assert "rank: 4 → 2" in said(capsys)[0]
+    assert json.loads((out / "run" / "run.json").read_text())["rank"] == 2
+
+
+def test_an_interrupted_calibration_and_a_checkpointed_training_continue(capsys, tiny_dirs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    train = {**TRAIN, "train_samples": 32, "epochs": 2, "save_checkpoints": True, "order": "length"}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, out, train=train)
+    reference = tmp_path / "reference"
+    calibrate = ["calibrate", "--model", str(tiny_dirs["llama"]), "--data", "news", "--samples", "8",
+                 "--seq-len", "32", "--batch-size", "2", "--device", "cpu", "--out", str(reference)]  # fmt: skip
+    assert main(calibrate) == 0
+    said(capsys)
+
+    stop_after(monkeypatch, capture.InputCapture, "end_batch", 5)  # halfway through the second block
+    assert main(["run", recipe]) == 130
+    assert "continue the pipeline with --resume" in said(capsys)[1]
+    assert (out / "covariances" / ".partial").is_dir() and not (out / "run").exists()
+    monkeypatch.undo()
+
+    stop_after(monkeypatch, transformers.Trainer, "training_step", 6)  # in the second epoch, past checkpoint 4
+    assert main(["run", recipe, "--resume"]) == 130
+    text = said(capsys)[0]
+    assert "continuing the interrupted calibrate where it stopped" in text
+    assert_same_store(CovarianceStore.load(out / "covariances"), CovarianceStore.load(reference))
+    assert json.loads((out / "run" / "run.json").read_text())["stage"] == "training"
+    assert (out / "run" / "checkpoints" / "checkpoint-4").is_dir()
+    monkeypatch.undo()
+
+    store = fingerprint(out / "covariances")
+    assert main(["run", recipe, "--resume"]) == 0
+    text = said(capsys)[0]
+    assert text.count("kept from the earlier run (same options") == 2 and "continuing the interrupted train" in text
+    assert fingerprint(out / "covariances") == store
+    results = json.loads((out / "run" / "train_results.json").read_text())
+    assert results["steps"] == 8 and results["steps_this_session"] == 4  # from checkpoint 4, not from scratch
+
+
+def test_bad_journals_and_launches_are_one_line(capsys, tiny_dirs, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, out)
+    out.mkdir()
+    (out / "pipeline.json").write_text("{not json")
+    assert main(["run", recipe, "--resume"]) == 2
+    assert "is not an svdadapt pipeline journal" in said(capsys)[1]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", recipe, "--resume"]) == 2
+    assert "run --resume works in one process" in said(capsys)[1]
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(SystemExit):
+        main(["run", recipe, "--resume", "--bogus"])
+    assert "unrecognized arguments: --bogus" in said(capsys)[1]
+
+
+def stop_after(monkeypatch, owner, name, calls):
+    """``owner.name`` raises KeyboardInterrupt (Ctrl-C) on its ``calls``-th call."""
+    original, count = getattr(owner, name), {"n": 0}
+
+    def stopping(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, stopping)
+
+
+def assert_same_store(a: CovarianceStore, b: CovarianceStore) -> None:
+    assert a.modules == b.modules and a.num_tokens == b.num_tokens
+    for name in a.modules:
+        assert torch.equal(a.covariance(name), b.covariance(name)), name
