@@ -111,6 +111,21 @@ def test_an_interrupted_calibration_and_a_checkpointed_training_continue(capsys,
     assert results["steps"] == 8 and results["steps_this_session"] == 4  # from checkpoint 4, not from scratch
 
 
+def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tmp_path):
+    from svdadapt.assets import news_text
+
+    text = tmp_path / "notes.txt"
+    text.write_text(news_text()[:6000])
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, tmp_path / "out")
+    assert main(["run", recipe, f"calibrate.data={text}"]) == 0
+    assert main(["run", recipe, f"calibrate.data={text}", "--resume"]) == 0
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 2
+    text.write_text(news_text()[6000:12000])  # the same name, other text
+    assert main(["run", recipe, f"calibrate.data={text}", "--resume"]) == 0
+    out = said(capsys)[0]
+    assert "kept from the earlier run (same options" not in out and f"{text}, which it read, changed" in out
+
+
 def test_bad_journals_and_launches_are_one_line(capsys, tiny_dirs, tmp_path, monkeypatch):
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, out)

@@ -1,11 +1,12 @@
 """A pipeline's journal (``OUT/pipeline.json``): what each finished stage was given and what it left,
 so that ``svdadapt run RECIPE --resume`` keeps the stages that are done and runs the rest.
 
-A stage is kept when it and every stage before it finished with the same options, and what they
-wrote is as they left it (a fingerprint of names, sizes and modification times, not of contents:
-cheap for a 70B model). Writing a path in place after its stage finished (``train`` trains the run
-``build`` wrote) is part of the later stage's record; the run is kept as built only while that
-later stage can continue from it (a training with checkpoints).
+A stage is kept when it and every stage before it finished with the same options and the same
+inputs from outside the pipeline (the local files and folders its options name: a model, a data
+file), and what they wrote is as they left it (a fingerprint of names, sizes and modification
+times, not of contents: cheap for a 70B model). Writing a path in place after its stage finished
+(``train`` trains the run ``build`` wrote) is part of the later stage's record; the run is kept as
+built only while that later stage can continue from it (a training with checkpoints).
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def outside_inputs(values: dict[str, Any], written: list[str]) -> dict[str, str]:
+    """Fingerprints of the local files and folders a stage's options name (``model``, a data file,
+    ``kind:path`` specs) that no stage of the pipeline wrote."""
+    found: dict[str, str] = {}
+    for value in values.values():
+        if not isinstance(value, str) or not value or value in written:
+            continue
+        for candidate in (value, value.partition(":")[2]):
+            if candidate and Path(candidate).expanduser().exists():
+                found[candidate] = fingerprint(candidate)
+    return found
+
+
 def options_record(values: dict[str, Any]) -> dict[str, Any]:
     """A stage's flat option values as JSON would hold them, without the run-control flags."""
     return json.loads(json.dumps({k: v for k, v in values.items() if k not in RUN_CONTROL}, default=str))
@@ -48,6 +62,7 @@ class Entry:
     options: dict[str, Any]
     outputs: dict[str, str]  # what it handed to later stages
     state: dict[str, str]  # fingerprint of every path the stages so far wrote, as this one left them
+    inputs: dict[str, str] = field(default_factory=dict)  # fingerprints of what it read from outside
 
 
 @dataclass
@@ -88,6 +103,9 @@ class Journal:
         if changed:
             key = changed[0]
             return f"its options changed ({key}: {entry.options.get(key)!r} → {now.get(key)!r})"
+        for path, mark in entry.inputs.items():
+            if fingerprint(path) != mark:
+                return f"{path}, which it read, changed after it finished"
         return None
 
     def unchanged(self, index: int, ignore: set[str] = frozenset()) -> bool:
@@ -103,7 +121,8 @@ class Journal:
     def finish(self, name: str, values: dict[str, Any], outputs: dict[str, str], written: list[str]) -> None:
         """Record a stage that finished; ``written``: every path the stages so far wrote."""
         state = {path: fingerprint(path) for path in dict.fromkeys(written)}
-        self.entries.append(Entry(name, options_record(values), dict(outputs), state))
+        inputs = outside_inputs(values, written)
+        self.entries.append(Entry(name, options_record(values), dict(outputs), state, inputs))
         self.made = list(dict.fromkeys([*self.made, *written]))
         self._write()
 
