@@ -3,6 +3,7 @@ checkpointed training continues, and from the first stage that runs again everyt
 made anew (what the earlier run left there removed first)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import yaml
 from svdadapt import CovarianceStore
 from svdadapt.calibrate import capture
 from svdadapt.cli import main
-from svdadapt.journal import fingerprint
+from svdadapt.journal import listing
 
 TRAIN = {"task": "sft", "data": "polarity", "train_samples": 16, "eval_samples": 4, "max_length": 160}
 
@@ -23,6 +24,10 @@ def write_recipe(path, tiny_dirs, out, **stages):
               "build": {"method": "corda-kpa", "rank": 4}, **stages}  # fmt: skip
     path.write_text(yaml.safe_dump(recipe))
     return str(path)
+
+
+def fingerprint(path):
+    return listing(path)
 
 
 def said(capsys):
@@ -96,19 +101,88 @@ def test_an_interrupted_calibration_and_a_checkpointed_training_continue(capsys,
     stop_after(monkeypatch, transformers.Trainer, "training_step", 6)  # in the second epoch, past checkpoint 4
     assert main(["run", recipe, "--resume"]) == 130
     text = said(capsys)[0]
-    assert "continuing the interrupted calibrate where it stopped" in text
+    assert f"continuing the calibrate found at {out / 'covariances'}" in text
     assert_same_store(CovarianceStore.load(out / "covariances"), CovarianceStore.load(reference))
     assert json.loads((out / "run" / "run.json").read_text())["stage"] == "training"
     assert (out / "run" / "checkpoints" / "checkpoint-4").is_dir()
     monkeypatch.undo()
 
-    store = fingerprint(out / "covariances")
-    assert main(["run", recipe, "--resume"]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(out, other)  # the same state, for a resume under other options below
+    cut = out / "run" / "checkpoints" / "checkpoint-6"
+    cut.mkdir()  # a checkpoint Ctrl-C cut short while Trainer was writing it
+    (cut / "trainable.safetensors").write_bytes(b"")
+    moved = tmp_path / "moved"
+    out.rename(moved)  # the pipeline folder moved as a whole keeps its record
+
+    store = fingerprint(moved / "covariances")
+    assert main(["run", recipe, f"out={moved}", "--resume"]) == 0
     text = said(capsys)[0]
-    assert text.count("kept from the earlier run (same options") == 2 and "continuing the interrupted train" in text
-    assert fingerprint(out / "covariances") == store
-    results = json.loads((out / "run" / "train_results.json").read_text())
+    assert text.count("kept from the earlier run (same options") == 2 and "continuing the train found at" in text
+    assert "checkpoint-6 was cut short while being saved" in text
+    assert fingerprint(moved / "covariances") == store
+    results = json.loads((moved / "run" / "train_results.json").read_text())
     assert results["steps"] == 8 and results["steps_this_session"] == 4  # from checkpoint 4, not from scratch
+    shutil.rmtree(moved / "run" / "checkpoints")  # freeing the disk takes nothing from the trained run
+    assert main(["run", recipe, f"out={moved}", "--resume"]) == 0
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
+
+    # an interrupted training is continued only under the options it began with; else built and trained anew
+    assert main(["run", recipe, f"out={other}", "train.module_lr=0.01", "--resume"]) == 0
+    text = said(capsys)[0]
+    assert "continuing" not in text and text.count("kept from the earlier run (same options") == 1
+    assert "build runs again" in text and "train runs again: it did not finish before" in text
+    results = json.loads((other / "run" / "train_results.json").read_text())
+    assert results["steps"] == 8 and results["steps_this_session"] == 8
+
+
+def test_an_interrupted_stage_under_changed_options_or_without_checkpoints_starts_over(
+    capsys, tiny_dirs, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, out, train={**TRAIN, "max_steps": 3})
+    stop_after(monkeypatch, capture.InputCapture, "end_batch", 3)
+    assert main(["run", recipe]) == 130
+    monkeypatch.undo()
+    assert main(["run", recipe, "calibrate.samples=6", "--resume"]) == 0, said(capsys)[1]  # the partial is dropped
+    assert "continuing" not in said(capsys)[0]
+    assert CovarianceStore.load(out / "covariances").metadata["samples"] == 6
+
+    stop_after(monkeypatch, transformers.Trainer, "training_step", 2)  # no checkpoints: nothing to continue
+    assert main(["run", recipe, "calibrate.samples=6", "train.max_steps=4", "--resume"]) == 130
+    monkeypatch.undo()
+    said(capsys)
+    assert json.loads((out / "run" / "run.json").read_text())["stage"] == "training"
+    assert main(["run", recipe, "calibrate.samples=6", "train.max_steps=4", "--resume"]) == 0, said(capsys)[1]
+    text = said(capsys)[0]
+    assert text.count("kept from the earlier run (same options") == 1 and "build runs again" in text
+    assert json.loads((out / "run" / "train_results.json").read_text())["steps_this_session"] == 4
+
+
+def test_a_store_another_recipe_made_is_reused_and_what_others_add_is_left(capsys, tiny_dirs, tmp_path):
+    shared = tmp_path / "shared-store"
+    first = write_recipe(tmp_path / "a.yaml", tiny_dirs, tmp_path / "a")
+    assert main(["run", first, f"calibrate.out={shared}"]) == 0
+    second = write_recipe(tmp_path / "b.yaml", tiny_dirs, tmp_path / "b", eval={"perplexity": "news", "seq_len": 64,
+                          "max_windows": 2, "out": None})  # fmt: skip
+    store = fingerprint(shared)
+    assert main(["run", second, f"calibrate.out={shared}"]) == 2  # not this pipeline's: refused, not replaced
+    assert "already holds a covariance store" in said(capsys)[1]
+    assert main(["run", second, f"calibrate.out={shared}", "--resume"]) == 0
+    assert "already holds this calibration; nothing to do" in said(capsys)[0]
+    assert fingerprint(shared) == store
+    assert main(["run", second, f"calibrate.out={shared}", "calibrate.samples=6", "--resume"]) == 2
+    assert "another spec" in said(capsys)[1] and fingerprint(shared) == store  # never removed: not its own
+    # eval without out writes into the run: a file added there later does not make build run again
+    assert (tmp_path / "b" / "run" / "eval" / "results.json").is_file()
+    assert main(["run", second, f"calibrate.out={shared}", "eval.max_windows=1", "--resume"]) == 0
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 2
+    # how a stage runs (scratch space, offloading) is not what it makes
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    resume = ["run", second, f"calibrate.out={shared}", "eval.max_windows=1", "--resume"]
+    assert main([*resume, f"calibrate.hidden_states_dir={scratch}", "calibrate.offload=off"]) == 0
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
 
 
 def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tmp_path):
@@ -133,6 +207,12 @@ def test_bad_journals_and_launches_are_one_line(capsys, tiny_dirs, tmp_path, mon
     (out / "pipeline.json").write_text("{not json")
     assert main(["run", recipe, "--resume"]) == 2
     assert "is not an svdadapt pipeline journal" in said(capsys)[1]
+    (out / "pipeline.json").unlink()
+    for bad, said_ in (("out=", "must name the pipeline's folder"), ("out=null", "must name the pipeline's folder"),
+                       (f"out={recipe}", "is a file; name a folder")):  # fmt: skip
+        assert main(["run", recipe, bad]) == 2
+        err = said(capsys)[1]
+        assert said_ in err and len(err.strip().splitlines()) == 1, err
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["run", recipe, "--resume"]) == 2
     assert "run --resume works in one process" in said(capsys)[1]

@@ -1,19 +1,21 @@
 """A pipeline's journal (``OUT/pipeline.json``): what each finished stage was given and what it left,
 so that ``svdadapt run RECIPE --resume`` keeps the stages that are done and runs the rest.
 
-A stage is kept when it and every stage before it finished with the same options and the same
-inputs from outside the pipeline (the local files and folders its options name: a model, a data
-file), and what they wrote is as they left it (a fingerprint of names, sizes and modification
-times, not of contents: cheap for a 70B model). Writing a path in place after its stage finished
-(``train`` trains the run ``build`` wrote) is part of the later stage's record; the run is kept as
-built only while that later stage can continue from it (a training with checkpoints).
+A stage is kept when it and every stage before it finished with the same options (those that
+change what it makes: not ``--offload`` or ``--resume``) and the same inputs from outside the
+pipeline (the local files and folders its options name: a model, a data file), and what they wrote
+is as they left it: every file they left has its size and modification time (cheap for a 70B
+model; files added since, e.g. an evaluation's results in a run, do not count). Writing a path in
+place after its stage finished (``train`` trains the run ``build`` wrote) is part of the later
+stage's record. The stage running when a run stopped is recorded too, so an interrupted job is
+continued only under the options it started with. Paths inside OUT are kept relative to it: a
+pipeline folder moved as a whole (``mv``) keeps its record.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,111 +24,165 @@ from .errors import SvdadaptError
 
 JOURNAL_FILE = "pipeline.json"
 FORMAT = "svdadapt-pipeline-1"
-RUN_CONTROL = ("resume", "overwrite")  # how a stage was asked to write, not what it made
+INSIDE = "OUT/"  # how a path inside the pipeline's folder is written
 
 
-def fingerprint(path: str | Path) -> str:
-    """Names, sizes and modification times of everything under ``path`` (``absent`` if missing)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        return "absent"
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        stat, name = file.stat(), file.relative_to(path) if file != path else ""
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def outside_inputs(values: dict[str, Any], written: list[str]) -> dict[str, str]:
-    """Fingerprints of the local files and folders a stage's options name (``model``, a data file,
-    ``kind:path`` specs) that no stage of the pipeline wrote."""
-    found: dict[str, str] = {}
-    for value in values.values():
-        if not isinstance(value, str) or not value or value in written:
-            continue
-        for candidate in (value, value.partition(":")[2]):
-            if candidate and Path(candidate).expanduser().exists():
-                found[candidate] = fingerprint(candidate)
-    return found
-
-
-def options_record(values: dict[str, Any]) -> dict[str, Any]:
-    """A stage's flat option values as JSON would hold them, without the run-control flags."""
-    return json.loads(json.dumps({k: v for k, v in values.items() if k not in RUN_CONTROL}, default=str))
+def listing(path: Path, scratch: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{file: "size:mtime_ns"}`` of everything under ``path`` (``{"": ...}`` for a file), without the
+    folders named in ``scratch`` (a run's checkpoints: not part of what it made); ``{}`` if missing."""
+    if path.is_file():
+        files = {"": path}
+    elif path.is_dir():
+        files = {
+            str(p.relative_to(path)): p
+            for p in path.rglob("*")
+            if p.is_file() and not set(p.relative_to(path).parts[:-1]) & set(scratch)
+        }
+    else:
+        return {}
+    return {name: f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for name, p in sorted(files.items())}
 
 
 @dataclass
 class Entry:
     name: str
-    options: dict[str, Any]
+    options: dict[str, Any]  # as recorded: paths inside OUT relative to it
     outputs: dict[str, str]  # what it handed to later stages
-    state: dict[str, str]  # fingerprint of every path the stages so far wrote, as this one left them
-    inputs: dict[str, str] = field(default_factory=dict)  # fingerprints of what it read from outside
+    state: dict[str, dict[str, str]]  # listing of every path the stages so far wrote, as this one left them
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)  # listings of what it read from outside
 
 
 @dataclass
 class Journal:
-    path: Path
+    out: Path  # the pipeline's folder
     entries: list[Entry] = field(default_factory=list)
-    made: list[str] = field(default_factory=list)  # every path a run of the pipeline wrote, kept or not
+    made: list[str] = field(default_factory=list)  # every path a run of the pipeline created
+    running: dict[str, Any] | None = None  # the stage begun and not finished: its name and options
     exists: bool = False  # an earlier run of a pipeline into this OUT left it
+
+    @property
+    def path(self) -> Path:
+        return self.out / JOURNAL_FILE
 
     @classmethod
     def open(cls, out: Path) -> Journal:
-        path = out / JOURNAL_FILE
-        if not path.is_file():
-            return cls(path)
+        journal = cls(out)
+        if not journal.path.is_file():
+            return journal
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-            entries = [Entry(**entry) for entry in payload["stages"]] if payload["format"] == FORMAT else None
-            made = [str(p) for p in payload["made"]]
+            payload = json.loads(journal.path.read_text(encoding="utf-8"))
+            if payload["format"] != FORMAT:
+                raise ValueError
+            journal.entries = [Entry(**entry) for entry in payload["stages"]]
+            journal.made = [str(p) for p in payload["made"]]
+            journal.running = payload.get("running")
         except (OSError, ValueError, KeyError, TypeError):
-            entries = None
-        if entries is None:
-            raise SvdadaptError(f"{path} is not an svdadapt pipeline journal; give another out=")
-        return cls(path, entries, made, exists=True)
+            raise SvdadaptError(f"{journal.path} is not an svdadapt pipeline journal; give another out=") from None
+        journal.exists = True
+        return journal
 
+    # ------------------------------------------------------------------ paths and options as recorded
+    def key(self, path: str) -> str:
+        """``path`` as the journal writes it: relative to OUT when inside it."""
+        resolved, root = Path(path).expanduser().resolve(), self.out.expanduser().resolve()
+        return INSIDE + str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path
+
+    def where(self, key: str) -> Path:
+        """The path a journal key names."""
+        return self.out / key[len(INSIDE) :] if key.startswith(INSIDE) else Path(key).expanduser()
+
+    def record(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Option values as the journal holds them: JSON types, paths inside OUT relative to it."""
+        plain = json.loads(json.dumps(values, default=str))
+        return {k: self.key(v) if isinstance(v, str) and v and _looks_like_path(v) else v for k, v in plain.items()}
+
+    def outside_inputs(self, values: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """Listings of the local files and folders the options name (a model, a data file, the path
+        of a ``kind:path`` spec) that no run of the pipeline wrote."""
+        found: dict[str, dict[str, str]] = {}
+        for value in values.values():
+            if not isinstance(value, str) or not value or self.key(value) in self.made:
+                continue
+            for candidate in (value, value.partition(":")[2]):
+                if candidate and Path(candidate).expanduser().exists():
+                    found[self.key(candidate)] = listing(self.where(self.key(candidate)))
+        return found
+
+    def outputs(self, index: int) -> dict[str, str]:
+        """What finished stage ``index`` handed to later stages, paths inside OUT where OUT is now."""
+        return {k: str(self.where(v)) if v.startswith(INSIDE) else v for k, v in self.entries[index].outputs.items()}
+
+    # ------------------------------------------------------------------ what can be kept
     def done(self) -> str:
         """The finished stages, for messages."""
         return f"stages {', '.join(e.name for e in self.entries)} finished" if self.entries else "no stage finished"
 
-    def matches(self, index: int, name: str, values: dict[str, Any]) -> str | None:
-        """Why stage ``index`` (0-based) cannot be kept on its options, or None if they are the same."""
+    def differs(self, index: int, name: str, values: dict[str, Any]) -> str | None:
+        """Why stage ``index`` (0-based) cannot be kept on its options and inputs, or None."""
         if index >= len(self.entries):
             return "it did not finish before"
         entry = self.entries[index]
         if entry.name != name:
             return f"the recipe had {entry.name!r} here before"
-        now = options_record(values)
+        now = self.record(values)
         changed = sorted(k for k in set(now) | set(entry.options) if now.get(k) != entry.options.get(k))
         if changed:
             key = changed[0]
             return f"its options changed ({key}: {entry.options.get(key)!r} → {now.get(key)!r})"
-        for path, mark in entry.inputs.items():
-            if fingerprint(path) != mark:
-                return f"{path}, which it read, changed after it finished"
+        for key, files in entry.inputs.items():
+            if listing(self.where(key)) != files:
+                return f"{self.where(key)}, which it read, changed after it finished"
         return None
 
-    def unchanged(self, index: int, ignore: set[str] = frozenset()) -> bool:
-        """Whether what the stages up to ``index`` wrote is as stage ``index`` left it."""
-        state = self.entries[index].state
-        return all(fingerprint(path) == mark for path, mark in state.items() if path not in ignore)
+    def changed_output(self, index: int, scratch: dict[str, tuple[str, ...]], ignore: str | None) -> str | None:
+        """The first path the stages up to ``index`` wrote that is not as stage ``index`` left it
+        (a file changed or gone; files added since do not count), or None. ``ignore``: a path the
+        stage after it continues from as it is."""
+        for key, files in self.entries[index].state.items():
+            if key == ignore:
+                continue
+            now = listing(self.where(key), scratch.get(key, ()))
+            if any(now.get(name) != mark for name, mark in files.items()) or (files and not now):
+                return str(self.where(key))
+        return None
 
-    def start(self, kept: int) -> None:
-        """Forget the stages after the first ``kept`` (about to run again); written at once."""
-        del self.entries[kept:]
+    def continues(self, name: str, values: dict[str, Any], path: str) -> bool:
+        """Whether an interrupted job found at ``path`` may be continued by stage ``name`` with these
+        options: a job this pipeline began only under the options it began with; another's (a store
+        another recipe wrote there) as its own command decides."""
+        if self.key(path) not in self.made:
+            return True
+        return self.running == {"name": name, "options": self.record(values)}
+
+    # ------------------------------------------------------------------ writing
+    def begin(self, name: str, values: dict[str, Any], path: str | None) -> None:
+        """Record the stage about to run, and the path it will write if nothing is there yet (what is
+        there already, another recipe's store say, is never the pipeline's to remove)."""
+        self.running = {"name": name, "options": self.record(values)}
+        if path and self.key(path) not in self.made and not self.where(self.key(path)).exists():
+            self.made.append(self.key(path))
         self._write()
 
-    def finish(self, name: str, values: dict[str, Any], outputs: dict[str, str], written: list[str]) -> None:
-        """Record a stage that finished; ``written``: every path the stages so far wrote."""
-        state = {path: fingerprint(path) for path in dict.fromkeys(written)}
-        inputs = outside_inputs(values, written)
-        self.entries.append(Entry(name, options_record(values), dict(outputs), state, inputs))
-        self.made = list(dict.fromkeys([*self.made, *written]))
+    def finish(
+        self, index: int, name: str, values: dict[str, Any], outputs: dict[str, str], written: list[str],
+        scratch: dict[str, tuple[str, ...]],
+    ) -> None:  # fmt: skip
+        """Record stage ``index`` as finished, in place of what the journal held from there on (until
+        then an earlier run's record stands: a stage refused before it wrote anything loses nothing);
+        ``written``: every path the stages so far wrote."""
+        del self.entries[index:]
+        keys = list(dict.fromkeys(self.key(path) for path in written))
+        state = {key: listing(self.where(key), scratch.get(key, ())) for key in keys}
+        inputs = self.outside_inputs(values)
+        self.entries.append(Entry(name, self.record(values), self.record(outputs), state, inputs))
+        self.running = None
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        stages = [vars(entry) for entry in self.entries]
-        write_json(self.path, {"format": FORMAT, "stages": stages, "made": self.made})
+        self.out.mkdir(parents=True, exist_ok=True)
+        stages = [asdict(entry) for entry in self.entries]
+        write_json(self.path, {"format": FORMAT, "stages": stages, "made": self.made, "running": self.running})
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.startswith((".", "~"))

@@ -44,13 +44,13 @@ class PlacementOptions(Options):
     offload: str = opt(
         "auto", "on: keep the model memory-mapped on the host as stored and bring one block at a time to "
         "--device; auto: do so when the model would take over 80%% of the device's free memory; off: never "
-        "(a bare --offload means on)", choices=["auto", "on", "off"], nargs="?", const="on",
+        "(a bare --offload means on)", choices=["auto", "on", "off"], nargs="?", const="on", how=True,
     )  # fmt: skip
     hidden_states_dir: str | None = opt(
         None, "keep the cached hidden states (of the calibration, or of compress's evaluation) in memory-mapped "
         "files under DIR (the default, in the temporary directory, when offloading and they would take over half "
         "the free memory)",
-        metavar="DIR",
+        metavar="DIR", how=True,
     )  # fmt: skip
 
     def check(self) -> None:

@@ -46,7 +46,8 @@ def at_least(n: int) -> Check:
 
 def opt(default: Any = MISSING, help: str = "", *, check: Check | None = None, **meta: Any) -> Any:
     """A dataclass field with CLI metadata (``help``, ``check``, ``choices``, ``flag``, ``positional``,
-    ``nargs``, ``const``, ``metavar``)."""
+    ``nargs``, ``const``, ``metavar``; ``how=True``: it says how the command runs or writes, not what
+    it makes, e.g. ``--offload``, ``--resume``)."""
     return field(default=default, metadata={"help": help, "check": check, **meta})
 
 
@@ -292,3 +293,8 @@ def _yaml_1_1(value: Any, flat: FlatField) -> Any:
 def flat_values(obj: Any) -> dict[str, Any]:
     """The options object as flat ``{dest: value}`` (as YAML keys would give it)."""
     return {flat.dest: flat.get(obj) for flat in flat_fields(type(obj))}
+
+
+def result_values(obj: Any) -> dict[str, Any]:
+    """:func:`flat_values` of the options that change what the command makes (not those marked ``how``)."""
+    return {flat.dest: flat.get(obj) for flat in flat_fields(type(obj)) if not flat.field.metadata.get("how")}

@@ -26,8 +26,8 @@ from typing import Any
 from . import backend
 from .commands import COMMANDS, Command, Result
 from .errors import SvdadaptError
-from .journal import JOURNAL_FILE, Entry, Journal
-from .options import Options, flat_fields, flat_values, from_mapping, opt
+from .journal import Journal
+from .options import Options, flat_fields, flat_values, from_mapping, opt, result_values
 from .recipes import load_yaml_mapping, merge_mappings, parse_overrides
 
 STAGES = ("calibrate", "build", "train", "merge", "export", "eval", "compress")
@@ -75,14 +75,11 @@ class Stage:
 class Kept:
     """A stage an earlier run of the pipeline finished, kept by --resume."""
 
-    entry: Entry
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        return self.entry.outputs
+    name: str
+    outputs: dict[str, str]
 
     def summary(self) -> str:
-        return f"{self.entry.name}: kept from the earlier run (same options, its outputs unchanged)"
+        return f"{self.name}: kept from the earlier run (same options and inputs, its outputs unchanged)"
 
 
 @dataclass
@@ -135,79 +132,116 @@ def run_recipe(opts: RunOptions, progress: bool = True) -> RunResult:
     """Check the whole recipe, then run its stages in order, each fed by the results before it."""
     recipe = merge_mappings(load_yaml_mapping(opts.recipe), parse_overrides(opts.overrides or []))
     stages = plan(recipe, opts.recipe)
-    out = Path(str(recipe["out"])).expanduser()
+    out = _pipeline_dir(recipe, opts.recipe)
     alone = backend.world_size() == 1  # under a launcher: no journal (nothing to agree on it with before a stage)
     if opts.resume and not alone:
         raise SvdadaptError("run --resume works in one process; launch the stages still to run as their commands")
-    journal = Journal.open(out) if alone else Journal(out / JOURNAL_FILE)
+    journal = Journal.open(out) if alone else Journal(out)
     if journal.exists and not opts.resume:
         raise SvdadaptError(
             f"{out} holds an earlier run of a pipeline ({journal.done()}); continue it with --resume, "
             "or give another out="
         )
-    keep, why = kept_stages(stages, journal) if opts.resume else (0, "")
-    made = set(journal.made)  # what earlier runs of the pipeline wrote
+    keep, reasons = kept_stages(stages, journal) if opts.resume else (0, [])
     kept = set(journal.entries[keep - 1].state) if keep else set()
-    if alone:
-        journal.start(keep)
     inputs = {"target": str(recipe["model"])} if "model" in recipe else {}
     written: list[str] = []
     done: list[tuple[str, Result]] = []
     for index, stage in enumerate(stages):
         if progress:
             print(f"== svdadapt run: stage {index + 1}/{len(stages)}: {stage.name}")
+        path = stage.command.writes(stage.options)
         if index < keep:
-            result: Result = Kept(journal.entries[index])
+            result: Result = Kept(stage.name, journal.outputs(index))
         else:
             options = stage.with_inputs(inputs, opts.recipe)
+            if opts.resume and index == keep and progress:
+                print("\n".join(f"   {line}" for line in reasons))
             if opts.resume:
-                stale = made - kept - set(written)  # what the earlier run left, not what this one wrote
-                options = _continue_or_clear(stage, options, index == keep, why, stale, progress)
+                ours = set(journal.made) - kept - {journal.key(p) for p in written}  # an earlier run's, stale
+                options = _continue_or_clear(stage, options, journal, index == keep, ours, progress)
+            if alone:
+                journal.begin(stage.name, result_values(stage.options), path)
             result = stage.command.run(options, progress=progress)
         if progress:
             print(result.summary())
-        written += [path for path in [stage.command.writes(stage.options)] if path]
+        written += [path] if path else []
         if index >= keep and alone:
-            journal.finish(stage.name, flat_values(stage.options), result.outputs, written)
+            journal.finish(
+                index, stage.name, result_values(stage.options), result.outputs, written, _scratch(stages, journal)
+            )
         inputs.update(result.outputs)
         done.append((stage.name, result))
     return RunResult(out, done)
 
 
-def kept_stages(stages: list[Stage], journal: Journal) -> tuple[int, str]:
+def _pipeline_dir(recipe: dict[str, Any], where: str) -> Path:
+    """The recipe's ``out``, checked: a folder's name, not a file."""
+    value = recipe["out"]
+    if not isinstance(value, str) or not value.strip():
+        raise SvdadaptError(f"`out` in {where} must name the pipeline's folder (got {value!r})")
+    out = Path(value).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SvdadaptError(f"`out` {out} in {where} is a file; name a folder")
+    return out
+
+
+def kept_stages(stages: list[Stage], journal: Journal) -> tuple[int, list[str]]:
     """How many leading stages an earlier run finished that stand as they are, and why the next one
     runs. Options are compared as planned (with what earlier stages promise to hand over)."""
-    matched, why = 0, ""
+    matched, reasons = 0, []
     for index, stage in enumerate(stages):
-        why = journal.matches(index, stage.name, flat_values(stage.options)) or ""
+        why = journal.differs(index, stage.name, result_values(stage.options))
         if why:
+            reasons.append(f"{stage.name} runs again: {why}")
             break
         matched += 1
+    scratch = _scratch(stages, journal)
     for keep in range(matched, 0, -1):
         following = stages[keep] if keep < len(stages) else None  # continues from what it left, if it can
-        ignore = {following.command.writes(following.options)} if following and _continues(following) else set()
-        if journal.unchanged(keep - 1, ignore):
-            return keep, why
-        why = "what it wrote changed after it finished (a later stage writes there in place, or it was edited)"
-    return 0, why
+        ignore = journal.key(_writes(following)) if following and _continues(following, journal) else None
+        changed = journal.changed_output(keep - 1, scratch, ignore)
+        if changed is None:
+            return keep, reasons
+        writer = stages[keep - 1].name
+        reasons.insert(0, f"{writer} runs again: {changed} was changed after it finished "
+                          "(a later stage writes there in place, or it was edited)")  # fmt: skip
+    return 0, reasons
 
 
-def _continues(stage: Stage) -> bool:
-    return stage.command.interrupted(stage.options)
+def _writes(stage: Stage) -> str:
+    return stage.command.writes(stage.options) or ""
 
 
-def _continue_or_clear(stage: Stage, options: Any, first: bool, why: str, stale: set[str], progress: bool) -> Any:
+def _scratch(stages: list[Stage], journal: Journal) -> dict[str, tuple[str, ...]]:
+    """Per output path, the folders in it that are not part of what the stages made (checkpoints)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for stage in stages:
+        if _writes(stage) and stage.command.scratch:
+            key = journal.key(_writes(stage))
+            found[key] = (*found.get(key, ()), *stage.command.scratch)
+    return found
+
+
+def _continues(stage: Stage, journal: Journal) -> bool:
+    """Whether the stage continues an interrupted job at its output (begun with these options)."""
+    return stage.command.resumable(stage.options) and journal.continues(
+        stage.name, result_values(stage.options), _writes(stage)
+    )
+
+
+def _continue_or_clear(
+    stage: Stage, options: Any, journal: Journal, first: bool, ours: set[str], progress: bool
+) -> Any:  # fmt: skip
     """Stage options for --resume: the first stage run again continues an interrupted job it left;
     otherwise what an earlier run of the pipeline left at its output is removed first."""
-    if first and stage.command.interrupted(options):
+    if first and _continues(stage, journal):
         if progress:
-            print(f"   continuing the interrupted {stage.name} where it stopped")
+            print(f"   continuing the {stage.name} found at {_writes(stage)}")
         return from_mapping(stage.command.options, {**flat_values(options), "resume": True}, stage.name)
-    if progress and first:
-        print(f"   running from here: {why}")
-    path = stage.command.writes(options)
-    if path in stale and Path(path).expanduser().exists():
-        _remove(Path(path).expanduser())
+    key = journal.key(_writes(stage)) if _writes(stage) else None
+    if key in ours and journal.where(key).exists():
+        _remove(journal.where(key))
     return options
 
 

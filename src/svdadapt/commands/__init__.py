@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..train.checkpoints import CHECKPOINTS
 from .build import BuildOptions, BuildResult, build
 from .calibrate import CalibrateOptions, CalibrateResult, calibrate
-from .calibrate import interrupted as calibration_interrupted
+from .calibrate import resumable as calibration_resumable
 from .common import Result
 from .compress import CompressOptions, CompressResult, compress
 from .evaluate import EvalOptions, EvalResult, evaluate, results_path
@@ -22,7 +23,7 @@ from .export import ExportOptions, ExportResult, export
 from .merge import MergeOptions, MergeResult, merge
 from .spectra import SpectraOptions, SpectraResult, spectra
 from .train import TrainOptions, TrainResult, train
-from .train import interrupted as training_interrupted
+from .train import resumable as training_resumable
 from .train import written as trained_run
 
 
@@ -33,7 +34,8 @@ class Command:
     run: Callable[..., Result]  # run(options, progress=True)
     promises: Callable[[Any], dict[str, str]] = lambda _options: {}  # the result's outputs, from the options
     writes: Callable[[Any], str | None] = lambda options: options.out  # the path it writes
-    interrupted: Callable[[Any], bool] = lambda _options: False  # its output holds a job --resume continues
+    resumable: Callable[[Any], bool] = lambda _options: False  # its output holds work --resume continues
+    scratch: tuple[str, ...] = ()  # folders in its output that are not part of what it makes
 
 
 def _run_dir(opts: TrainOptions) -> dict[str, str]:
@@ -54,12 +56,20 @@ COMMANDS: dict[str, Command] = {
             CalibrateOptions,
             calibrate,
             lambda o: {"covariances": o.out},
-            interrupted=calibration_interrupted,
+            resumable=calibration_resumable,
         ),  # fmt: skip
         Command("build", BuildOptions, build, lambda o: {"run": o.out, "target": o.out}),
         Command("merge", MergeOptions, merge),
         Command("export", ExportOptions, export),
-        Command("train", TrainOptions, train, _run_dir, writes=trained_run, interrupted=training_interrupted),
+        Command(
+            "train",
+            TrainOptions,
+            train,
+            _run_dir,
+            writes=trained_run,
+            resumable=training_resumable,
+            scratch=(CHECKPOINTS,),
+        ),
         Command("eval", EvalOptions, evaluate, writes=_results_file),
         Command("compress", CompressOptions, compress),
         Command("spectra", SpectraOptions, spectra),

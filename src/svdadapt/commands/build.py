@@ -46,7 +46,7 @@ class BuildOptions(Options):
         "classification head, as training a classifier needs)", choices=HEADS,
     )  # fmt: skip
     num_labels: int | None = opt(None, "with --head seq-cls: number of classes (1 = regression)", check=POSITIVE)
-    overwrite: bool = opt(False, "replace a run at --out that was trained (its adapter and results are lost)")
+    overwrite: bool = opt(False, "replace a run at --out that was trained (its adapter and results are lost)", how=True)
 
     def check(self) -> None:
         check_statistics(self.adapter, self.calibration, "--data")

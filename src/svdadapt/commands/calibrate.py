@@ -15,7 +15,7 @@ from ..calibrate.partial import PARTIAL, PartialRun, check_out_dir
 from ..data.options import DataOptions
 from ..models import PlacementOptions, describe_model, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
-from ..store import CovarianceStore
+from ..store import METADATA_FILE, CovarianceStore
 from ..targets import find_targets
 from .common import DEVICE_HELP, MODEL_HELP
 
@@ -42,8 +42,10 @@ class CalibrateOptions(Options):
         "whole-model pass; auto: blockwise when the targets sit in one block stack",
         choices=["auto", *MODES],
     )  # fmt: skip
-    resume: bool = opt(False, "continue an interrupted run into --out (same options required)")
-    checkpoint_seconds: float = opt(120.0, "whole-model mode: seconds between resumable checkpoints", check=POSITIVE)
+    resume: bool = opt(False, "continue an interrupted run into --out (same options required)", how=True)
+    checkpoint_seconds: float = opt(
+        120.0, "whole-model mode: seconds between resumable checkpoints", check=POSITIVE, how=True
+    )
 
 
 @dataclass
@@ -74,9 +76,11 @@ class CalibrateResult:
         return "\n".join(lines)
 
 
-def interrupted(opts: CalibrateOptions) -> bool:
-    """Whether ``--out`` holds an interrupted calibration that ``--resume`` continues."""
-    return (Path(opts.out).expanduser() / PARTIAL).is_dir()
+def resumable(opts: CalibrateOptions) -> bool:
+    """Whether ``--out`` holds a calibration, interrupted or finished, that ``--resume`` continues or
+    reuses (when it was made with the same options; else --resume refuses)."""
+    out = Path(opts.out).expanduser()
+    return (out / PARTIAL).is_dir() or (out / METADATA_FILE).is_file()
 
 
 def calibrate(opts: CalibrateOptions, progress: bool = True) -> CalibrateResult:

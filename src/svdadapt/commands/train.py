@@ -20,6 +20,7 @@ from ..files import read_json
 from ..models import load_tokenizer, resolve_location
 from ..options import Options, flat_fields, group, opt
 from ..runs import RUN_FILE, Run, copy_run, mark_stage, update_run
+from ..train.checkpoints import last_checkpoint
 from ..train.options import TaskOptions, TrainingOptions
 from ..train.tasks import classification_task
 from .build import BuildOptions, build_locked
@@ -50,7 +51,7 @@ class TrainOptions(Options):
     training: TrainingOptions = group(TrainingOptions)
     seed: int = opt(0, "seed for initialisation, data order and dropout")
     device: str | None = opt(None, DEVICE_HELP)
-    overwrite: bool = opt(False, "replace a trained run at --out (a copy of RUN, or a run built there)")
+    overwrite: bool = opt(False, "replace a trained run at --out (a copy of RUN, or a run built there)", how=True)
 
     def check(self) -> None:
         if not self.out and not self.run:
@@ -90,14 +91,14 @@ def written(opts: TrainOptions) -> str:
     return opts.out or opts.run
 
 
-def interrupted(opts: TrainOptions) -> bool:
+def resumable(opts: TrainOptions) -> bool:
     """Whether the run it writes was left mid-training with a checkpoint that ``--resume`` continues."""
     path = Path(written(opts)).expanduser()
     try:
         stage = Run.open(path).meta.get("stage")
     except SvdadaptError:
         return False
-    return stage == "training" and any((path / "checkpoints").glob("checkpoint-*"))
+    return stage == "training" and last_checkpoint(path) is not None
 
 
 def _existing_out(opts: TrainOptions) -> Path | None:

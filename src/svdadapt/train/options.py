@@ -57,9 +57,11 @@ class TrainingOptions(Options):
     fp16: bool = opt(False, "train in float16 mixed precision (CUDA)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
     logging_steps: int = opt(10, "optimizer steps between log lines", check=POSITIVE)
-    save_checkpoints: bool = opt(False, "keep a resumable checkpoint after every epoch (trainable tensors only)")
-    resume: bool = opt(False, "continue from the newest checkpoint in OUT/checkpoints")
-    report_to: str = opt("none", "trackers for Trainer: none, tensorboard, wandb, ... (comma-separated)")
+    save_checkpoints: bool = opt(
+        False, "keep a resumable checkpoint after every epoch (trainable tensors only)", how=True
+    )
+    resume: bool = opt(False, "continue from the newest checkpoint in OUT/checkpoints", how=True)
+    report_to: str = opt("none", "trackers for Trainer: none, tensorboard, wandb, ... (comma-separated)", how=True)
 
     def check(self) -> None:
         trackers = [t.strip() for t in self.report_to.split(",") if t.strip() not in ("", "none")]

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import DataCollatorWithPadding, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..adapters.losses import LOSSES, Regularizer
 from ..data import FieldOptions, make_samples, resolve
 from ..errors import SvdadaptError
 from ..plots import loss_curves
+from .checkpoints import drop_incomplete, last_checkpoint
 from .datasets import CausalCollator, classification_features, sft_features
 from .options import TaskOptions, TrainingOptions
 from .tasks import classification_task, load_rows
@@ -89,12 +89,6 @@ def prepare_data(opts: TaskOptions, tokenizer, seed: int) -> TrainingData:
     return _classification(opts, task, tokenizer) if task is not None else _sft(opts, tokenizer, seed)
 
 
-def last_checkpoint(run_path: Path) -> str | None:
-    """The newest of Trainer's checkpoints kept in the run (``--save-checkpoints``), if any."""
-    folder = Path(run_path) / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
 def nothing_to_resume(run_path: Path, opts: TrainingOptions) -> bool:
     """Whether ``--resume`` of a run trained to the end has nothing to continue: no checkpoint (it was
     trained without --save-checkpoints), or the last one already at --max-steps."""
@@ -160,6 +154,9 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
         compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(run.method, opts),
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
+    if opts.resume and trainer.is_world_process_zero():
+        for dropped in drop_incomplete(out):
+            print(f"svdadapt: {dropped} was cut short while being saved; continuing from the checkpoint before it")
     checkpoint = last_checkpoint(out) if opts.resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.is_world_process_zero() and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):

@@ -17,10 +17,8 @@ from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
 from ..files import load_tensors, read_json
 from ..runner import positions_to_keep
+from .checkpoints import PROGRESS_FILE, TRAINABLE_FILE
 from .datasets import IGNORE
-
-TRAINABLE_FILE = "trainable.safetensors"
-PROGRESS_FILE = "svdadapt_progress.json"  # in each checkpoint: the loss summed over every step so far
 
 
 class SvdadaptTrainer(Trainer):
