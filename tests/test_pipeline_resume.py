@@ -163,8 +163,8 @@ def test_a_store_another_recipe_made_is_reused_and_what_others_add_is_left(capsy
     shared = tmp_path / "shared-store"
     first = write_recipe(tmp_path / "a.yaml", tiny_dirs, tmp_path / "a")
     assert main(["run", first, f"calibrate.out={shared}"]) == 0
-    second = write_recipe(tmp_path / "b.yaml", tiny_dirs, tmp_path / "b", eval={"perplexity": "news", "seq_len": 64,
-                          "max_windows": 2, "out": None})  # fmt: skip
+    second = write_recipe(tmp_path / "b.yaml", tiny_dirs, tmp_path / "b", merge={}, eval={"perplexity": "news",
+                          "seq_len": 64, "max_windows": 2, "out": None})  # fmt: skip
     store = fingerprint(shared)
     assert main(["run", second, f"calibrate.out={shared}"]) == 2  # not this pipeline's: refused, not replaced
     assert "already holds a covariance store" in said(capsys)[1]
@@ -176,16 +176,22 @@ def test_a_store_another_recipe_made_is_reused_and_what_others_add_is_left(capsy
     # eval without out writes into the run: a file added there later does not make build run again
     assert (tmp_path / "b" / "run" / "eval" / "results.json").is_file()
     assert main(["run", second, f"calibrate.out={shared}", "eval.max_windows=1", "--resume"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 2
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
+    # nor does eval rewriting its results in the run make merge (which read the run before) run again
+    assert main(["run", second, f"calibrate.out={shared}", "eval.max_windows=3", "--resume"]) == 0
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
     # how a stage runs (scratch space, offloading) is not what it makes
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    resume = ["run", second, f"calibrate.out={shared}", "eval.max_windows=1", "--resume"]
+    resume = ["run", second, f"calibrate.out={shared}", "eval.max_windows=3", "--resume"]
     assert main([*resume, f"calibrate.hidden_states_dir={scratch}", "calibrate.offload=off"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 4
+    # what a run killed while removing an output left aside is cleared by the next
+    (tmp_path / "b" / ".merged.stale").mkdir()
+    assert main(resume) == 0 and not (tmp_path / "b" / ".merged.stale").exists()
 
 
-def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tmp_path):
+def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tmp_path, monkeypatch):
     from svdadapt.assets import news_text
 
     text = tmp_path / "notes.txt"
@@ -199,6 +205,79 @@ def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tm
     out = said(capsys)[0]
     assert "kept from the earlier run (same options" not in out and f"{text}, which it read, changed" in out
 
+    # read as the stage began: a file changed while the stage ran is not the one recorded
+    real = capture.InputCapture.end_batch
+
+    def edit_midway(self, calls={"n": 0}):  # noqa: B006
+        real(self)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            text.write_text(news_text()[:6000])
+
+    monkeypatch.setattr(capture.InputCapture, "end_batch", edit_midway)
+    assert main(["run", recipe, f"calibrate.data={text}", "calibrate.seed=1", "--resume"]) == 0
+    monkeypatch.undo()
+    said(capsys)
+    assert main(["run", recipe, f"calibrate.data={text}", "calibrate.seed=1", "--resume"]) == 0
+    assert f"{text}, which it read, changed" in said(capsys)[0]
+
+    # an interrupted calibration whose text changed starts over, not a mix of both texts
+    stop_after(monkeypatch, capture.InputCapture, "end_batch", 3)
+    assert main(["run", recipe, f"calibrate.data={text}", "calibrate.seed=2", "--resume"]) == 130
+    monkeypatch.undo()
+    text.write_text(news_text()[12000:18000])
+    assert main(["run", recipe, f"calibrate.data={text}", "calibrate.seed=2", "--resume"]) == 0
+    assert "continuing" not in said(capsys)[0]
+
+    # a build that read another pipeline's store is not kept once that store was made anew
+    other = write_recipe(tmp_path / "o.yaml", tiny_dirs, tmp_path / "other")
+    build_only = yaml.safe_load((tmp_path / "o.yaml").read_text())
+    del build_only["calibrate"]
+    build_only["build"]["covariances"] = str(tmp_path / "out" / "covariances")
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(build_only))
+    assert main(["run", other]) == 0
+    assert main(["run", recipe, f"calibrate.data={text}", "calibrate.seed=3", "--resume"]) == 0
+    said(capsys)
+    assert main(["run", other, "--resume"]) == 0
+    assert f"{tmp_path / 'out' / 'covariances'}, which it read, changed" in said(capsys)[0]
+
+    # each file of a comma-separated list is an input
+    evaluated = write_recipe(tmp_path / "e.yaml", tiny_dirs, tmp_path / "ev")
+    ev = ["run", evaluated, f"eval.perplexity=news,{text}", "eval.seq_len=64", "eval.max_windows=2"]
+    assert main(ev) == 0
+    text.write_text(news_text()[:6000])
+    assert main([*ev, "--resume"]) == 0
+    assert f"{text}, which it read, changed" in said(capsys)[0]
+
+
+def test_a_relative_stage_out_names_the_folder_it_was_run_from(capsys, tiny_dirs, tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, tmp_path / "out")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two" / "store").mkdir(parents=True)
+    precious = tmp_path / "two" / "store" / "weights.txt"
+    precious.write_text("the user's")
+    monkeypatch.chdir(tmp_path / "one")
+    assert main(["run", recipe, "calibrate.out=store"]) == 0
+    monkeypatch.chdir(tmp_path / "two")  # store/ here is another folder, not the pipeline's
+    assert main(["run", recipe, "calibrate.out=store", "--resume"]) == 2
+    assert "calibrate runs again: its options changed (out:" in said(capsys)[0]
+    assert precious.read_text() == "the user's"
+    monkeypatch.chdir(tmp_path / "one")
+    assert main(["run", recipe, "calibrate.out=store", "--resume"]) == 0
+    assert said(capsys)[0].count("kept from the earlier run (same options") == 2
+
+
+def test_a_linked_output_folder_is_written_where_the_link_leads(tiny_dirs, tmp_path):
+    real = tmp_path / "big-disk" / "run"
+    real.mkdir(parents=True)
+    (tmp_path / "run").symlink_to(real)
+    build = ["build", "--model", str(tiny_dirs["llama"]), "--method", "pissa", "--rank", "4", "--device", "cpu"]
+    for _ in range(2):  # into the empty folder, then over the run built there
+        assert main([*build, "--out", str(tmp_path / "run")]) == 0
+        assert (tmp_path / "run").is_symlink() and (real / "run.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "run"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["run"]  # no old copy left beside it
+
 
 def test_bad_journals_and_launches_are_one_line(capsys, tiny_dirs, tmp_path, monkeypatch):
     out = tmp_path / "out"
@@ -207,9 +286,22 @@ def test_bad_journals_and_launches_are_one_line(capsys, tiny_dirs, tmp_path, mon
     (out / "pipeline.json").write_text("{not json")
     assert main(["run", recipe, "--resume"]) == 2
     assert "is not an svdadapt pipeline journal" in said(capsys)[1]
+    (out / "pipeline.json").write_text(
+        json.dumps(
+            {
+                "format": "svdadapt-pipeline-1",
+                "made": [],
+                "stages": [{"name": "calibrate", "options": [], "outputs": {}, "state": {}}],
+            }
+        )
+    )  # a hand edit of the wrong type
+    assert main(["run", recipe, "--resume"]) == 2
+    assert "is not an svdadapt pipeline journal" in said(capsys)[1]
     (out / "pipeline.json").unlink()
     for bad, said_ in (("out=", "must name the pipeline's folder"), ("out=null", "must name the pipeline's folder"),
-                       (f"out={recipe}", "is a file; name a folder")):  # fmt: skip
+                       (f"out={recipe}", "is a file; name a folder"), (f"out={recipe}/x", "is a file; name a folder"),
+                       (f"build.out={out}", "is the pipeline's folder or holds it"),
+                       (f"calibrate.out={tmp_path}", "is the pipeline's folder or holds it")):  # fmt: skip
         assert main(["run", recipe, bad]) == 2
         err = said(capsys)[1]
         assert said_ in err and len(err.strip().splitlines()) == 1, err

@@ -108,3 +108,9 @@ def test_a_recipe_with_a_misnamed_source_or_task_fails_before_its_first_stage(ca
     assert main(["run", str(recipe), f"out={tmp_path / 'out'}", override]) == 2
     assert said in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_a_number_where_text_is_read_is_taken_as_its_flag_would_take_it(tmp_path):
+    recipe = {"out": str(tmp_path / "o"), "model": "default", "compress": {"discard": 16, "covariances": "covs"}}
+    (stage,) = plan(recipe, "r.yaml")
+    assert stage.options.discard == "16"  # `discard: 16` in YAML, as `--discard 16`

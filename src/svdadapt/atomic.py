@@ -97,6 +97,8 @@ def atomic_directory(target: Path | str) -> Iterator[Path]:
     under ``target``'s name that looks complete: everything in it is on disk before the rename.
     """
     target = Path(target)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))  # a link to a folder on a bigger disk: written there, the link kept
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700

@@ -27,20 +27,22 @@ FORMAT = "svdadapt-pipeline-1"
 INSIDE = "OUT/"  # how a path inside the pipeline's folder is written
 
 
-def listing(path: Path, scratch: tuple[str, ...] = ()) -> dict[str, str]:
-    """``{file: "size:mtime_ns"}`` of everything under ``path`` (``{"": ...}`` for a file), without the
-    folders named in ``scratch`` (a run's checkpoints: not part of what it made); ``{}`` if missing."""
+def listing(path: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{file: "size:mtime_ns"}`` of everything under ``path`` (``{"": ...}`` for a file), without what
+    lies under the relative paths in ``skip`` (a run's checkpoints, a later stage's output inside
+    it: not part of what made it); ``{}`` if missing."""
     if path.is_file():
         files = {"": path}
     elif path.is_dir():
-        files = {
-            str(p.relative_to(path)): p
-            for p in path.rglob("*")
-            if p.is_file() and not set(p.relative_to(path).parts[:-1]) & set(scratch)
-        }
+        files = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
+        files = {name: p for name, p in files.items() if not any(_under(name, prefix) for prefix in skip)}
     else:
         return {}
     return {name: f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for name, p in sorted(files.items())}
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix.rstrip("/") + "/")
 
 
 @dataclass
@@ -59,14 +61,15 @@ class Journal:
     made: list[str] = field(default_factory=list)  # every path a run of the pipeline created
     running: dict[str, Any] | None = None  # the stage begun and not finished: its name and options
     exists: bool = False  # an earlier run of a pipeline into this OUT left it
+    stage_paths: set[str] = field(default_factory=set)  # the paths the stages write, as written
 
     @property
     def path(self) -> Path:
         return self.out / JOURNAL_FILE
 
     @classmethod
-    def open(cls, out: Path) -> Journal:
-        journal = cls(out)
+    def open(cls, out: Path, stage_paths: set[str]) -> Journal:
+        journal = cls(out, stage_paths=stage_paths)
         if not journal.path.is_file():
             return journal
         try:
@@ -74,18 +77,20 @@ class Journal:
             if payload["format"] != FORMAT:
                 raise ValueError
             journal.entries = [Entry(**entry) for entry in payload["stages"]]
-            journal.made = [str(p) for p in payload["made"]]
+            journal.made = payload["made"]
             journal.running = payload.get("running")
-        except (OSError, ValueError, KeyError, TypeError):
+            _check(journal)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise SvdadaptError(f"{journal.path} is not an svdadapt pipeline journal; give another out=") from None
         journal.exists = True
         return journal
 
     # ------------------------------------------------------------------ paths and options as recorded
     def key(self, path: str) -> str:
-        """``path`` as the journal writes it: relative to OUT when inside it."""
+        """``path`` as the journal writes it: relative to OUT when inside it, else absolute (what a
+        relative path names depends on the folder the pipeline runs from)."""
         resolved, root = Path(path).expanduser().resolve(), self.out.expanduser().resolve()
-        return INSIDE + str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path
+        return INSIDE + str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
 
     def where(self, key: str) -> Path:
         """The path a journal key names."""
@@ -94,17 +99,22 @@ class Journal:
     def record(self, values: dict[str, Any]) -> dict[str, Any]:
         """Option values as the journal holds them: JSON types, paths inside OUT relative to it."""
         plain = json.loads(json.dumps(values, default=str))
-        return {k: self.key(v) if isinstance(v, str) and v and _looks_like_path(v) else v for k, v in plain.items()}
+        return {k: self.key(v) if isinstance(v, str) and self._names_path(v) else v for k, v in plain.items()}
+
+    def _names_path(self, value: str) -> bool:
+        """Whether an option's text names a local file or folder: one that exists, or a stage's output
+        (a hub id or a data set's name is kept as written)."""
+        return bool(value) and (value in self.stage_paths or Path(value).expanduser().exists())
 
     def outside_inputs(self, values: dict[str, Any]) -> dict[str, dict[str, str]]:
-        """Listings of the local files and folders the options name (a model, a data file, the path
-        of a ``kind:path`` spec) that no run of the pipeline wrote."""
+        """Listings of the local files and folders the options name (a model, a data file, each of a
+        comma-separated list, the path of a ``kind:path`` spec) that no stage of the recipe writes."""
+        ours = {self.key(path) for path in self.stage_paths}
         found: dict[str, dict[str, str]] = {}
         for value in values.values():
-            if not isinstance(value, str) or not value or self.key(value) in self.made:
-                continue
-            for candidate in (value, value.partition(":")[2]):
-                if candidate and Path(candidate).expanduser().exists():
+            parts = value.split(",") if isinstance(value, str) else []
+            for candidate in [c for part in parts for c in (part.strip(), part.partition(":")[2].strip())]:
+                if candidate and Path(candidate).expanduser().exists() and self.key(candidate) not in ours:
                     found[self.key(candidate)] = listing(self.where(self.key(candidate)))
         return found
 
@@ -134,47 +144,48 @@ class Journal:
                 return f"{self.where(key)}, which it read, changed after it finished"
         return None
 
-    def changed_output(self, index: int, scratch: dict[str, tuple[str, ...]], ignore: str | None) -> str | None:
+    def changed_output(self, index: int, skips: dict[str, tuple[str, ...]], ignore: str | None) -> str | None:
         """The first path the stages up to ``index`` wrote that is not as stage ``index`` left it
         (a file changed or gone; files added since do not count), or None. ``ignore``: a path the
         stage after it continues from as it is."""
         for key, files in self.entries[index].state.items():
             if key == ignore:
                 continue
-            now = listing(self.where(key), scratch.get(key, ()))
+            now = listing(self.where(key), skips.get(key, ()))
             if any(now.get(name) != mark for name, mark in files.items()) or (files and not now):
                 return str(self.where(key))
         return None
 
     def continues(self, name: str, values: dict[str, Any], path: str) -> bool:
         """Whether an interrupted job found at ``path`` may be continued by stage ``name`` with these
-        options: a job this pipeline began only under the options it began with; another's (a store
-        another recipe wrote there) as its own command decides."""
+        options: a job this pipeline began only under the options and inputs it began with (a data
+        file changed since is not mixed in); another's (a store another recipe wrote there) as its
+        own command decides."""
         if self.key(path) not in self.made:
             return True
-        return self.running == {"name": name, "options": self.record(values)}
+        began = {"name": name, "options": self.record(values), "inputs": self.outside_inputs(values)}
+        return self.running == began
 
-    # ------------------------------------------------------------------ writing
     def begin(self, name: str, values: dict[str, Any], path: str | None) -> None:
-        """Record the stage about to run, and the path it will write if nothing is there yet (what is
-        there already, another recipe's store say, is never the pipeline's to remove)."""
-        self.running = {"name": name, "options": self.record(values)}
+        """Record the stage about to run with its inputs as it reads them, and the path it will write
+        if nothing is there yet (what is there already, another recipe's store say, is never the
+        pipeline's to remove)."""
+        self.running = {"name": name, "options": self.record(values), "inputs": self.outside_inputs(values)}
         if path and self.key(path) not in self.made and not self.where(self.key(path)).exists():
             self.made.append(self.key(path))
         self._write()
 
     def finish(
-        self, index: int, name: str, values: dict[str, Any], outputs: dict[str, str], written: list[str],
-        scratch: dict[str, tuple[str, ...]],
-    ) -> None:  # fmt: skip
-        """Record stage ``index`` as finished, in place of what the journal held from there on (until
-        then an earlier run's record stands: a stage refused before it wrote anything loses nothing);
-        ``written``: every path the stages so far wrote."""
-        del self.entries[index:]
+        self, index: int, name: str, outputs: dict[str, str], written: list[str], skips: dict[str, tuple[str, ...]]
+    ) -> None:
+        """Record stage ``index``, begun with :meth:`begin`, as finished, in place of what the journal
+        held from there on (until then an earlier run's record stands: a stage refused before it wrote
+        anything loses nothing); ``written``: every path the stages so far wrote."""
+        began = self.running or {}
         keys = list(dict.fromkeys(self.key(path) for path in written))
-        state = {key: listing(self.where(key), scratch.get(key, ())) for key in keys}
-        inputs = self.outside_inputs(values)
-        self.entries.append(Entry(name, self.record(values), self.record(outputs), state, inputs))
+        state = {key: listing(self.where(key), skips.get(key, ())) for key in keys}
+        del self.entries[index:]
+        self.entries.append(Entry(name, began["options"], self.record(outputs), state, began["inputs"]))
         self.running = None
         self._write()
 
@@ -184,5 +195,16 @@ class Journal:
         write_json(self.path, {"format": FORMAT, "stages": stages, "made": self.made, "running": self.running})
 
 
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or value.startswith((".", "~"))
+def _check(journal: Journal) -> None:
+    """Raise ValueError unless what was read has the journal's shape (a hand edit gone wrong)."""
+    strings = lambda d: isinstance(d, dict) and all(isinstance(v, str) for v in d.values())  # noqa: E731
+    listings = lambda d: isinstance(d, dict) and all(strings(v) for v in d.values())  # noqa: E731
+    for entry in journal.entries:
+        if not (isinstance(entry.name, str) and isinstance(entry.options, dict) and strings(entry.outputs)):
+            raise ValueError
+        if not (listings(entry.state) and listings(entry.inputs)):
+            raise ValueError
+    if not (isinstance(journal.made, list) and all(isinstance(p, str) for p in journal.made)):
+        raise ValueError
+    if journal.running is not None and not isinstance(journal.running, dict):
+        raise ValueError

@@ -277,8 +277,8 @@ def yaml_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 def _yaml_1_1(value: Any, flat: FlatField) -> Any:
     """What YAML 1.1 misread, as its flag would read it: a number written as text (``1e-05``: YAML
-    1.1 wants a dot), and ``on``/``off`` read as true/false for a choice of on/off; anything else is
-    left for the checks."""
+    1.1 wants a dot), a number where text is read, and ``on``/``off`` read as true/false for a choice
+    of on/off; anything else is left for the checks."""
     base = _base_type(flat.type)
     if base in (int, float) and isinstance(value, str):
         try:
@@ -287,6 +287,8 @@ def _yaml_1_1(value: Any, flat: FlatField) -> Any:
             return value
     if base is str and isinstance(value, bool) and {"on", "off"} <= set(flat.field.metadata.get("choices") or ()):
         return "on" if value else "off"
+    if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # a number where text is read (``discard: 16``), as its flag reads it
     return value
 
 

@@ -18,6 +18,7 @@ pipeline wrote.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,11 @@ def plan(recipe: dict[str, Any], where: str) -> list[Stage]:
         values = {**shared, "out": str(out / STAGE_OUT[name]), **own}
         stage = Stage(name, command, values, None)
         stage.options = stage.with_inputs(promised, where)
+        written = command.writes(stage.options)
+        if written and out.absolute().resolve().is_relative_to(Path(written).expanduser().absolute().resolve()):
+            raise SvdadaptError(
+                f"{name}.out {written} in {where} is the pipeline's folder or holds it; name a folder inside it"
+            )
         promised.update(command.promises(stage.options))
         stages.append(stage)
     return stages
@@ -136,21 +142,23 @@ def run_recipe(opts: RunOptions, progress: bool = True) -> RunResult:
     alone = backend.world_size() == 1  # under a launcher: no journal (nothing to agree on it with before a stage)
     if opts.resume and not alone:
         raise SvdadaptError("run --resume works in one process; launch the stages still to run as their commands")
-    journal = Journal.open(out) if alone else Journal(out)
+    paths = {_writes(stage) for stage in stages if _writes(stage)}
+    journal = Journal.open(out, paths) if alone else Journal(out, stage_paths=paths)
     if journal.exists and not opts.resume:
         raise SvdadaptError(
             f"{out} holds an earlier run of a pipeline ({journal.done()}); continue it with --resume, "
             "or give another out="
         )
+    _remove_stale_leftovers(paths)
     keep, reasons = kept_stages(stages, journal) if opts.resume else (0, [])
     kept = set(journal.entries[keep - 1].state) if keep else set()
+    skips = _skips(stages, journal)
     inputs = {"target": str(recipe["model"])} if "model" in recipe else {}
     written: list[str] = []
     done: list[tuple[str, Result]] = []
     for index, stage in enumerate(stages):
         if progress:
             print(f"== svdadapt run: stage {index + 1}/{len(stages)}: {stage.name}")
-        path = stage.command.writes(stage.options)
         if index < keep:
             result: Result = Kept(stage.name, journal.outputs(index))
         else:
@@ -161,15 +169,13 @@ def run_recipe(opts: RunOptions, progress: bool = True) -> RunResult:
                 ours = set(journal.made) - kept - {journal.key(p) for p in written}  # an earlier run's, stale
                 options = _continue_or_clear(stage, options, journal, index == keep, ours, progress)
             if alone:
-                journal.begin(stage.name, result_values(stage.options), path)
+                journal.begin(stage.name, result_values(stage.options), _writes(stage))
             result = stage.command.run(options, progress=progress)
         if progress:
             print(result.summary())
-        written += [path] if path else []
+        written += [_writes(stage)] if _writes(stage) else []
         if index >= keep and alone:
-            journal.finish(
-                index, stage.name, result_values(stage.options), result.outputs, written, _scratch(stages, journal)
-            )
+            journal.finish(index, stage.name, result.outputs, written, skips)
         inputs.update(result.outputs)
         done.append((stage.name, result))
     return RunResult(out, done)
@@ -181,14 +187,17 @@ def _pipeline_dir(recipe: dict[str, Any], where: str) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise SvdadaptError(f"`out` in {where} must name the pipeline's folder (got {value!r})")
     out = Path(value).expanduser()
-    if out.exists() and not out.is_dir():
-        raise SvdadaptError(f"`out` {out} in {where} is a file; name a folder")
+    existing = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SvdadaptError(f"`out` {out} in {where}: {existing} is a file; name a folder")
     return out
 
 
 def kept_stages(stages: list[Stage], journal: Journal) -> tuple[int, list[str]]:
     """How many leading stages an earlier run finished that stand as they are, and why the next one
     runs. Options are compared as planned (with what earlier stages promise to hand over)."""
+    if not journal.exists:
+        return 0, [f"no earlier run of this pipeline is recorded ({journal.path} is missing)"]
     matched, reasons = 0, []
     for index, stage in enumerate(stages):
         why = journal.differs(index, stage.name, result_values(stage.options))
@@ -196,11 +205,11 @@ def kept_stages(stages: list[Stage], journal: Journal) -> tuple[int, list[str]]:
             reasons.append(f"{stage.name} runs again: {why}")
             break
         matched += 1
-    scratch = _scratch(stages, journal)
+    skips = _skips(stages, journal)
     for keep in range(matched, 0, -1):
         following = stages[keep] if keep < len(stages) else None  # continues from what it left, if it can
-        ignore = journal.key(_writes(following)) if following and _continues(following, journal) else None
-        changed = journal.changed_output(keep - 1, scratch, ignore)
+        continues = following is not None and _continues(following, journal)
+        changed = journal.changed_output(keep - 1, skips, journal.key(_writes(following)) if continues else None)
         if changed is None:
             return keep, reasons
         writer = stages[keep - 1].name
@@ -213,13 +222,21 @@ def _writes(stage: Stage) -> str:
     return stage.command.writes(stage.options) or ""
 
 
-def _scratch(stages: list[Stage], journal: Journal) -> dict[str, tuple[str, ...]]:
-    """Per output path, the folders in it that are not part of what the stages made (checkpoints)."""
-    found: dict[str, tuple[str, ...]] = {}
+def _skips(stages: list[Stage], journal: Journal) -> dict[str, tuple[str, ...]]:
+    """Per output path, what lies in it that is not part of what made it: the folders its commands
+    call scratch (a run's checkpoints), and other stages' outputs inside it (eval's results in a run)."""
+    keys = {journal.key(_writes(stage)): stage for stage in stages if _writes(stage)}
+    found: dict[str, tuple[str, ...]] = {key: () for key in keys}
     for stage in stages:
-        if _writes(stage) and stage.command.scratch:
+        if _writes(stage):
             key = journal.key(_writes(stage))
-            found[key] = (*found.get(key, ()), *stage.command.scratch)
+            found[key] = (*found[key], *stage.command.scratch)
+    for key in keys:
+        inner = journal.where(key).resolve()
+        for outer in keys:
+            outer_path = journal.where(outer).resolve()
+            if outer != key and inner.is_relative_to(outer_path):
+                found[outer] = (*found[outer], str(inner.relative_to(outer_path)))
     return found
 
 
@@ -246,12 +263,30 @@ def _continue_or_clear(
 
 
 def _remove(path: Path) -> None:
-    """Remove what an earlier run wrote at ``path``, moved aside first so a crash leaves no half."""
-    aside = path.with_name(f".{path.name}.stale")
-    if aside.exists():
-        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+    """Remove what an earlier run wrote at ``path`` (where a link leads, the link kept), moved aside
+    first so a crash leaves no half."""
+    path = Path(os.path.realpath(path))
+    aside = _aside(path)
+    _delete(aside)
     path.rename(aside)
-    shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+    _delete(aside)
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.stale")
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _remove_stale_leftovers(paths: set[str]) -> None:
+    """What a run killed while it removed an output left aside (``.NAME.stale``)."""
+    for path in paths:
+        _delete(_aside(Path(path).expanduser()))
 
 
 __all__ = ["STAGES", "RunOptions", "RunResult", "Stage", "plan", "run_recipe"]
