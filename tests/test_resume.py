@@ -1,5 +1,6 @@
 """Interrupted calibrations resume to exactly the covariances of an uninterrupted run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -89,6 +90,15 @@ def test_resume_refuses_another_spec(tiny_dirs, text_file, tmp_path, monkeypatch
         calibrate(_opts(tiny_dirs["llama"], text_file, tmp_path / "b", samples=10, resume=True), progress=False)
     with pytest.raises(SvdadaptError, match="another spec.*model_fingerprint"):
         calibrate(_opts(tiny_dirs["gpt2"], text_file, tmp_path / "b", resume=True), progress=False)
+    edited = tmp_path / "edited.txt"  # the same options, the text edited: not continued as one calibration
+    edited.write_text(text_file.read_text()[::-1])
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(Interrupt):
+        calibrate(_opts(tiny_dirs["llama"], edited, tmp_path / "c"), progress=False)
+    monkeypatch.undo()
+    edited.write_text(text_file.read_text())
+    with pytest.raises(SvdadaptError, match="another spec.*the samples' tokens differ"):
+        calibrate(_opts(tiny_dirs["llama"], edited, tmp_path / "c", resume=True), progress=False)
 
 
 def test_resume_of_a_complete_store_reuses_it(tiny_dirs, text_file, tmp_path):
@@ -97,6 +107,11 @@ def test_resume_of_a_complete_store_reuses_it(tiny_dirs, text_file, tmp_path):
     _assert_same(first, again)
     with pytest.raises(SvdadaptError, match="another spec"):
         calibrate(_opts(tiny_dirs["bert"], text_file, tmp_path / "s", seed=3, resume=True), progress=False)
+    index = tmp_path / "s" / "store.json"  # a store from before the samples' digest was recorded
+    meta = json.loads(index.read_text())
+    del meta["spec"]["samples_digest"]
+    index.write_text(json.dumps(meta))
+    calibrate(_opts(tiny_dirs["bert"], text_file, tmp_path / "s", resume=True), progress=False)
 
 
 def test_killed_process_resumes_to_identical_covariances(tiny_dirs, text_file, tmp_path):

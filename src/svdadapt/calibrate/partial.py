@@ -24,9 +24,18 @@ FULL_STATE = "full-state.safetensors"
 RESTART = "delete the output directory and calibrate again"
 
 
+LATER_KEYS = ("samples_digest",)  # spec keys newer than some stores: compared only where recorded
+
+
+def _same_spec(old: dict, new: dict) -> bool:
+    return old == {k: v for k, v in new.items() if k in old or k not in LATER_KEYS}
+
+
 def _describe_spec_difference(old: dict, new: dict) -> str:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
+            if key == "samples_digest":
+                return "the same options, but the samples' tokens differ: the data or the tokenizer changed"
             return f"{key}: {old.get(key)!r} there vs {new.get(key)!r} now"
     return "unknown difference"
 
@@ -60,14 +69,14 @@ class PartialRun:
         complete = out / METADATA_FILE
         if resume and complete.is_file():
             old = read_json(complete, "covariance store index", RESTART).get("spec", {})
-            if old != spec:
+            if not _same_spec(old, spec):
                 raise SvdadaptError(
                     f"{out} holds a store of another spec ({_describe_spec_difference(old, spec)}); "
                     "choose another --out"
                 )
         elif resume and spec_file.is_file():
             old = read_json(spec_file, "interrupted calibration's spec", RESTART)
-            if old != spec:
+            if not _same_spec(old, spec):
                 raise SvdadaptError(
                     f"{out} holds an interrupted run of another spec ({_describe_spec_difference(old, spec)}); "
                     "rerun with the same options or choose another --out"

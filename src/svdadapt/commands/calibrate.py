@@ -12,6 +12,7 @@ from ..atomic import exclusive
 from ..calibrate import DTYPES, MODES, PassSettings, iter_covariances
 from ..calibrate.engine import resolve_mode
 from ..calibrate.partial import PARTIAL, PartialRun, check_out_dir
+from ..data import samples_digest
 from ..data.options import DataOptions
 from ..models import PlacementOptions, describe_model, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
@@ -114,6 +115,7 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
         "accumulate_dtype": opts.accumulate_dtype,
         "store_dtype": opts.store_dtype,
         "mode": mode,
+        "samples_digest": samples_digest(batches),  # the text itself: a data file edited since is not resumed
     }
     run = PartialRun(out, spec, opts.resume) if writer else None
     complete, done = backend.from_main((run.complete, run.done_units()) if writer else None)

@@ -1,6 +1,6 @@
 """Calibration and training data: sources, templates, tokenized samples and batches."""
 
-from .batching import make_batches, pad_batch
+from .batching import make_batches, pad_batch, samples_digest
 from .records import Example
 from .samples import Sample, make_samples
 from .sources import EVAL_SPLITS, SOURCES, Corpus, FieldOptions, resolve
@@ -16,6 +16,7 @@ __all__ = [
     "Sample",
     "get_template",
     "make_batches",
+    "samples_digest",
     "make_samples",
     "pad_batch",
     "resolve",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -23,3 +24,13 @@ def pad_batch(samples: Sequence[Sample], pad_id: int) -> dict[str, torch.Tensor]
 def make_batches(samples: Sequence[Sample], batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Consecutive groups of ``batch_size`` samples, each padded to its own longest sample."""
     return [pad_batch(samples[i : i + batch_size], pad_id) for i in range(0, len(samples), batch_size)]
+
+
+def samples_digest(batches: Sequence[dict[str, torch.Tensor]]) -> str:
+    """A digest of the batches' tokens and masks: what identifies the samples beyond the options
+    that chose them (a data file edited, another tokenizer)."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        for name in ("input_ids", "attention_mask"):
+            digest.update(batch[name].to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
