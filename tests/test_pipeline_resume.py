@@ -4,6 +4,8 @@ made anew (what the earlier run left there removed first)."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -51,13 +53,13 @@ def test_a_rerun_keeps_what_is_done_and_redoes_what_changed(capsys, tiny_dirs, t
 
     assert main(["run", recipe, "--resume"]) == 0
     text = said(capsys)[0]
-    assert text.count("kept from the earlier run (same options") == 4 and "4 kept from the earlier run" in text
+    assert text.count("kept from the earlier run (the same options") == 4 and "4 kept from the earlier run" in text
     assert [fingerprint(p) for p in paths] == before  # nothing ran
 
     # a later stage's option: only that stage runs again (the overrides may follow the flag)
     assert main(["run", recipe, "--resume", "eval.max_windows=2"]) == 0
     text = said(capsys)[0]
-    assert text.count("kept from the earlier run (same options") == 3 and "max_windows: 4 → 2" in text
+    assert text.count("kept from the earlier run (the same options") == 3 and "max_windows: 4 → 2" in text
     assert [fingerprint(p) for p in paths[:2]] == before[:2] and fingerprint(paths[2]) != before[2]
     results = json.loads(paths[2].read_text())
     assert "news" in json.dumps(results)
@@ -66,7 +68,7 @@ def test_a_rerun_keeps_what_is_done_and_redoes_what_changed(capsys, tiny_dirs, t
     adapter = (out / "run" / "adapter_state.safetensors").read_bytes()
     assert main(["run", recipe, "train.module_lr=0.01", "--resume"]) == 0
     text = said(capsys)[0]
-    assert text.count("kept from the earlier run (same options") == 1  # calibrate
+    assert text.count("kept from the earlier run (the same options") == 1  # calibrate
     assert "a later stage writes there in place" in text
     assert fingerprint(paths[0]) == before[0]
     assert (out / "run" / "adapter_state.safetensors").read_bytes() != adapter
@@ -118,19 +120,19 @@ def test_an_interrupted_calibration_and_a_checkpointed_training_continue(capsys,
     store = fingerprint(moved / "covariances")
     assert main(["run", recipe, f"out={moved}", "--resume"]) == 0
     text = said(capsys)[0]
-    assert text.count("kept from the earlier run (same options") == 2 and "continuing the train found at" in text
+    assert text.count("kept from the earlier run (the same options") == 2 and "continuing the train found at" in text
     assert "checkpoint-6 was cut short while being saved" in text
     assert fingerprint(moved / "covariances") == store
     results = json.loads((moved / "run" / "train_results.json").read_text())
     assert results["steps"] == 8 and results["steps_this_session"] == 4  # from checkpoint 4, not from scratch
     shutil.rmtree(moved / "run" / "checkpoints")  # freeing the disk takes nothing from the trained run
     assert main(["run", recipe, f"out={moved}", "--resume"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
+    assert said(capsys)[0].count("kept from the earlier run (the same options") == 3
 
     # an interrupted training is continued only under the options it began with; else built and trained anew
     assert main(["run", recipe, f"out={other}", "train.module_lr=0.01", "--resume"]) == 0
     text = said(capsys)[0]
-    assert "continuing" not in text and text.count("kept from the earlier run (same options") == 1
+    assert "continuing" not in text and text.count("kept from the earlier run (the same options") == 1
     assert "build runs again" in text and "train runs again: it did not finish before" in text
     results = json.loads((other / "run" / "train_results.json").read_text())
     assert results["steps"] == 8 and results["steps_this_session"] == 8
@@ -155,7 +157,7 @@ def test_an_interrupted_stage_under_changed_options_or_without_checkpoints_start
     assert json.loads((out / "run" / "run.json").read_text())["stage"] == "training"
     assert main(["run", recipe, "calibrate.samples=6", "train.max_steps=4", "--resume"]) == 0, said(capsys)[1]
     text = said(capsys)[0]
-    assert text.count("kept from the earlier run (same options") == 1 and "build runs again" in text
+    assert text.count("kept from the earlier run (the same options") == 1 and "build runs again" in text
     assert json.loads((out / "run" / "train_results.json").read_text())["steps_this_session"] == 4
 
 
@@ -171,21 +173,23 @@ def test_a_store_another_recipe_made_is_reused_and_what_others_add_is_left(capsy
     assert main(["run", second, f"calibrate.out={shared}", "--resume"]) == 0
     assert "already holds this calibration; nothing to do" in said(capsys)[0]
     assert fingerprint(shared) == store
+    assert main(["run", second, f"calibrate.out={shared}", "--resume"]) == 0  # eval's results in the run: no rerun
+    assert said(capsys)[0].count("kept from the earlier run (the same options") == 4
     assert main(["run", second, f"calibrate.out={shared}", "calibrate.samples=6", "--resume"]) == 2
     assert "another spec" in said(capsys)[1] and fingerprint(shared) == store  # never removed: not its own
     # eval without out writes into the run: a file added there later does not make build run again
     assert (tmp_path / "b" / "run" / "eval" / "results.json").is_file()
     assert main(["run", second, f"calibrate.out={shared}", "eval.max_windows=1", "--resume"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
+    assert said(capsys)[0].count("kept from the earlier run (the same options") == 3
     # nor does eval rewriting its results in the run make merge (which read the run before) run again
     assert main(["run", second, f"calibrate.out={shared}", "eval.max_windows=3", "--resume"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 3
+    assert said(capsys)[0].count("kept from the earlier run (the same options") == 3
     # how a stage runs (scratch space, offloading) is not what it makes
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     resume = ["run", second, f"calibrate.out={shared}", "eval.max_windows=3", "--resume"]
     assert main([*resume, f"calibrate.hidden_states_dir={scratch}", "calibrate.offload=off"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 4
+    assert said(capsys)[0].count("kept from the earlier run (the same options") == 4
     # what a run killed while removing an output left aside is cleared by the next
     (tmp_path / "b" / ".merged.stale").mkdir()
     assert main(resume) == 0 and not (tmp_path / "b" / ".merged.stale").exists()
@@ -199,11 +203,14 @@ def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tm
     recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, tmp_path / "out")
     assert main(["run", recipe, f"calibrate.data={text}"]) == 0
     assert main(["run", recipe, f"calibrate.data={text}", "--resume"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 2
+    assert said(capsys)[0].count("kept from the earlier run (the same options") == 2
     text.write_text(news_text()[6000:12000])  # the same name, other text
     assert main(["run", recipe, f"calibrate.data={text}", "--resume"]) == 0
     out = said(capsys)[0]
-    assert "kept from the earlier run (same options" not in out and f"{text}, which it read, changed" in out
+    assert (
+        "kept from the earlier run (the same options" not in out
+        and f"{text}, which it read, changed after it began" in out
+    )
 
     # read as the stage began: a file changed while the stage ran is not the one recorded
     real = capture.InputCapture.end_batch
@@ -219,7 +226,7 @@ def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tm
     monkeypatch.undo()
     said(capsys)
     assert main(["run", recipe, f"calibrate.data={text}", "calibrate.seed=1", "--resume"]) == 0
-    assert f"{text}, which it read, changed" in said(capsys)[0]
+    assert f"{text}, which it read, changed after it began" in said(capsys)[0]
 
     # an interrupted calibration whose text changed starts over, not a mix of both texts
     stop_after(monkeypatch, capture.InputCapture, "end_batch", 3)
@@ -239,7 +246,7 @@ def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tm
     assert main(["run", recipe, f"calibrate.data={text}", "calibrate.seed=3", "--resume"]) == 0
     said(capsys)
     assert main(["run", other, "--resume"]) == 0
-    assert f"{tmp_path / 'out' / 'covariances'}, which it read, changed" in said(capsys)[0]
+    assert f"{tmp_path / 'out' / 'covariances'}, which it read, changed after it began" in said(capsys)[0]
 
     # each file of a comma-separated list is an input
     evaluated = write_recipe(tmp_path / "e.yaml", tiny_dirs, tmp_path / "ev")
@@ -247,7 +254,7 @@ def test_an_input_from_outside_that_changed_is_not_trusted(capsys, tiny_dirs, tm
     assert main(ev) == 0
     text.write_text(news_text()[:6000])
     assert main([*ev, "--resume"]) == 0
-    assert f"{text}, which it read, changed" in said(capsys)[0]
+    assert f"{text}, which it read, changed after it began" in said(capsys)[0]
 
 
 def test_a_relative_stage_out_names_the_folder_it_was_run_from(capsys, tiny_dirs, tmp_path, monkeypatch):
@@ -264,7 +271,7 @@ def test_a_relative_stage_out_names_the_folder_it_was_run_from(capsys, tiny_dirs
     assert precious.read_text() == "the user's"
     monkeypatch.chdir(tmp_path / "one")
     assert main(["run", recipe, "calibrate.out=store", "--resume"]) == 0
-    assert said(capsys)[0].count("kept from the earlier run (same options") == 2
+    assert said(capsys)[0].count("kept from the earlier run (the same options") == 2
 
 
 def test_a_linked_output_folder_is_written_where_the_link_leads(tiny_dirs, tmp_path):
@@ -277,6 +284,64 @@ def test_a_linked_output_folder_is_written_where_the_link_leads(tiny_dirs, tmp_p
         assert (tmp_path / "run").is_symlink() and (real / "run.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "run"]
     assert sorted(p.name for p in real.parent.iterdir()) == ["run"]  # no old copy left beside it
+
+
+def test_what_is_not_the_pipelines_is_never_removed_nor_trained_over(capsys, tiny_dirs, tmp_path):
+    # a store the pipeline made outside its folder, replaced since by the user's own at that path
+    shared = tmp_path / "shared"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, tmp_path / "out")
+    assert main(["run", recipe, f"calibrate.out={shared}"]) == 0
+    shutil.rmtree(shared)
+    calibrate = ["calibrate", "--model", str(tiny_dirs["llama"]), "--data", "news", "--samples", "4",
+                 "--seq-len", "32", "--device", "cpu", "--out", str(shared)]  # fmt: skip
+    assert main(calibrate) == 0
+    users = fingerprint(shared)
+    said(capsys)
+    assert main(["run", recipe, f"calibrate.out={shared}", "calibrate.samples=6", "--resume"]) == 2
+    assert "another spec" in said(capsys)[1] and fingerprint(shared) == users
+
+    # a run built before the pipeline and trained in place by it cannot be trained again from its start
+    external = tmp_path / "external"
+    build = ["build", "--model", str(tiny_dirs["llama"]), "--method", "pissa", "--rank", "4", "--device", "cpu"]
+    assert main([*build, "--out", str(external)]) == 0
+    trains = tmp_path / "t.yaml"
+    train = {**TRAIN, "max_steps": 2, "run": str(external), "out": None}
+    trains.write_text(yaml.safe_dump({"out": str(tmp_path / "t"), "device": "cpu", "train": train}))
+    assert main(["run", str(trains)]) == 0
+    adapter = (external / "adapter_state.safetensors").read_bytes()
+    said(capsys)
+    assert main(["run", str(trains), "train.module_lr=0.01", "--resume"]) == 2
+    err = said(capsys)[1]
+    assert "train must run again, but" in err and "was there before this pipeline" in err
+    assert (external / "adapter_state.safetensors").read_bytes() == adapter
+
+
+def test_one_run_of_a_pipeline_at_a_time(capsys, tiny_dirs, tmp_path):
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_dirs, out)
+    assert main(["run", recipe]) == 0
+    before = [fingerprint(out / name) for name in ("covariances", "run")]
+    code = "from svdadapt.atomic import exclusive\nimport sys, time\nwith exclusive(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"  # noqa: E501
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(out / "pipeline.json")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["run", recipe, "build.rank=2", "--resume"]) == 2
+        assert "being written by another svdadapt process" in said(capsys)[1]
+        assert [fingerprint(out / name) for name in ("covariances", "run")] == before  # nothing removed
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_text_too_long_for_a_path_is_not_a_path(tmp_path):
+    from svdadapt.journal import Journal, exists
+
+    journal = Journal(tmp_path)
+    long = ",".join(["q_proj"] * 200)
+    assert not exists(long) and not exists("x" * 5000)  # too long for a file name: not an error
+    assert journal.record({"targets": long}) == {"targets": long} and journal.outside_inputs({"targets": long}) == {}
 
 
 def test_bad_journals_and_launches_are_one_line(capsys, tiny_dirs, tmp_path, monkeypatch):
@@ -301,7 +366,8 @@ def test_bad_journals_and_launches_are_one_line(capsys, tiny_dirs, tmp_path, mon
     for bad, said_ in (("out=", "must name the pipeline's folder"), ("out=null", "must name the pipeline's folder"),
                        (f"out={recipe}", "is a file; name a folder"), (f"out={recipe}/x", "is a file; name a folder"),
                        (f"build.out={out}", "is the pipeline's folder or holds it"),
-                       (f"calibrate.out={tmp_path}", "is the pipeline's folder or holds it")):  # fmt: skip
+                       (f"calibrate.out={tmp_path}", "is the pipeline's folder or holds it"),
+                       (f"calibrate.out={out}/run/covs", "lies inside build's output")):  # fmt: skip
         assert main(["run", recipe, bad]) == 2
         err = said(capsys)[1]
         assert said_ in err and len(err.strip().splitlines()) == 1, err

@@ -3,18 +3,22 @@ so that ``svdadapt run RECIPE --resume`` keeps the stages that are done and runs
 
 A stage is kept when it and every stage before it finished with the same options (those that
 change what it makes: not ``--offload`` or ``--resume``) and the same inputs from outside the
-pipeline (the local files and folders its options name: a model, a data file), and what they wrote
-is as they left it: every file they left has its size and modification time (cheap for a 70B
-model; files added since, e.g. an evaluation's results in a run, do not count). Writing a path in
-place after its stage finished (``train`` trains the run ``build`` wrote) is part of the later
-stage's record. The stage running when a run stopped is recorded too, so an interrupted job is
-continued only under the options it started with. Paths inside OUT are kept relative to it: a
-pipeline folder moved as a whole (``mv``) keeps its record.
+pipeline (the local files and folders its options name: a model, a data file, as they were when
+the stage began), and what they wrote is as they left it: every file they left has its size and
+modification time (cheap for a 70B model; files added since, e.g. an evaluation's results in a
+run, do not count). Writing a path in place after its stage finished (``train`` trains the run
+``build`` wrote) is part of the later stage's record. The stage running when a run stopped is
+recorded too, so an interrupted job is continued only under the options it began with.
+
+The journal also knows which outputs the pipeline created (``made``: each with the identity of what
+it created), the only ones it ever removes. Paths inside OUT are kept relative to it (a pipeline
+folder moved as a whole keeps its record), others absolute.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +42,36 @@ def listing(path: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
         files = {name: p for name, p in files.items() if not any(_under(name, prefix) for prefix in skip)}
     else:
         return {}
-    return {name: f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for name, p in sorted(files.items())}
+    stats = {name: p.stat() for name, p in sorted(files.items())}
+    return {name: f"{stat.st_size}:{stat.st_mtime_ns}" for name, stat in stats.items()}
 
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix.rstrip("/") + "/")
+
+
+def exists(path: str | Path) -> bool:
+    """Whether ``path`` names something on disk (False for text too long to be a path)."""
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
+def holds_something(path: Path) -> bool:
+    """Whether ``path`` is a file or a folder with anything in it."""
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def identity(path: Path) -> str | None:
+    """Inode and change time of what ``path`` leads to (None if nothing is there): what the pipeline
+    created there, told apart from something put at the same path since (a freed inode is soon
+    reused; the change time moves too)."""
+    try:
+        stat = os.stat(os.path.realpath(path))
+    except OSError:
+        return None
+    return f"{stat.st_ino}:{stat.st_ctime_ns}"
 
 
 @dataclass
@@ -57,19 +86,21 @@ class Entry:
 @dataclass
 class Journal:
     out: Path  # the pipeline's folder
+    stage_paths: set[str] = field(default_factory=set)  # keys of the paths the recipe's stages write
     entries: list[Entry] = field(default_factory=list)
-    made: list[str] = field(default_factory=list)  # every path a run of the pipeline created
-    running: dict[str, Any] | None = None  # the stage begun and not finished: its name and options
+    made: dict[str, str] = field(default_factory=dict)  # key → identity of what the pipeline created there
+    running: dict[str, Any] | None = None  # the stage begun and not finished: name, options, inputs
     exists: bool = False  # an earlier run of a pipeline into this OUT left it
-    stage_paths: set[str] = field(default_factory=set)  # the paths the stages write, as written
+    _creating: str | None = None  # the key the running stage may create (nothing was there)
 
     @property
     def path(self) -> Path:
         return self.out / JOURNAL_FILE
 
     @classmethod
-    def open(cls, out: Path, stage_paths: set[str]) -> Journal:
-        journal = cls(out, stage_paths=stage_paths)
+    def open(cls, out: Path, stage_paths: list[str]) -> Journal:
+        journal = cls(out)
+        journal.stage_paths = {journal.key(path) for path in stage_paths}
         if not journal.path.is_file():
             return journal
         try:
@@ -89,7 +120,10 @@ class Journal:
     def key(self, path: str) -> str:
         """``path`` as the journal writes it: relative to OUT when inside it, else absolute (what a
         relative path names depends on the folder the pipeline runs from)."""
-        resolved, root = Path(path).expanduser().resolve(), self.out.expanduser().resolve()
+        try:
+            resolved, root = Path(path).expanduser().resolve(), self.out.expanduser().resolve()
+        except (OSError, ValueError):
+            return path
         return INSIDE + str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
 
     def where(self, key: str) -> Path:
@@ -104,19 +138,22 @@ class Journal:
     def _names_path(self, value: str) -> bool:
         """Whether an option's text names a local file or folder: one that exists, or a stage's output
         (a hub id or a data set's name is kept as written)."""
-        return bool(value) and (value in self.stage_paths or Path(value).expanduser().exists())
+        return bool(value) and (exists(value) or self.key(value) in self.stage_paths)
 
     def outside_inputs(self, values: dict[str, Any]) -> dict[str, dict[str, str]]:
         """Listings of the local files and folders the options name (a model, a data file, each of a
         comma-separated list, the path of a ``kind:path`` spec) that no stage of the recipe writes."""
-        ours = {self.key(path) for path in self.stage_paths}
         found: dict[str, dict[str, str]] = {}
         for value in values.values():
             parts = value.split(",") if isinstance(value, str) else []
             for candidate in [c for part in parts for c in (part.strip(), part.partition(":")[2].strip())]:
-                if candidate and Path(candidate).expanduser().exists() and self.key(candidate) not in ours:
+                if candidate and exists(candidate) and self.key(candidate) not in self.stage_paths:
                     found[self.key(candidate)] = listing(self.where(self.key(candidate)))
         return found
+
+    def began(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The record of stage ``name`` beginning now with these options."""
+        return {"name": name, "options": self.record(values), "inputs": self.outside_inputs(values)}
 
     def outputs(self, index: int) -> dict[str, str]:
         """What finished stage ``index`` handed to later stages, paths inside OUT where OUT is now."""
@@ -141,7 +178,7 @@ class Journal:
             return f"its options changed ({key}: {entry.options.get(key)!r} → {now.get(key)!r})"
         for key, files in entry.inputs.items():
             if listing(self.where(key)) != files:
-                return f"{self.where(key)}, which it read, changed after it finished"
+                return f"{self.where(key)}, which it read, changed after it began"
         return None
 
     def changed_output(self, index: int, skips: dict[str, tuple[str, ...]], ignore: str | None) -> str | None:
@@ -152,31 +189,43 @@ class Journal:
             if key == ignore:
                 continue
             now = listing(self.where(key), skips.get(key, ()))
-            if any(now.get(name) != mark for name, mark in files.items()) or (files and not now):
+            if any(now.get(name) != mark for name, mark in files.items()):
                 return str(self.where(key))
         return None
 
-    def continues(self, name: str, values: dict[str, Any], path: str) -> bool:
-        """Whether an interrupted job found at ``path`` may be continued by stage ``name`` with these
-        options: a job this pipeline began only under the options and inputs it began with (a data
-        file changed since is not mixed in); another's (a store another recipe wrote there) as its
-        own command decides."""
-        if self.key(path) not in self.made:
-            return True
-        began = {"name": name, "options": self.record(values), "inputs": self.outside_inputs(values)}
-        return self.running == began
+    def owns(self, key: str) -> bool:
+        """Whether what is at ``key`` is what the pipeline created there: inside OUT, by its place (a
+        copied or moved pipeline folder stays the pipeline's); elsewhere, only while it is the very
+        folder or file created (not one someone else put at that path since)."""
+        return key in self.made and (key.startswith(INSIDE) or identity(self.where(key)) == self.made[key])
 
-    def begin(self, name: str, values: dict[str, Any], path: str | None) -> None:
-        """Record the stage about to run with its inputs as it reads them, and the path it will write
-        if nothing is there yet (what is there already, another recipe's store say, is never the
-        pipeline's to remove)."""
-        self.running = {"name": name, "options": self.record(values), "inputs": self.outside_inputs(values)}
-        if path and self.key(path) not in self.made and not self.where(self.key(path)).exists():
-            self.made.append(self.key(path))
+    def forget(self, key: str) -> None:
+        """``key`` was removed: nothing there is the pipeline's any more."""
+        self.made.pop(key, None)
         self._write()
 
+    def wrote_into(self, key: str) -> bool:
+        """Whether a stage of an earlier run wrote at ``key`` (recorded in some stage's state)."""
+        return any(key in entry.state for entry in self.entries)
+
+    # ------------------------------------------------------------------ writing
+    def begin(self, name: str, values: dict[str, Any], path: str | None) -> None:
+        """Record the stage about to run, with its inputs as it reads them; ``path``: what it writes,
+        the pipeline's own once the stage created it there (nothing, or an empty folder, was there)."""
+        self.running = self.began(name, values)
+        key = self.key(path) if path else None
+        self._creating = key if key and not holds_something(self.where(key)) else None
+        self._write()
+
+    def ended(self) -> None:
+        """After the running stage, finished or not: what it created is the pipeline's."""
+        key, self._creating = self._creating, None
+        if key and identity(self.where(key)) is not None:
+            self.made[key] = identity(self.where(key))
+            self._write()
+
     def finish(
-        self, index: int, name: str, outputs: dict[str, str], written: list[str], skips: dict[str, tuple[str, ...]]
+        self, index: int, outputs: dict[str, str], written: list[str], skips: dict[str, tuple[str, ...]]
     ) -> None:
         """Record stage ``index``, begun with :meth:`begin`, as finished, in place of what the journal
         held from there on (until then an earlier run's record stands: a stage refused before it wrote
@@ -184,8 +233,11 @@ class Journal:
         began = self.running or {}
         keys = list(dict.fromkeys(self.key(path) for path in written))
         state = {key: listing(self.where(key), skips.get(key, ())) for key in keys}
+        for key in keys:  # rewritten in place or replaced (a new folder): still the pipeline's
+            if key in self.made and identity(self.where(key)) is not None:
+                self.made[key] = identity(self.where(key))
         del self.entries[index:]
-        self.entries.append(Entry(name, began["options"], self.record(outputs), state, began["inputs"]))
+        self.entries.append(Entry(began["name"], began["options"], self.record(outputs), state, began["inputs"]))
         self.running = None
         self._write()
 
@@ -204,7 +256,7 @@ def _check(journal: Journal) -> None:
             raise ValueError
         if not (listings(entry.state) and listings(entry.inputs)):
             raise ValueError
-    if not (isinstance(journal.made, list) and all(isinstance(p, str) for p in journal.made)):
+    if not (isinstance(journal.made, dict) and all(isinstance(v, str) for v in journal.made.values())):
         raise ValueError
     if journal.running is not None and not isinstance(journal.running, dict):
         raise ValueError

@@ -18,7 +18,7 @@ from .calibrate import CalibrateOptions, CalibrateResult, calibrate
 from .calibrate import resumable as calibration_resumable
 from .common import Result
 from .compress import CompressOptions, CompressResult, compress
-from .evaluate import EvalOptions, EvalResult, evaluate, results_path
+from .evaluate import EvalOptions, EvalResult, evaluate, results_file
 from .export import ExportOptions, ExportResult, export
 from .merge import MergeOptions, MergeResult, merge
 from .spectra import SpectraOptions, SpectraResult, spectra
@@ -35,17 +35,13 @@ class Command:
     promises: Callable[[Any], dict[str, str]] = lambda _options: {}  # the result's outputs, from the options
     writes: Callable[[Any], str | None] = lambda options: options.out  # the path it writes
     resumable: Callable[[Any], bool] = lambda _options: False  # its output holds work --resume continues
+    resume_checks: bool = False  # its --resume refuses work made under other options (calibrate's spec)
     scratch: tuple[str, ...] = ()  # folders in its output that are not part of what it makes
 
 
 def _run_dir(opts: TrainOptions) -> dict[str, str]:
     path = trained_run(opts)
     return {"run": path, "target": path}
-
-
-def _results_file(opts: EvalOptions) -> str | None:
-    path = results_path(opts)
-    return str(path) if path else None
 
 
 COMMANDS: dict[str, Command] = {
@@ -57,6 +53,7 @@ COMMANDS: dict[str, Command] = {
             calibrate,
             lambda o: {"covariances": o.out},
             resumable=calibration_resumable,
+            resume_checks=True,
         ),  # fmt: skip
         Command("build", BuildOptions, build, lambda o: {"run": o.out, "target": o.out}),
         Command("merge", MergeOptions, merge),
@@ -70,7 +67,7 @@ COMMANDS: dict[str, Command] = {
             resumable=training_resumable,
             scratch=(CHECKPOINTS,),
         ),
-        Command("eval", EvalOptions, evaluate, writes=_results_file),
+        Command("eval", EvalOptions, evaluate, writes=lambda o: str(results_file(o))),
         Command("compress", CompressOptions, compress),
         Command("spectra", SpectraOptions, spectra),
     )

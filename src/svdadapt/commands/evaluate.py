@@ -98,12 +98,14 @@ def _default_tasks(loaded: LoadedModel, about: dict) -> tuple[list[str], list[st
     raise SvdadaptError("this model is not a causal LM and has no trained task on record; name one with --tasks")
 
 
-def results_path(opts: EvalOptions) -> Path | None:
-    """The JSON file the results go to: --out, or the run's eval/results.json (None: printed only)."""
-    if opts.out:
-        return Path(opts.out).expanduser()
-    path = Path(opts.target).expanduser()
-    return path / "eval" / "results.json" if (path / RUN_FILE).is_file() else None
+def results_file(opts: EvalOptions) -> Path:
+    """Where the results go: --out, or the target's eval/results.json (written when it is a run)."""
+    return Path(opts.out).expanduser() if opts.out else Path(opts.target).expanduser() / "eval" / "results.json"
+
+
+def _results_path(opts: EvalOptions) -> Path | None:
+    """The JSON file the results are written to (None: printed only, the target is not a run)."""
+    return results_file(opts) if opts.out or (Path(opts.target).expanduser() / RUN_FILE).is_file() else None
 
 
 def check_results_out(out: Path) -> None:
@@ -128,7 +130,7 @@ def evaluate(opts: EvalOptions, progress: bool = True) -> EvalResult:
     """Evaluate as the CLI does: the results, and the JSON file they were written to."""
     if backend.world_size() > 1:
         raise SvdadaptError("eval runs in one process; run it without a multi-process launcher")
-    out = results_path(opts)
+    out = _results_path(opts)
     if out is None:
         return _evaluate(opts, None, progress)
     with exclusive(out):
