@@ -9,11 +9,11 @@ what it made to later stages: the covariance store to build, train and compress 
 the run to train, merge, export and eval (``run``, ``target``). The whole recipe is checked before
 its first stage runs.
 
-``OUT/pipeline.json`` records each finished stage (see :mod:`svdadapt.journal`). Run again with
-``--resume``, the stages that finished with the same options, whose outputs are as they left them,
-are kept; the first stage that is not continues an interrupted calibration or checkpointed training
-where it can, and from there on every stage runs again, replacing what the earlier run of this
-pipeline wrote.
+``OUT/pipeline.json`` records each stage (see :mod:`svdadapt.journal`). Run again with ``--resume``,
+the stages that finished with the same options and inputs, whose outputs are as they left them, are
+kept; the first stage that is not continues an interrupted calibration or checkpointed training
+where it may, and from there on every stage runs again, replacing what the pipeline created at its
+output (see :mod:`svdadapt.resuming`).
 """
 
 from __future__ import annotations
@@ -214,17 +214,9 @@ def _run_journaled(
                 print(result.summary())
         else:
             options = stage.with_inputs(inputs, opts.recipe)
-            if opts.resume and index == keep:
-                if progress:
-                    print("\n".join(f"   {line}" for line in reasons))
-                if resuming.continues(stage, journal):
-                    options = resuming.continue_it(stage, options)
-                    if progress:
-                        print(f"   continuing the {stage.name} found at {stage.path}")
-                else:
-                    resuming.clear_output(stage, journal, standing)
-            elif opts.resume:
-                resuming.clear_output(stage, journal, standing)
+            if opts.resume:
+                first = index == keep  # says why, and may continue an interrupted job
+                options = resuming.prepare(stage, options, journal, standing, reasons if first else None, progress)
             journal.begin(stage.name, result_values(stage.options), stage.path)
             try:
                 result = _run_stage(stage, options, progress)

@@ -63,9 +63,20 @@ def continues(stage, journal: Journal) -> bool:
     return stage.command.resume_checks and not journal.owns(journal.key(stage.path))
 
 
-def continue_it(stage, options: Any) -> Any:
-    """The stage's options with ``resume`` on."""
-    return from_mapping(stage.command.options, {**flat_values(options), "resume": True}, stage.name)
+def prepare(
+    stage, options: Any, journal: Journal, standing: set[str], reasons: list[str] | None, progress: bool
+) -> Any:
+    """A stage's options to run again under --resume. The first one (``reasons``: why it runs) continues
+    the interrupted job at its output where :func:`continues` allows; otherwise what the pipeline
+    created there is cleared first (:func:`clear_output`)."""
+    if reasons is not None and progress:
+        print("\n".join(f"   {line}" for line in reasons))
+    if reasons is not None and continues(stage, journal):
+        if progress:
+            print(f"   continuing the {stage.name} found at {stage.path}")
+        return from_mapping(stage.command.options, {**flat_values(options), "resume": True}, stage.name)
+    clear_output(stage, journal, standing)
+    return options
 
 
 def clear_output(stage, journal: Journal, standing: set[str]) -> None:
