@@ -78,6 +78,13 @@ def test_a_rerun_keeps_what_is_done_and_redoes_what_changed(capsys, tiny_dirs, t
     assert [s["name"] for s in journal["stages"]] == ["calibrate", "build", "train", "eval"]
     assert journal["stages"][2]["options"]["module_lr"] == 0.01
 
+    # a file of the user's inside an output the pipeline would replace: refused, nothing lost
+    (out / "run" / "NOTES.txt").write_text("mine")
+    assert main(["run", recipe, "train.module_lr=0.02", "--resume"]) == 2
+    assert "holds 1 file(s) no stage of this pipeline wrote (NOTES.txt)" in said(capsys)[1]
+    assert (out / "run" / "NOTES.txt").read_text() == "mine"
+    (out / "run" / "NOTES.txt").unlink()
+
     # a stage the earlier runs made, now changed: what they left at its output is replaced, not refused
     assert main(["run", recipe, "train.module_lr=0.01", "build.rank=2", "--resume"]) == 0
     assert "rank: 4 → 2" in said(capsys)[0]
@@ -150,15 +157,17 @@ def test_an_interrupted_stage_under_changed_options_or_without_checkpoints_start
     assert "continuing" not in said(capsys)[0]
     assert CovarianceStore.load(out / "covariances").metadata["samples"] == 6
 
-    stop_after(monkeypatch, transformers.Trainer, "training_step", 2)  # no checkpoints: nothing to continue
-    assert main(["run", recipe, "calibrate.samples=6", "train.max_steps=4", "--resume"]) == 130
-    monkeypatch.undo()
-    said(capsys)
-    assert json.loads((out / "run" / "run.json").read_text())["stage"] == "training"
-    assert main(["run", recipe, "calibrate.samples=6", "train.max_steps=4", "--resume"]) == 0, said(capsys)[1]
-    text = said(capsys)[0]
-    assert text.count("kept from the earlier run (the same options") == 1 and "build runs again" in text
-    assert json.loads((out / "run" / "train_results.json").read_text())["steps_this_session"] == 4
+    for run in (out / "run", tmp_path / "elsewhere" / "run"):  # inside the pipeline's folder, and outside it
+        where = ["calibrate.samples=6", f"build.out={run}", f"train.out={run}"]
+        stop_after(monkeypatch, transformers.Trainer, "training_step", 2)  # no checkpoints: nothing to continue
+        assert main(["run", recipe, *where, "train.max_steps=4", "--resume"]) == 130
+        monkeypatch.undo()
+        said(capsys)
+        assert json.loads((run / "run.json").read_text())["stage"] == "training"
+        assert main(["run", recipe, *where, "train.max_steps=4", "--resume"]) == 0, said(capsys)[1]
+        text = said(capsys)[0]
+        assert text.count("kept from the earlier run (the same options") == 1 and "build runs again" in text
+        assert json.loads((run / "train_results.json").read_text())["steps_this_session"] == 4
 
 
 def test_a_store_another_recipe_made_is_reused_and_what_others_add_is_left(capsys, tiny_dirs, tmp_path):
@@ -312,7 +321,7 @@ def test_what_is_not_the_pipelines_is_never_removed_nor_trained_over(capsys, tin
     said(capsys)
     assert main(["run", str(trains), "train.module_lr=0.01", "--resume"]) == 2
     err = said(capsys)[1]
-    assert "train must run again, but" in err and "was there before this pipeline" in err
+    assert "train must run again, but" in err and "is not what this pipeline created there" in err
     assert (external / "adapter_state.safetensors").read_bytes() == adapter
 
 

@@ -114,3 +114,14 @@ def test_a_number_where_text_is_read_is_taken_as_its_flag_would_take_it(tmp_path
     recipe = {"out": str(tmp_path / "o"), "model": "default", "compress": {"discard": 16, "covariances": "covs"}}
     (stage,) = plan(recipe, "r.yaml")
     assert stage.options.discard == "16"  # `discard: 16` in YAML, as `--discard 16`
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line(capsys, monkeypatch):
+    import svdadapt.cli as cli
+
+    def loading():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "subcommands", loading)
+    assert main(["run", "r.yaml"]) == 130
+    assert capsys.readouterr().err.strip() == "svdadapt: interrupted"

@@ -97,6 +97,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``svdadapt`` console script; returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before a command started (while its libraries load)
+        print("svdadapt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     commands = subcommands()
     parser, subparsers = build_parser(commands)
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -92,6 +92,7 @@ class Journal:
     running: dict[str, Any] | None = None  # the stage begun and not finished: name, options, inputs
     exists: bool = False  # an earlier run of a pipeline into this OUT left it
     _creating: str | None = None  # the key the running stage may create (nothing was there)
+    _known: dict[str, set[str]] = field(default_factory=dict)  # key → files any recorded stage left there
 
     @property
     def path(self) -> Path:
@@ -111,6 +112,7 @@ class Journal:
             journal.made = payload["made"]
             journal.running = payload.get("running")
             _check(journal)
+            journal._learn(journal.entries)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise SvdadaptError(f"{journal.path} is not an svdadapt pipeline journal; give another out=") from None
         journal.exists = True
@@ -151,9 +153,10 @@ class Journal:
                     found[self.key(candidate)] = listing(self.where(self.key(candidate)))
         return found
 
-    def began(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
-        """The record of stage ``name`` beginning now with these options."""
-        return {"name": name, "options": self.record(values), "inputs": self.outside_inputs(values)}
+    def began(self, name: str, values: dict[str, Any], path: str) -> dict[str, Any]:
+        """The record of stage ``name`` beginning now with these options, writing ``path``."""
+        key = self.key(path) if path else ""
+        return {"name": name, "path": key, "options": self.record(values), "inputs": self.outside_inputs(values)}
 
     def outputs(self, index: int) -> dict[str, str]:
         """What finished stage ``index`` handed to later stages, paths inside OUT where OUT is now."""
@@ -204,6 +207,20 @@ class Journal:
         self.made.pop(key, None)
         self._write()
 
+    def unrecorded(self, key: str, skips: dict[str, tuple[str, ...]]) -> list[str]:
+        """Files at ``key`` that no finished stage left there (a note of the user's, say), unless a
+        stage writing there was interrupted (its files are its own)."""
+        if (self.running or {}).get("path") == key:
+            return []
+        recorded = self._known.get(key, set())
+        return [name for name in listing(self.where(key), skips.get(key, ())) if name not in recorded]
+
+    def _learn(self, entries: list[Entry]) -> None:
+        """Remember the files these stages left (also once their records are replaced)."""
+        for entry in entries:
+            for key, files in entry.state.items():
+                self._known.setdefault(key, set()).update(files)
+
     def wrote_into(self, key: str) -> bool:
         """Whether a stage of an earlier run wrote at ``key`` (recorded in some stage's state)."""
         return any(key in entry.state for entry in self.entries)
@@ -212,17 +229,20 @@ class Journal:
     def begin(self, name: str, values: dict[str, Any], path: str | None) -> None:
         """Record the stage about to run, with its inputs as it reads them; ``path``: what it writes,
         the pipeline's own once the stage created it there (nothing, or an empty folder, was there)."""
-        self.running = self.began(name, values)
+        self.running = self.began(name, values, path or "")
         key = self.key(path) if path else None
         self._creating = key if key and not holds_something(self.where(key)) else None
         self._write()
 
     def ended(self) -> None:
-        """After the running stage, finished or not: what it created is the pipeline's."""
+        """After the running stage, finished or not: what it created is the pipeline's, and what it
+        wrote into of the pipeline's still is (its identity as the stage left it)."""
         key, self._creating = self._creating, None
-        if key and identity(self.where(key)) is not None:
-            self.made[key] = identity(self.where(key))
-            self._write()
+        running = (self.running or {}).get("path")
+        for mine in {key, running if running in self.made else None} - {None, ""}:
+            if identity(self.where(mine)) is not None:
+                self.made[mine] = identity(self.where(mine))
+        self._write()
 
     def finish(
         self, index: int, outputs: dict[str, str], written: list[str], skips: dict[str, tuple[str, ...]]
@@ -238,6 +258,7 @@ class Journal:
                 self.made[key] = identity(self.where(key))
         del self.entries[index:]
         self.entries.append(Entry(began["name"], began["options"], self.record(outputs), state, began["inputs"]))
+        self._learn(self.entries[-1:])
         self.running = None
         self._write()
 

@@ -216,7 +216,8 @@ def _run_journaled(
             options = stage.with_inputs(inputs, opts.recipe)
             if opts.resume:
                 first = index == keep  # says why, and may continue an interrupted job
-                options = resuming.prepare(stage, options, journal, standing, reasons if first else None, progress)
+                said = reasons if first else None
+                options = resuming.prepare(stage, options, journal, standing, skips, said, progress)
             journal.begin(stage.name, result_values(stage.options), stage.path)
             try:
                 result = _run_stage(stage, options, progress)

@@ -26,14 +26,15 @@ def kept_stages(stages: list, journal: Journal, skips: dict[str, tuple[str, ...]
             reasons.append(f"{stage.name} runs again: {why}")
             break
         matched += 1
+    trigger = reasons[:1]  # the first stage whose options or inputs differ
     for keep in range(matched, 0, -1):
         following = stages[keep] if keep < len(stages) else None  # continues from what it left, if it can
         ignore = journal.key(following.path) if following and continues(following, journal) else None
         changed = journal.changed_output(keep - 1, skips, ignore)
         if changed is None:
             return keep, reasons
-        reasons.insert(0, f"{stages[keep - 1].name} runs again: {changed} was changed after it finished "
-                          "(a later stage writes there in place, or it was edited)")  # fmt: skip
+        reasons = [f"{stages[keep - 1].name} runs again: {changed} was changed after it finished "
+                   "(a later stage writes there in place, or it was edited)", *trigger]  # fmt: skip
     return 0, reasons
 
 
@@ -58,14 +59,15 @@ def continues(stage, journal: Journal) -> bool:
     under the same options and inputs, or another's where its command checks it is the same job."""
     if not stage.path or not stage.command.resumable(stage.options):
         return False
-    if journal.running == journal.began(stage.name, result_values(stage.options)):
+    if journal.running == journal.began(stage.name, result_values(stage.options), stage.path):
         return True
     return stage.command.resume_checks and not journal.owns(journal.key(stage.path))
 
 
 def prepare(
-    stage, options: Any, journal: Journal, standing: set[str], reasons: list[str] | None, progress: bool
-) -> Any:
+    stage, options: Any, journal: Journal, standing: set[str], skipped: dict[str, tuple[str, ...]],
+    reasons: list[str] | None, progress: bool,
+) -> Any:  # fmt: skip
     """A stage's options to run again under --resume. The first one (``reasons``: why it runs) continues
     the interrupted job at its output where :func:`continues` allows; otherwise what the pipeline
     created there is cleared first (:func:`clear_output`)."""
@@ -75,11 +77,11 @@ def prepare(
         if progress:
             print(f"   continuing the {stage.name} found at {stage.path}")
         return from_mapping(stage.command.options, {**flat_values(options), "resume": True}, stage.name)
-    clear_output(stage, journal, standing)
+    clear_output(stage, journal, standing, skipped)
     return options
 
 
-def clear_output(stage, journal: Journal, standing: set[str]) -> None:
+def clear_output(stage, journal: Journal, standing: set[str], skipped: dict[str, tuple[str, ...]]) -> None:
     """Before a stage runs again: remove what the pipeline created at its output, unless a stage kept
     or run before it in this run made it (``standing``: their keys); refuse when it is not the
     pipeline's but an earlier run wrote into it (it cannot be rebuilt: training a run in place)."""
@@ -90,12 +92,19 @@ def clear_output(stage, journal: Journal, standing: set[str]) -> None:
     if key in standing or not holds_something(where):
         return
     if journal.owns(key):
+        strangers = journal.unrecorded(key, skipped)
+        if strangers:
+            raise SvdadaptError(
+                f"{stage.name} must run again and replace {where}, which holds {len(strangers)} file(s) no "
+                f"stage of this pipeline wrote ({strangers[0]}); move them away, then --resume again"
+            )
         remove(where)
         journal.forget(key)
     elif journal.wrote_into(key):
         raise SvdadaptError(
-            f"{stage.name} must run again, but {where} was there before this pipeline and an earlier run "
-            f"wrote into it; restore or remove it, or give {stage.name}.out a new folder"
+            f"{stage.name} must run again, but {where} is not what this pipeline created there (it was there "
+            f"before, or was changed or replaced since) and cannot be rebuilt; move it away, or give "
+            f"{stage.name}.out a new folder"
         )
 
 
