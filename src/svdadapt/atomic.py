@@ -147,7 +147,7 @@ def exclusive(target: Path | str) -> Iterator[None]:
     is removed. The lock is a hidden ``.NAME.lock`` file beside ``target`` that lives as long as the
     lock: the kernel drops it with its process however that ends, and a lock file whose holder
     removed or replaced it in the meantime is not trusted (its inode is checked)."""
-    target = Path(target).expanduser()
+    target = Path(os.path.realpath(Path(target).expanduser()))  # two links to one folder: one lock
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
     while True:

@@ -123,7 +123,10 @@ class Journal:
         """``path`` as the journal writes it: relative to OUT when inside it, else absolute (what a
         relative path names depends on the folder the pipeline runs from)."""
         try:
-            resolved, root = Path(path).expanduser().resolve(), self.out.expanduser().resolve()
+            given = Path(os.path.normpath(Path(path).expanduser().absolute()))
+            # the folders above resolved, the last name not: a link put at a stage's output since is
+            # that output, told apart by identity (:meth:`owns`), never taken for where it leads
+            resolved, root = given.parent.resolve() / given.name, self.out.expanduser().resolve()
         except (OSError, ValueError):
             return path
         return INSIDE + str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
@@ -198,9 +201,13 @@ class Journal:
 
     def owns(self, key: str) -> bool:
         """Whether what is at ``key`` is what the pipeline created there: inside OUT, by its place (a
-        copied or moved pipeline folder stays the pipeline's); elsewhere, only while it is the very
-        folder or file created (not one someone else put at that path since)."""
-        return key in self.made and (key.startswith(INSIDE) or identity(self.where(key)) == self.made[key])
+        copied or moved pipeline folder stays the pipeline's) while its real path stays inside OUT;
+        wherever the real path leaves OUT (elsewhere, or through a link put inside OUT since), only
+        while it is the very folder or file created (not one someone else put at that path)."""
+        if key not in self.made:
+            return False
+        real, root = Path(os.path.realpath(self.where(key))), Path(os.path.realpath(self.out))
+        return (key.startswith(INSIDE) and real.is_relative_to(root)) or identity(self.where(key)) == self.made[key]
 
     def forget(self, key: str) -> None:
         """``key`` was removed: nothing there is the pipeline's any more."""

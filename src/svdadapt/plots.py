@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .atomic import atomic_path
+
 
 def _pyplot():
     try:
@@ -41,8 +43,8 @@ def plot_lines(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:  # a reader never sees half a PNG
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
 

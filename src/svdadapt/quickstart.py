@@ -190,7 +190,7 @@ def quickstart(opts: QuickstartOptions, progress: bool = True) -> QuickstartResu
     report.mkdir(parents=True, exist_ok=True)
     shown = spectra(
         SpectraOptions(model=opts.model, covariances=str(covariances), out=str(report / "spectra.png"),
-                       device=opts.device),
+                       device=opts.device, overwrite=True),
         progress=progress,
     )  # fmt: skip
     plots = [p for p in (_loss_curves(runs, report), shown.plot) if p]

@@ -169,8 +169,11 @@ class CovarianceStore:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write the store to ``path`` atomically (a reader never sees a partial store)."""
+        """Write the store to ``path`` atomically (a reader never sees a partial store). What is there
+        already is replaced only when it is a covariance store, or an empty folder."""
         path = Path(path)
+        if path.exists() and not (path.is_dir() and ((path / METADATA_FILE).is_file() or not any(path.iterdir()))):
+            raise SvdadaptError(f"{path} exists and is not a covariance store; save the store to another path")
         with atomic_directory(path) as tmp:
             by_shard: dict[str, dict[str, torch.Tensor]] = {}
             for key, group in self.groups.items():

@@ -4,6 +4,7 @@ write the results as JSON (``RUN/eval/results.json`` or ``--out``) and print a o
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +100,10 @@ def _default_tasks(loaded: LoadedModel, about: dict) -> tuple[list[str], list[st
 
 
 def results_file(opts: EvalOptions) -> Path:
-    """Where the results go: --out, or the target's eval/results.json (written when it is a run)."""
-    return Path(opts.out).expanduser() if opts.out else Path(opts.target).expanduser() / "eval" / "results.json"
+    """Where the results go: --out, or the target's eval/results.json (written when it is a run); a
+    link is followed, so the results replace the file it leads to and the link stays."""
+    path = Path(opts.out).expanduser() if opts.out else Path(opts.target).expanduser() / "eval" / "results.json"
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _results_path(opts: EvalOptions) -> Path | None:

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import backend
+from ..atomic import exclusive
 from ..decompose import context_svd, plain_svd
+from ..errors import SvdadaptError
 from ..fingerprint import model_identity
 from ..models import load_model
 from ..options import Check, Options, opt
@@ -28,6 +30,7 @@ class SpectraOptions(Options):
         None, "layers to show, comma-separated full names (default: the first and last target of the middle block)"
     )
     device: str | None = opt(None, DEVICE_HELP)
+    overwrite: bool = opt(False, "replace an existing PNG at --out (never a file that is not a PNG)", how=True)
 
 
 @dataclass
@@ -51,8 +54,31 @@ def _middle_block(names: list[str]) -> list[str]:
     return [in_block[0], in_block[-1]]
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plot_out(path: Path, overwrite: bool) -> None:
+    """Refuse an --out that exists, unless --overwrite and it is a PNG (never a user's other file)."""
+    if path.is_dir():
+        raise SvdadaptError(f"--out {path} is a directory; name a .png file")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise SvdadaptError(f"--out {path} exists; name another file, or pass --overwrite to replace it")
+    with open(path, "rb") as f:
+        if f.read(len(PNG_MAGIC)) != PNG_MAGIC:
+            raise SvdadaptError(f"--out {path} exists and is not a PNG image; name another file")
+
+
 def spectra(opts: SpectraOptions, progress: bool = True) -> SpectraResult:
-    """Write the plot to ``opts.out``."""
+    """Write the plot to ``opts.out`` (one writer at a time; an existing file only with --overwrite)."""
+    path = Path(opts.out).expanduser()
+    with exclusive(path):
+        check_plot_out(path, opts.overwrite)
+        return _spectra(opts, path)
+
+
+def _spectra(opts: SpectraOptions, path: Path) -> SpectraResult:
     store = CovarianceStore.load(Path(opts.covariances).expanduser())
     loaded = load_model(opts.model, device=backend.resolve_device(opts.device))
     if opts.layers:
@@ -69,6 +95,5 @@ def spectra(opts: SpectraOptions, progress: bool = True) -> SpectraResult:
         for label, factors in decompositions.items():
             S = (factors.S / factors.S[0]).tolist()
             series[f"{short} {label}"] = (list(range(1, len(S) + 1)), S)
-    path = Path(opts.out).expanduser()
     plot = plot_lines(series, path, "singular values / largest", "component", "σ_i / σ_1", logy=True)
     return SpectraResult(plot, list(modules))

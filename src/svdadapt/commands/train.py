@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -176,8 +177,8 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     device = backend.resolve_device(opts.device)
     data = prepare_data(opts.task, _tokenizer(opts), opts.seed)  # bad data fails before a run is built
     target = _trained_dir(opts)
+    created = not os.path.lexists(target)  # decided before anything can fail: only a new folder is ours
     with exclusive(target) if backend.is_main_process() else nullcontext():
-        created = not (target / RUN_FILE).exists()
         try:
             return _train(opts, data, device, run_training, nothing_to_resume, progress)
         except Exception:
