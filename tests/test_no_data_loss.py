@@ -126,9 +126,12 @@ def test_one_writer_through_two_links_to_one_folder(tmp_path):
     real.mkdir()
     (tmp_path / "a").symlink_to(real)
     (tmp_path / "b").symlink_to(real)
-    with exclusive(tmp_path / "a"), pytest.raises(SvdadaptError, match="being written by another"):
-        with exclusive(tmp_path / "b"):
-            pass
+    with (
+        exclusive(tmp_path / "a"),
+        pytest.raises(SvdadaptError, match="being written by another"),
+        exclusive(tmp_path / "b"),
+    ):
+        pass
 
 
 def test_run_resume_never_removes_a_folder_a_link_put_in_its_place_leads_to(capsys, tiny_dirs, tmp_path):
