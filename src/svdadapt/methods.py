@@ -8,6 +8,7 @@
 | corda-ipa | context SVD of W·C | top-r    | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
 | corda-kpa | context SVD of W·C | bottom-r | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
 | kasa      | plain SVD*         | bottom-r | W − U_r S_r V_rᵀ   | lora  | A Kaiming, B = 0, ΔΣ      | kasa |
+| kasa-context | context SVD of W·C | bottom-r | W − U_r S_r V_rᵀ | lora | A Kaiming, B = 0, ΔΣ     | kasa |
 | eva       | PCA of the inputs† | top-r    | W                  | eva   | A = top-r Vᵀ of Σ, B = 0  | –    |
 | lora-null | W·N·Nᵀ‡            | top-r    | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
 
@@ -109,6 +110,10 @@ TABLE = (
     Method(
         "kasa", "KaSA: drop the bottom-r SVD components, train BΔΣA", "lora", "plain", Take.BOTTOM, Base.TRUNCATED,
         diag=True, loss="kasa",
+    ),
+    Method(
+        "kasa-context", "KaSA truncating by the context decomposition: drop the bottom-r of W·C, train BΔΣA", "lora",
+        "context", Take.BOTTOM, Base.TRUNCATED, diag=True, loss="kasa",
     ),
     Method(
         "eva", "EVA: A from the inputs' top principal directions, B = 0, ranks by explained variance", "eva",
