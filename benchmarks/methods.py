@@ -23,11 +23,13 @@ METHODS = ("lora", "kasa", "pissa", "milora")
 
 def train_one(method: str, seed: int, epochs: float, out: Path, beta: float, gamma: float) -> dict:
     from svdadapt.commands import TrainOptions, train
+    from svdadapt.methods import get_method
 
+    weights = {"beta": beta, "gamma": gamma} if get_method(method).loss == "kasa" else {}
     opts = TrainOptions.of(
         model="default-encoder", method=method, rank=8, alpha=16.0, task="polarity", out=str(out / f"{method}-{seed}"),
         epochs=epochs, batch_size=16, max_length=64, module_lr=1e-3, head_lr=3e-3, warmup_ratio=0.06,
-        schedule="linear", beta=beta, gamma=gamma, seed=seed, device="cpu", logging_steps=10,
+        schedule="linear", seed=seed, device="cpu", logging_steps=10, **weights,
     )  # fmt: skip
     results = train(opts, progress=False).results
     return {

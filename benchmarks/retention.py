@@ -74,18 +74,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-# name -> (method row, KaSA truncation)
-METHODS = {
-    "lora": ("lora", None),
-    "pissa": ("pissa", None),
-    "milora": ("milora", None),
-    "corda-ipa": ("corda-ipa", None),
-    "corda-kpa": ("corda-kpa", None),
-    "kasa": ("kasa", None),
-    "kasa-context": ("kasa", "context"),
-    "eva": ("eva", None),
-    "lora-null": ("lora-null", None),
-}
+METHODS = ("lora", "pissa", "milora", "corda-ipa", "corda-kpa", "kasa", "kasa-context", "eva", "lora-null")  # rows
 TASKS = {"polarity": "polarity-heldout", "news-cloze": "news-cloze-heldout"}  # training source -> held-out source
 IPA = "corda-ipa"  # calibrated on the task's own prompts
 
@@ -125,7 +114,7 @@ def random_init(name: str) -> bool:
     from svdadapt.adapters.init import INITS
     from svdadapt.methods import get_method
 
-    return not INITS[get_method(*METHODS[name]).init].seeded_A
+    return not INITS[get_method(name).init].seeded_A
 
 
 def build_key(name: str, task: str, seed: int, random: bool) -> str:
@@ -356,13 +345,12 @@ def build_all(settings: Settings, builds: dict, covs: dict[str, Path], out: Path
     runs = {}
     for key, (name, task, seed) in builds.items():
         run_dir = out / "runs" / "built" / key.replace("#", "-").replace("@", "-")
-        method, truncation = METHODS[name]
-        needs = get_method(method, truncation).needs
+        needs = get_method(name).needs
         store = covs[f"ipa-{task}"] if name == IPA else covs["wiki"]
         if not ((run_dir / "run.json").is_file() and Run.open(run_dir).meta.get("stage") == "built"):
             t = time.monotonic()
             adapter = AdapterOptions(
-                method=method, truncation=truncation, rank=settings.rank, alpha=float(settings.rank),
+                method=name, rank=settings.rank, alpha=float(settings.rank),
                 covariances=str(store) if needs else None,
             )  # fmt: skip
             build(
@@ -437,7 +425,7 @@ def run_study(settings: Settings, out: Path, targets: dict, keep_runs: bool) -> 
                           for m in settings.methods}  # fmt: skip
     inits = state.setdefault("inits", {})
     for name in settings.methods:  # truncated bases are not the original at init: measure them
-        if get_method(*METHODS[name]).base is Base.TRUNCATED and name not in inits:
+        if get_method(name).base is Base.TRUNCATED and name not in inits:
             loaded = load(str(runs[build_key(name, "", settings.seeds[0], random[name])]), settings, initial=True)
             found = measure(loaded.model, tok, probes, tasks, windows, settings.tasks)
             inits[name] = {t: relative(found, original, t) for t in settings.tasks}

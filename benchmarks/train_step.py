@@ -75,7 +75,7 @@ def child_svdadapt(run: str, args: dict) -> dict:
     opened = Run.open(run)
     loaded = opened.load_adapted(device=args["device"])
     method = opened.method
-    regularizer = LOSSES[method.loss].regularizer(argparse.Namespace(beta=1e-4, gamma=1e-3)) if method.loss else None
+    regularizer = LOSSES[method.loss].regularizer(method.stage_values("train")) if method.loss else None
     inputs = batch(loaded.tokenizer, args["batch_size"], args["seq_len"], args["device"])
     trainable = sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     times = time_steps(loaded.model, inputs, args["steps"], args["warmup"], regularizer)

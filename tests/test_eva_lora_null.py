@@ -215,7 +215,7 @@ def test_freeze_a_is_recorded_and_keeps_a_out_of_training(tiny_dirs, text_file, 
         progress=False,
     ).run  # fmt: skip
     meta = json.loads((run.path / "run.json").read_text())
-    assert meta["freeze_a"] is True and "rho" not in meta and run.method.freeze_a
+    assert meta["params"] == {"freeze_a": True} and run.method.freeze_a
     assert all(f.get("frozen_A") is True for f in meta["layers"].values())
     model = run.load_adapted().model
     named = dict(model.named_parameters())
@@ -230,7 +230,7 @@ def test_rho_is_recorded_in_the_run(tiny_dirs, text_file, tmp_path):
         progress=False,
     ).run  # fmt: skip
     meta = json.loads((run.path / "run.json").read_text())
-    assert meta["rho"] == 1.5 and "freeze_a" not in meta
+    assert meta["params"] == {"rho": 1.5, "freeze_a": False}
     assert Run.open(run.path).method.rho == 1.5 and not run.method.freeze_a
     assert max(f["rank"] for f in meta["layers"].values()) <= 6  # round(1.5 · 4)
 
@@ -241,14 +241,16 @@ def test_bad_input_is_one_line(tiny_dirs, text_file, tmp_path):
     for method in ("corda-kpa", "lora-null"):  # even a truncation naming the row's own decomposition
         with pytest.raises(SvdadaptError, match=f"--truncation applies to .*, not to {method}"):
             BuildOptions.of(method=method, truncation="context", **common)
-    with pytest.raises(SvdadaptError, match="--freeze-a freezes an A seeded .*lora's A is random"):
+    with pytest.raises(SvdadaptError, match="--freeze-a applies to pissa, .*lora-null, not to lora"):
         BuildOptions.of(method="lora", freeze_a=True, **common)
-    with pytest.raises(SvdadaptError, match="--freeze-a .*kasa's A is random"):
+    with pytest.raises(SvdadaptError, match="--freeze-a applies to .*, not to kasa"):
         BuildOptions.of(method="kasa", freeze_a=True, **common)
-    with pytest.raises(SvdadaptError, match=r"--rho applies to methods that redistribute ranks \(eva\)"):
+    with pytest.raises(SvdadaptError, match=r"--rho applies to eva, not to pissa"):
         BuildOptions.of(method="pissa", rho=2.0, **common)
-    for bad in (0.5, float("inf"), float("nan")):
-        with pytest.raises(SvdadaptError, match="--rho must be a finite number of at least 1"):
+    with pytest.raises(SvdadaptError, match="--rho must be at least 1"):
+        BuildOptions.of(method="eva", rho=0.5, **common)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(SvdadaptError, match="--rho must be a finite number"):
             BuildOptions.of(method="eva", rho=bad, **common)
     with pytest.raises(SvdadaptError, match="eva needs calibration covariances"):
         BuildOptions.of(method="eva", model=common["model"], rank=4, out=common["out"])

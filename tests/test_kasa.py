@@ -34,7 +34,7 @@ def peft_kasa(model):
 
 
 def our_kasa(model, truncation=None, store=None):
-    method = get_method("kasa", truncation)
+    method = get_method("kasa", truncation=truncation)
     plan = plan_layers(find_targets(model), RANK, ALPHA)
     waves = waves_from_store(store, list(plan), "covariance") if store else waves_without_statistics(plan)
     return build_adapters(method, plan, waves, progress=False)
@@ -115,5 +115,5 @@ def test_context_truncation_needs_covariances(tiny_dirs, tmp_path):
     with pytest.raises(SvdadaptError, match="needs calibration covariances"):  # checked before any work
         BuildOptions.of(model=str(tiny_dirs["llama"]), method="kasa", truncation="context", rank=4,
                         out=str(tmp_path / "r"), device="cpu")  # fmt: skip
-    with pytest.raises(SvdadaptError, match="applies to methods that truncate the base"):
-        get_method("pissa", "context")
+    with pytest.raises(SvdadaptError, match="--truncation applies to kasa, kasa-context, not to pissa"):
+        get_method("pissa", truncation="context")

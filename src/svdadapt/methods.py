@@ -1,43 +1,109 @@
 """The adapter methods, as one table. A method is a row, not a branch:
 
-| method    | decomposition of W | takes    | frozen base        | init  | adapter                   | loss |
-|-----------|--------------------|----------|--------------------|-------|---------------------------|------|
-| lora      | none               | –        | W                  | lora  | A Kaiming, B = 0          | –    |
-| pissa     | plain SVD          | top-r    | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
-| milora    | plain SVD          | bottom-r | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
-| corda-ipa | context SVD of W·C | top-r    | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
-| corda-kpa | context SVD of W·C | bottom-r | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
-| kasa      | plain SVD*         | bottom-r | W − U_r S_r V_rᵀ   | lora  | A Kaiming, B = 0, ΔΣ      | kasa |
-| kasa-context | context SVD of W·C | bottom-r | W − U_r S_r V_rᵀ | lora | A Kaiming, B = 0, ΔΣ     | kasa |
-| eva       | PCA of the inputs† | top-r    | W                  | eva   | A = top-r Vᵀ of Σ, B = 0  | –    |
-| lora-null | W·N·Nᵀ‡            | top-r    | W − s·B·A          | svd   | A = √S Vᵀ, B = U √S       | –    |
+| method       | decomposition of W | takes    | frozen base      | init | ΔΣ | loss | own parameters          |
+|--------------|--------------------|----------|------------------|------|----|------|-------------------------|
+| lora         | none               | –        | W                | lora | –  | –    | –                       |
+| pissa        | plain SVD          | top-r    | W − s·B·A        | svd  | –  | –    | freeze_a                |
+| milora       | plain SVD          | bottom-r | W − s·B·A        | svd  | –  | –    | freeze_a                |
+| corda-ipa    | context SVD of W·C | top-r    | W − s·B·A        | svd  | –  | –    | freeze_a                |
+| corda-kpa    | context SVD of W·C | bottom-r | W − s·B·A        | svd  | –  | –    | freeze_a                |
+| kasa         | plain SVD*         | bottom-r | W − U_r S_r V_rᵀ | lora | ✓  | kasa | truncation, beta, gamma |
+| kasa-context | context SVD of W·C | bottom-r | W − U_r S_r V_rᵀ | lora | ✓  | kasa | truncation, beta, gamma |
+| eva          | PCA of the inputs† | top-r    | W                | eva  | –  | –    | rho, freeze_a           |
+| lora-null    | W·N·Nᵀ‡            | top-r    | W − s·B·A        | svd  | –  | –    | freeze_a                |
 
-(* ``--truncation context`` decomposes W·C instead.) s = α/r is the LoRA scaling.
-(† Σ = C − μμᵀ, the inputs' covariance about their mean, as PEFT's EVA; ranks redistributed across
-layers by explained variance up to ρ·r each, ``--rho``.) (‡ N: the r smallest eigenvectors of C,
-the inputs' null space, as many as the rank, as LoRA-Null's reference code; all of W·N·Nᵀ is taken.)
-``--freeze-a`` keeps A fixed in training (LoRA-Null's second variant) on rows whose init seeds A.
+Inits: ``lora`` A Kaiming, B = 0 (and ΔΣ ~ N(0, 1)); ``svd`` A = √S Vᵀ, B = U √S; ``eva`` A = top-r Vᵀ
+of Σ, B = 0.
+(* its ``truncation`` parameter picks the decomposition; kasa-context is the same row with
+``truncation: context``, a named variant.) s = α/r is the LoRA scaling. († Σ = C − μμᵀ, the inputs'
+covariance about their mean, as PEFT's EVA; ranks redistributed across layers by explained variance
+up to ρ·r each.) (‡ N: the r smallest eigenvectors of C, the inputs' null space, as many as the rank,
+as LoRA-Null's reference code; all of W·N·Nᵀ is taken.)
+
+**A row owns its parameters** (:class:`Param`): each declares its name (its ``--flag`` and YAML key),
+type, default, check and help, and when it is read — ``build`` (it shapes the run: recorded in
+run.json by :meth:`Method.record`, read back by :meth:`Method.from_record`) or ``train`` (a loss
+weight: recorded with the training). The commands' flags, recipes' keys, run.json and the API all
+come from these declarations (:mod:`svdadapt.method_options`); a row is configured with
+:meth:`Method.configured`.
 
 Every field names something registered: ``decomposition`` a row of
 :data:`svdadapt.decompose.DECOMPOSITIONS`, ``init`` one of :data:`svdadapt.adapters.init.INITS`,
 ``loss`` one of :data:`svdadapt.adapters.losses.LOSSES`, ``ranks`` one of
-:data:`svdadapt.ranks.RANK_ALLOCATIONS`; a row naming anything else, or an
-inconsistent one, cannot be made. Adding a method is adding a row (and, for new maths, registering
-one function under a new name in one of those tables).
+:data:`svdadapt.ranks.RANK_ALLOCATIONS`; a row naming anything else, or an inconsistent one (a ΔΣ
+no init draws, a loss without what it reads or the parameters that weigh it), cannot be made.
+Adding a method is adding a row (:func:`register_method`; for new maths, one function registered
+under a new name in one of those tables).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .adapters.init import INITS, Base
 from .adapters.losses import LOSSES
 from .decompose import DECOMPOSITIONS, Take
 from .errors import SvdadaptError
+from .options import NON_NEGATIVE, Check
 from .ranks import RANK_ALLOCATIONS
 
-__all__ = ["METHODS", "TABLE", "TRUNCATIONS", "Base", "Method", "Take", "get_method"]
+__all__ = ["METHODS", "TABLE", "Base", "Method", "Param", "Take", "get_method", "register_method"]
+
+STAGES = ("build", "train")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter of a method row: one declaration gives its flag ``--NAME`` (underscores as dashes),
+    its YAML key, help, check and how it is recorded. ``stage``: ``build`` (shapes the run, recorded
+    in run.json) or ``train`` (read by the training, e.g. a loss weight). ``sets``: the row's field
+    it chooses, if any (KaSA's truncation chooses the decomposition)."""
+
+    name: str
+    type: type  # bool, int, float or str
+    default: Any
+    help: str
+    check: Check | None = None
+    choices: tuple[str, ...] | None = None
+    stage: str = "build"
+    sets: str | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is no value of this parameter, or None."""
+        kind = self.type
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            return f"must be {kind.__name__}, got {value!r}"
+        if kind is float and not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.check is not None and not self.check.test(value):
+            return f"{self.check.requirement}, got {value!r}"
+        return None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+FINITE_AT_LEAST_1 = Check(lambda v: v >= 1, "must be at least 1 (1 keeps every layer's rank; PEFT uses 2)")
+
+TRUNCATION = Param(
+    "truncation", str, "plain", "the decomposition whose bottom-r components are dropped from the base",
+    choices=("plain", "context"), sets="decomposition",
+)  # fmt: skip
+BETA = Param("beta", float, 1e-4, "weight of the singular-value term ‖ΔΣ‖²", NON_NEGATIVE, stage="train")
+GAMMA = Param("gamma", float, 1e-3, "weight of the orthogonality term ‖BᵀB − I‖ + ‖AAᵀ − I‖", NON_NEGATIVE,
+              stage="train")  # fmt: skip
+RHO = Param(
+    "rho", float, 2.0, "a layer's rank may grow to round(rho·r) as ranks move to where the inputs' variance is; "
+    "1 keeps every rank", FINITE_AT_LEAST_1,
+)  # fmt: skip
+FREEZE_A = Param("freeze_a", bool, False, "keep A as initialised while training (LoRA-Null's variant)")
 
 
 @dataclass(frozen=True)
@@ -50,9 +116,9 @@ class Method:
     base: Base = Base.ORIGINAL
     diag: bool = False  # a trainable singular-value vector ΔΣ between A and B (KaSA)
     loss: str | None = None  # key of LOSSES: a training loss term added to the task's
-    ranks: str | None = None  # key of RANK_ALLOCATIONS: ranks spread across layers before init
-    rho: float | None = None  # with ranks: a layer may hold up to round(ρ·r) components
-    freeze_a: bool = False  # A stays as initialised during training (rows whose init seeds A)
+    ranks: str | None = None  # key of RANK_ALLOCATIONS: ranks spread across layers (by its ρ) before init
+    params: tuple[Param, ...] = ()  # the row's own parameters
+    values: dict[str, Any] = field(default_factory=dict, hash=False)  # the row's values where not the default
 
     def __post_init__(self) -> None:
         problem = self._inconsistency()
@@ -62,6 +128,7 @@ class Method:
     def _inconsistency(self) -> str | None:
         if self.init not in INITS:
             return f"init {self.init!r} is not one of {', '.join(INITS)}"
+        init = INITS[self.init]
         if self.decomposition is not None and self.decomposition not in DECOMPOSITIONS:
             return f"decomposition {self.decomposition!r} is not one of {', '.join(DECOMPOSITIONS)}"
         if self.loss is not None and self.loss not in LOSSES:
@@ -70,20 +137,108 @@ class Method:
             return "base must be a Base and take a Take (or None)"
         if (self.decomposition is None) != (self.take is None):
             return "a decomposition and the components it takes go together"
-        if self.base not in INITS[self.init].bases:
+        if self.base not in init.bases:
             return f"init {self.init} cannot leave a {self.base.value} base"
         if self.base is Base.TRUNCATED and self.take is None:
             return "a truncated base needs the components it drops"
-        if self.loss is not None and LOSSES[self.loss].needs_diag and not self.diag:
-            return f"loss {self.loss} needs a ΔΣ vector (diag=True)"
-        if self.ranks is not None and self.ranks not in RANK_ALLOCATIONS:
-            return f"ranks {self.ranks!r} is not one of {', '.join(RANK_ALLOCATIONS)}"
-        if (self.ranks is None) != (self.rho is None) or (self.ranks is not None and self.take is None):
-            return "a rank allocation, its ρ and the components it compares go together"
-        if self.freeze_a and not INITS[self.init].seeded_A:
-            return f"init {self.init} does not seed A: nothing to freeze"
+        if self.diag and not init.draws_diag:
+            return f"init {self.init} draws no ΔΣ vector (diag=True needs an init that draws it)"
+        if self.loss is not None:
+            loss = LOSSES[self.loss]
+            if loss.needs_diag and not self.diag:
+                return f"loss {self.loss} needs a ΔΣ vector (diag=True)"
+            train = {p.name for p in self.params if p.stage == "train"}
+            if not set(loss.weights.values()) <= train:
+                return f"loss {self.loss} is weighted by {', '.join(loss.weights.values())}: declare them as the " \
+                       "row's train parameters"  # fmt: skip
+        if self.ranks is not None and (self.ranks not in RANK_ALLOCATIONS or self.take is None):
+            return f"ranks {self.ranks!r} must be one of {', '.join(RANK_ALLOCATIONS)}, with components to compare"
+        return self._params_inconsistency(init)
+
+    def _params_inconsistency(self, init) -> str | None:
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            return "a parameter is declared twice"
+        declared = {p.name: p for p in self.params}
+        for p in self.params:
+            if p.stage not in STAGES or (p.sets is not None and p.sets not in Method.__dataclass_fields__):
+                return f"parameter {p.name}: stage must be one of {', '.join(STAGES)} and sets a field of the row"
+        if set(self.values) - set(declared):
+            return f"values for parameters it does not declare: {', '.join(sorted(set(self.values) - set(declared)))}"
+        for name, value in self.all_values.items():
+            problem = declared[name].problem(value)
+            if problem:
+                return f"parameter {name} {problem}"
+            if declared[name].sets and getattr(self, declared[name].sets) != value:
+                return f"parameter {name} sets {declared[name].sets}: the row's {declared[name].sets} must be {value!r}"
+        if (self.ranks is None) == ("rho" in declared):
+            return "a rank allocation and its rho parameter go together"
+        if "freeze_a" in declared and not init.seeded_A:
+            return f"init {self.init} does not seed A: nothing for freeze_a to freeze"
         return None
 
+    # ------------------------------------------------------------------ parameters
+    @property
+    def all_values(self) -> dict[str, Any]:
+        """Every parameter's value: the row's, else the declared default."""
+        return {p.name: self.values.get(p.name, p.default) for p in self.params}
+
+    def value(self, name: str, default: Any = None) -> Any:
+        """Parameter ``name``'s value (``default`` when the row has no such parameter)."""
+        return self.all_values.get(name, default)
+
+    def stage_values(self, stage: str) -> dict[str, Any]:
+        """The values of the parameters read at ``stage`` ("build" or "train")."""
+        return {p.name: self.value(p.name) for p in self.params if p.stage == stage}
+
+    def configured(self, **given: Any) -> Method:
+        """This row with the parameters ``given`` (None: not given); one line for a parameter it does
+        not have or a value out of range."""
+        declared = {p.name: p for p in self.params}
+        given = {k: v for k, v in given.items() if v is not None and (k in declared or v is not False)}  # False:
+        for name, value in given.items():  # a bool flag left off, which asks nothing of a row without it
+            if name not in declared:
+                having = [m.name for m in METHODS.values() if any(p.name == name for p in m.params)]
+                flag = "--" + name.replace("_", "-")
+                raise SvdadaptError(f"{flag} applies to {', '.join(having) or 'no method'}, not to {self.name}")
+            problem = declared[name].problem(value)
+            if problem:
+                raise SvdadaptError(f"{declared[name].flag} {problem}")
+        if not given:
+            return self
+        coerced = {k: float(v) if declared[k].type is float else v for k, v in given.items()}
+        sets = {declared[k].sets: v for k, v in coerced.items() if declared[k].sets}
+        return replace(self, values={**self.values, **coerced}, **sets)
+
+    @property
+    def rho(self) -> float | None:
+        """A rank-allocating row's ρ: a layer may hold up to round(ρ·r) components."""
+        return self.value("rho") if self.ranks is not None else None
+
+    @property
+    def freeze_a(self) -> bool:
+        """Whether A stays as initialised during training."""
+        return bool(self.value("freeze_a", False))
+
+    # ------------------------------------------------------------------ record
+    def record(self) -> dict[str, Any]:
+        """What run.json records of the row: its name, decomposition and build parameters."""
+        return {"method": self.name, "decomposition": self.decomposition, "params": self.stage_values("build")}
+
+    @staticmethod
+    def from_record(meta: dict) -> Method:
+        """The row a run.json records (also those written before rows recorded ``params``: their ρ,
+        freeze_a and a truncating row's decomposition)."""
+        row = get_method(meta["method"])
+        params = meta.get("params")
+        if not isinstance(params, dict):  # older runs: the parameters sat beside the method
+            params = {"rho": meta.get("rho"), "freeze_a": meta.get("freeze_a") is True or None}
+            if any(p.sets == "decomposition" for p in row.params):
+                params["truncation"] = meta.get("decomposition")
+            params = {k: v for k, v in params.items() if any(p.name == k for p in row.params)}
+        return row.configured(**params)
+
+    # ------------------------------------------------------------------ what it does
     @property
     def needs(self) -> str | None:
         """The calibration statistic this method's decomposition needs, if any."""
@@ -101,56 +256,41 @@ class Method:
         return self.base is Base.ORIGINAL
 
 
+KASA = Method(
+    "kasa", "KaSA: drop the bottom-r SVD components, train BΔΣA", "lora", "plain", Take.BOTTOM, Base.TRUNCATED,
+    diag=True, loss="kasa", params=(TRUNCATION, BETA, GAMMA),
+)  # fmt: skip
 TABLE = (
     Method("lora", "LoRA: A Kaiming, B = 0, on the untouched weight", "lora"),
-    Method("pissa", "PiSSA: adapter from the top-r SVD components", "svd", "plain", Take.TOP, Base.RESIDUAL),
-    Method("milora", "MiLoRA: adapter from the bottom-r SVD components", "svd", "plain", Take.BOTTOM, Base.RESIDUAL),
-    Method("corda-ipa", "CorDA instruction-previewed: top-r of W·C", "svd", "context", Take.TOP, Base.RESIDUAL),
-    Method("corda-kpa", "CorDA knowledge-preserved: bottom-r of W·C", "svd", "context", Take.BOTTOM, Base.RESIDUAL),
-    Method(
-        "kasa", "KaSA: drop the bottom-r SVD components, train BΔΣA", "lora", "plain", Take.BOTTOM, Base.TRUNCATED,
-        diag=True, loss="kasa",
-    ),
-    Method(
-        "kasa-context", "KaSA truncating by the context decomposition: drop the bottom-r of W·C, train BΔΣA", "lora",
-        "context", Take.BOTTOM, Base.TRUNCATED, diag=True, loss="kasa",
-    ),
+    Method("pissa", "PiSSA: adapter from the top-r SVD components", "svd", "plain", Take.TOP, Base.RESIDUAL,
+           params=(FREEZE_A,)),
+    Method("milora", "MiLoRA: adapter from the bottom-r SVD components", "svd", "plain", Take.BOTTOM, Base.RESIDUAL,
+           params=(FREEZE_A,)),
+    Method("corda-ipa", "CorDA instruction-previewed: top-r of W·C", "svd", "context", Take.TOP, Base.RESIDUAL,
+           params=(FREEZE_A,)),
+    Method("corda-kpa", "CorDA knowledge-preserved: bottom-r of W·C", "svd", "context", Take.BOTTOM, Base.RESIDUAL,
+           params=(FREEZE_A,)),
+    KASA,
+    replace(KASA, name="kasa-context", summary="KaSA dropping the bottom-r of W·C (its truncation: context)",
+            decomposition="context", values={"truncation": "context"}),
     Method(
         "eva", "EVA: A from the inputs' top principal directions, B = 0, ranks by explained variance", "eva",
-        "inputs", Take.TOP, ranks="explained-variance", rho=2.0,
+        "inputs", Take.TOP, ranks="explained-variance", params=(RHO, FREEZE_A),
     ),
-    Method("lora-null", "LoRA-Null: adapter from W on the inputs' null space", "svd", "null", Take.TOP, Base.RESIDUAL),
+    Method("lora-null", "LoRA-Null: adapter from W on the inputs' null space", "svd", "null", Take.TOP, Base.RESIDUAL,
+           params=(FREEZE_A,)),
 )  # fmt: skip
 METHODS: dict[str, Method] = {method.name: method for method in TABLE}
 
-TRUNCATIONS = ("plain", "context")  # KaSA's --truncation choices
+
+def register_method(method: Method) -> Method:
+    """Add a row to the table (its flags, keys and record follow from it); returns it."""
+    METHODS[method.name] = method
+    return method
 
 
-def get_method(name: str, truncation: str | None = None, rho: float | None = None, freeze_a: bool = False) -> Method:
-    """The table row for ``name``; ``truncation`` swaps a truncating row's decomposition (plain/context),
-    ``rho`` sets a rank-allocating row's ρ, ``freeze_a`` keeps a seeded A fixed in training."""
+def get_method(name: str, **params: Any) -> Method:
+    """The table row for ``name``, configured with ``params`` (its own parameters; None: not given)."""
     if name not in METHODS:
         raise SvdadaptError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    method = METHODS[name]
-    if rho is not None:
-        if method.ranks is None:
-            allocating = ", ".join(m.name for m in TABLE if m.ranks)
-            raise SvdadaptError(f"--rho applies to methods that redistribute ranks ({allocating}), not to {name}")
-        if not (rho >= 1 and math.isfinite(rho)):
-            raise SvdadaptError(f"--rho must be a finite number of at least 1 (1 keeps every layer's rank; PEFT uses "
-                                f"2), got {rho}")  # fmt: skip
-        method = replace(method, rho=float(rho))
-    if freeze_a:
-        if not INITS[method.init].seeded_A:
-            seeded = ", ".join(m.name for m in TABLE if INITS[m.init].seeded_A)
-            raise SvdadaptError(
-                f"--freeze-a freezes an A seeded from the weights or data ({seeded}); {name}'s A is random: drop it"
-            )
-        method = replace(method, freeze_a=True)
-    if truncation is not None:
-        if method.base is not Base.TRUNCATED:
-            raise SvdadaptError(f"--truncation applies to methods that truncate the base (kasa), not to {name}")
-        if truncation not in TRUNCATIONS:
-            raise SvdadaptError(f"unknown truncation {truncation!r}; choose one of {', '.join(TRUNCATIONS)}")
-        method = replace(method, decomposition=truncation)
-    return method
+    return METHODS[name].configured(**params)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -47,19 +48,29 @@ def at_least(n: int) -> Check:
 def opt(default: Any = MISSING, help: str = "", *, check: Check | None = None, **meta: Any) -> Any:
     """A dataclass field with CLI metadata (``help``, ``check``, ``choices``, ``flag``, ``positional``,
     ``nargs``, ``const``, ``metavar``; ``how=True``: it says how the command runs or writes, not what
-    it makes, e.g. ``--offload``, ``--resume``)."""
+    it makes, e.g. ``--offload``, ``--resume``; ``infinite=True``: a float that may be ±inf or nan,
+    which every other float option refuses)."""
     return field(default=default, metadata={"help": help, "check": check, **meta})
 
 
-def group(cls: type, prefix: str = "", defaults: dict[str, Any] | None = None) -> Any:
+def group(cls: type | Callable[[], type], prefix: str = "", defaults: dict[str, Any] | None = None) -> Any:
     """A field holding option group ``cls``, its flags prefixed with ``prefix`` (``calib_`` gives
-    ``--calib-samples``) and its defaults overridden by ``defaults`` (None makes a required field optional)."""
+    ``--calib-samples``) and its defaults overridden by ``defaults`` (None makes a required field optional).
+    ``cls`` may be a function that makes the group's class when its flags are read (a group whose
+    fields follow a live table, e.g. the method rows' parameters); such a group has no required field."""
     defaults = dict(defaults or {})
-    required = [f.name for f in dataclasses.fields(cls) if _default(f) is MISSING and f.name not in defaults]
     meta = {"group": cls, "prefix": prefix, "defaults": defaults}
-    if required:
-        return field(metadata=meta)
-    return field(default_factory=lambda: _construct(cls, defaults), metadata=meta)
+    if isinstance(cls, type):
+        required = [f.name for f in dataclasses.fields(cls) if _default(f) is MISSING and f.name not in defaults]
+        if required:
+            return field(metadata=meta)
+    return field(default_factory=lambda: _construct(group_class(meta), defaults), metadata=meta)
+
+
+def group_class(meta: Any) -> type:
+    """The class of the option group a field's metadata holds (made now where it follows a live table)."""
+    cls = meta["group"]
+    return cls if isinstance(cls, type) else cls()
 
 
 _INSIDE_GROUP = contextvars.ContextVar("inside_group", default=False)  # checked by the enclosing options
@@ -141,7 +152,7 @@ def flat_fields(
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if "group" in meta:
-            flat += flat_fields(meta["group"], prefix + meta["prefix"], (*path, f.name), meta["defaults"])
+            flat += flat_fields(group_class(meta), prefix + meta["prefix"], (*path, f.name), meta["defaults"])
             continue
         default = defaults[f.name] if f.name in defaults else _default(f)
         flat.append(FlatField((*path, f.name), prefix + f.name, f, hints[f.name], prefix, default))
@@ -157,7 +168,7 @@ def _construct(cls: type, values: dict[str, Any], prefix: str = "", defaults: di
         if "group" in meta:
             token = _INSIDE_GROUP.set(True)
             try:
-                kwargs[f.name] = _construct(meta["group"], values, prefix + meta["prefix"], meta["defaults"])
+                kwargs[f.name] = _construct(group_class(meta), values, prefix + meta["prefix"], meta["defaults"])
             finally:
                 _INSIDE_GROUP.reset(token)
         elif prefix + f.name in values:
@@ -196,6 +207,8 @@ def _check_value(flat: FlatField, value: Any) -> None:
     base = _base_type(flat.type)
     if not _has_type(value, base):
         raise SvdadaptError(f"{flat.name} must be {_KINDS.get(base, base.__name__)}, got {value!r}")
+    if base is float and not math.isfinite(value) and not flat.field.metadata.get("infinite"):
+        raise SvdadaptError(f"{flat.name} must be a finite number, got {value!r}")
     choices = flat.field.metadata.get("choices")
     if choices and value not in choices:
         raise SvdadaptError(f"{flat.name} must be one of {', '.join(map(str, choices))}, got {value!r}")

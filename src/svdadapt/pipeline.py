@@ -62,14 +62,17 @@ class Stage:
     values: dict[str, Any]  # from the recipe: shared keys, the default out, the stage's own mapping
     options: Any = None  # checked, with what earlier stages promise to hand over
     path: str = ""  # what it writes (from the planned options)
+    shared: frozenset[str] = frozenset()  # keys of ``values`` that came from the recipe's top level
 
     def with_inputs(self, inputs: dict[str, str], where: str) -> Any:
         """The stage's options with what earlier results handed over (where the recipe says nothing)."""
         names = {flat.dest for flat in flat_fields(self.command.options)}
         chained = {k: v for k, v in inputs.items() if k in names and k not in self.values}
-        if "run" in chained or "run" in self.values:  # a stage handed a run is not handed what builds one
+        values = self.values
+        if "run" in chained or "run" in values:  # a stage handed a run is not handed what builds one
             chained.pop("covariances", None)
-        return from_mapping(self.command.options, {**self.values, **chained}, f"{where}: {self.name}")
+            values = {k: v for k, v in values.items() if not (k == "model" and k in self.shared)}
+        return from_mapping(self.command.options, {**values, **chained}, f"{where}: {self.name}")
 
 
 @dataclass
@@ -122,7 +125,7 @@ def plan(recipe: dict[str, Any], where: str) -> list[Stage]:
         names = {flat.dest for flat in flat_fields(command.options)}
         shared = {k: recipe[k] for k in SHARED if k in recipe and k in names}
         values = {**shared, "out": str(out / STAGE_OUT[name]), **own}
-        stage = Stage(name, command, values)
+        stage = Stage(name, command, values, shared=frozenset(k for k in shared if k not in own))
         stage.options = stage.with_inputs(promised, where)
         stage.path = command.writes(stage.options) or ""
         promised.update(command.promises(stage.options))

@@ -38,13 +38,7 @@ from .plots import plot_lines
 from .runs import Run
 from .train.options import TaskOptions, TrainingOptions
 
-# name -> (method, KaSA truncation)
-QUICK_METHODS = {
-    "corda-kpa": ("corda-kpa", None),
-    "lora": ("lora", None),
-    "kasa": ("kasa", None),
-    "kasa-context": ("kasa", "context"),
-}
+QUICK_METHODS = ("corda-kpa", "lora", "kasa", "kasa-context")  # rows of the methods table
 ORIGINAL = "original (no adapter)"
 
 
@@ -124,10 +118,9 @@ def _trained_run(name: str, covariances: Path, opts: QuickstartOptions, run_dir:
     if (run_dir / "run.json").is_file() and (run := Run.open(run_dir)).meta.get("stage") == "trained":
         print(f"svdadapt quickstart: reusing the trained {name} run in {run_dir}")
         return run
-    method, truncation = QUICK_METHODS[name]
-    needs = get_method(method, truncation).needs
+    needs = get_method(name).needs
     adapter = AdapterOptions(
-        method=method, truncation=truncation, rank=opts.rank, alpha=float(opts.rank),
+        method=name, rank=opts.rank, alpha=float(opts.rank),
         covariances=str(covariances) if needs else None,
     )  # fmt: skip
     # the quickstart's own run: one whose training did not finish is built again
@@ -180,7 +173,7 @@ def quickstart(opts: QuickstartOptions, progress: bool = True) -> QuickstartResu
         t = time.monotonic()
         runs[name] = _trained_run(name, covariances, opts, run_dir, progress)
         trained_in = time.monotonic() - t
-        if get_method(*QUICK_METHODS[name]).original_at_init:
+        if get_method(name).original_at_init:
             rows[f"{name} at init"] = dict(rows[ORIGINAL])  # the untouched weight, B = 0: the original itself
         else:
             rows[f"{name} at init"] = _evaluate(run_dir, run_dir / "eval" / "initial.json", opts, progress, True)

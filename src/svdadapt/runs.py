@@ -1,9 +1,9 @@
 """Run directories: what ``build`` writes and ``train`` updates — one kind of thing, so ``merge`` and
 ``export`` work on either.
 
-    run.json                    method (with ρ and freeze_a where set), ranks, the original model's identity,
-                                the base's fingerprint, stage ("built" or "trained"), per-layer facts (rank,
-                                alpha, damping)
+    run.json                    method, decomposition and the row's build parameters (``params``), ranks,
+                                the original model's identity, the base's fingerprint, stage ("built" or
+                                "trained"), per-layer facts (rank, alpha, damping)
     base/                       the frozen base as an ordinary transformers model directory (residual or
                                 truncated weights); absent when the method leaves the base untouched
     adapter/                    the current adapter as a stock PEFT LoRA checkpoint (KaSA's ΔΣ folded into B)
@@ -28,7 +28,7 @@ from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
 from .files import check_safetensors, file_record, inside, load_tensors, read_json, require_fields, verify_record
 from .fingerprint import weights_fingerprint
-from .methods import METHODS, Base, Method, get_method
+from .methods import Method
 
 FORMAT = "svdadapt.run"
 VERSION = 1
@@ -79,15 +79,6 @@ def task_type_of(model: nn.Module) -> str | None:
     return None
 
 
-def _row(meta: dict) -> Method:
-    """The methods-table row run.json records: the method, its truncation (a truncating row's recorded
-    decomposition), ρ and --freeze-a."""
-    name = meta["method"]
-    truncates = name in METHODS and METHODS[name].base is Base.TRUNCATED
-    truncation = meta.get("decomposition") if truncates else None
-    return get_method(name, truncation, meta.get("rho"), meta.get("freeze_a") is True)
-
-
 @dataclass
 class Run:
     path: Path
@@ -107,7 +98,7 @@ class Run:
             raise SvdadaptError(f"{path} was written by a newer svdadapt (run version {meta['version']})")
         for name, facts in meta["layers"].items():
             require_fields(facts, {"rank": int, "alpha": (int, float)}, f"{run_file}, layer {name!r}", DAMAGED)
-        _row(meta)  # a method this version knows
+        Method.from_record(meta)  # a method this version knows, with parameters it has
         run = cls(path, meta)
         for name, record in (meta.get("files") or {}).items():  # sizes and headers: cheap, before any use
             file = inside(path, name, str(run_file))
@@ -137,9 +128,9 @@ class Run:
 
     @property
     def method(self) -> Method:
-        """The row of the methods table this run was built with (its decomposition, ρ and --freeze-a as
-        recorded)."""
-        return _row(self.meta)
+        """The row of the methods table this run was built with, configured with its build parameters
+        as recorded."""
+        return Method.from_record(self.meta)
 
     @property
     def base_changed(self) -> bool:

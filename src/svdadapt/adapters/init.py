@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
@@ -47,6 +47,7 @@ class LayerInit:
     random: RandomInit
     dtype: torch.dtype  # of the adapter's tensors
     base: Base  # what the method row leaves in the base
+    params: dict = field(default_factory=dict)  # the row's build parameters (its own, e.g. {"rho": 2.0})
 
     @property
     def scaling(self) -> float:
@@ -63,38 +64,43 @@ InitFunction = Callable[[LayerInit], LayerAdapter]
 
 @dataclass(frozen=True)
 class Init:
-    """A registered init: its function, the bases it can leave, whether it draws A at random, and
-    whether it seeds A from the weights or data (then ``--freeze-a`` can keep that A fixed)."""
+    """A registered init: its function, the bases it can leave, whether it draws A at random, whether
+    it seeds A from the weights or data (then ``freeze_a`` can keep that A fixed), and whether it
+    uses a ΔΣ vector drawn for it (``layer.random.diag``: rows with ``diag=True`` need one that does)."""
 
     name: str
     make: InitFunction
     bases: tuple[Base, ...]
     random_A: bool = False
     seeded_A: bool = False
+    draws_diag: bool = False
 
 
 INITS: dict[str, Init] = {}
 
 
 def register_init(
-    name: str, bases: tuple[Base, ...], random_A: bool = False, seeded_A: bool = False
+    name: str, bases: tuple[Base, ...], random_A: bool = False, seeded_A: bool = False, draws_diag: bool = False
 ) -> Callable[[InitFunction], InitFunction]:
     """Register an init function under ``name`` (a method row's ``init``)."""
 
     def register(make: InitFunction) -> InitFunction:
-        INITS[name] = Init(name, make, bases, random_A, seeded_A)
+        INITS[name] = Init(name, make, bases, random_A, seeded_A, draws_diag)
         return make
 
     return register
 
 
 def draw_random(init: str, diag: bool, rank: int, in_features: int, generator: torch.Generator) -> RandomInit:
-    """The random tensors a layer of a row with ``init`` (and ``diag``) needs, from ``generator``."""
-    if not INITS[init].random_A:
-        return RandomInit()
-    bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=√5): sqrt(6 / ((1 + 5) · fan_in))
-    A = (torch.rand(rank, in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-    return RandomInit(A, torch.randn(rank, generator=generator, dtype=torch.float64) if diag else None)
+    """The random tensors a layer of a row with ``init`` (and ``diag``) needs, from ``generator``:
+    A first, then ΔΣ."""
+    drawn = RandomInit()
+    if INITS[init].random_A:
+        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=√5): sqrt(6 / ((1 + 5) · fan_in))
+        drawn.A = (torch.rand(rank, in_features, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    if diag and INITS[init].draws_diag:
+        drawn.diag = torch.randn(rank, generator=generator, dtype=torch.float64)  # (r,)
+    return drawn
 
 
 @register_init("svd", bases=(Base.RESIDUAL,), seeded_A=True)
@@ -109,7 +115,7 @@ def components_init(layer: LayerInit) -> LayerAdapter:
                         damping=comp.damping)  # fmt: skip
 
 
-@register_init("lora", bases=(Base.ORIGINAL, Base.TRUNCATED), random_A=True)
+@register_init("lora", bases=(Base.ORIGINAL, Base.TRUNCATED), random_A=True, draws_diag=True)
 def lora_init(layer: LayerInit) -> LayerAdapter:
     """A Kaiming-uniform, B = 0 (and ΔΣ ~ N(0, 1) where drawn): the adapter adds nothing at init. On a
     truncated base the taken components are dropped from W and kept as P = U_d S_d, Q = V_dᵀ."""

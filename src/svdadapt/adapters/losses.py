@@ -1,7 +1,8 @@
 """Training loss terms a method row adds to the task's loss: the registered losses.
 
-A loss computes named terms over the model's trainable adapters; each term is weighted by a
-training option (``svdadapt train --beta`` ...). A new regularizer is one more :class:`Loss` here.
+A loss computes named terms over the model's trainable adapters; each term is weighted by one of
+the method row's train parameters (KaSA's ``beta``, ``gamma``: ``svdadapt train --beta`` ...). A new
+regularizer is one more :class:`Loss` (:func:`register_loss`).
 
 KaSA's regularizers (paper Eq. 9-11), summed over every adapter:
 
@@ -43,16 +44,17 @@ def kasa_terms(adapters: list[LowRank]) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class Loss:
-    """Named terms over the trainable adapters, each weighted by the training option named in ``weights``."""
+    """Named terms over the trainable adapters, each weighted by the method row's train parameter
+    named in ``weights``."""
 
     name: str
     terms: Callable[[list[LowRank]], dict[str, torch.Tensor]]
-    weights: dict[str, str]  # term -> the training option (a field of TrainOptions) that weighs it
+    weights: dict[str, str]  # term -> the row's parameter that weighs it
     needs_diag: bool = False  # the adapters must have a ΔΣ vector
 
-    def regularizer(self, options: object) -> Regularizer:
-        """This loss with its weights read from ``options`` (e.g. TrainOptions)."""
-        return Regularizer(self, {term: float(getattr(options, option)) for term, option in self.weights.items()})
+    def regularizer(self, values: dict[str, float]) -> Regularizer:
+        """This loss with its weights read from the row's parameter ``values``."""
+        return Regularizer(self, {term: float(values[param]) for term, param in self.weights.items()})
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ class Regularizer:
         return total, {name: float(value.detach()) for name, value in terms.items()}
 
 
-LOSSES: dict[str, Loss] = {
-    "kasa": Loss("kasa", kasa_terms, {"kasa_singular": "beta", "kasa_orthogonal": "gamma"}, needs_diag=True),
-}
+LOSSES: dict[str, Loss] = {}
+
+
+def register_loss(loss: Loss) -> Loss:
+    """Add a loss a method row can name; returns it."""
+    LOSSES[loss.name] = loss
+    return loss
+
+
+register_loss(Loss("kasa", kasa_terms, {"kasa_singular": "beta", "kasa_orthogonal": "gamma"}, needs_diag=True))

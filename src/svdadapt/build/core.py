@@ -36,7 +36,7 @@ def _build_layer(
 ) -> LayerAdapter:
     W = weight_matrix(plan.module).to(compute)  # (out, in)
     taken = decompose(W, name, (method.take, plan.rank)) if decompose else None
-    layer = LayerInit(W, taken, plan.rank, plan.alpha, random, dtype, method.base)
+    layer = LayerInit(W, taken, plan.rank, plan.alpha, random, dtype, method.base, method.stage_values("build"))
     adapter = INITS[method.init].make(layer)
     adapter.frozen_A = method.freeze_a
     return adapter

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..calibrate import DTYPES
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
-from ..methods import METHODS, TRUNCATIONS, Method, get_method
-from ..options import FRACTION, POSITIVE, Options, opt
+from ..method_options import given, method_params
+from ..methods import METHODS, Method, get_method
+from ..options import FRACTION, POSITIVE, Options, group, opt
 
 
 @dataclass(kw_only=True)
@@ -24,24 +26,20 @@ class AdapterOptions(Options):
     rank_pattern: str | None = opt(None, "per-layer ranks: PATTERN=R,... (first match wins)")
     alpha_pattern: str | None = opt(None, "per-layer alphas: PATTERN=A,... (first match wins)")
     dropout: float = opt(0.0, "adapter dropout (recorded for training)", check=FRACTION)
-    truncation: str | None = opt(
-        None, "kasa: decomposition that picks the dropped components", choices=list(TRUNCATIONS)
-    )
-    rho: float | None = opt(
-        None, "eva: a layer's rank may grow to round(rho·r) as ranks move to where the inputs' variance is; "
-        "1 keeps every rank (default 2, as PEFT); checked with the method's row",
-    )  # fmt: skip
-    freeze_a: bool = opt(False, "keep A as initialised while training (LoRA-Null's variant; rows whose A is seeded)")
+    params: Any = group(method_params("build"))  # the method row's own: --truncation, --rho, --freeze-a, ...
     covariances: str | None = opt(None, "covariance store from `svdadapt calibrate` (context decompositions)")
     accumulate_dtype: str = opt("float64", "dtype of on-the-fly covariance sums", choices=list(DTYPES))
 
     def check(self) -> None:
         if self.method is not None:
-            self.row()  # --truncation, --rho or --freeze-a on a method they do not apply to
+            self.row()  # a parameter the method does not have, or out of range
 
     def row(self) -> Method:
-        """The method's row with these options applied (truncation, ρ, frozen A)."""
-        return get_method(self.method, self.truncation, self.rho, self.freeze_a)
+        """The method's row configured with its parameters given here (derived once)."""
+        key = (self.method, tuple(sorted(given(self.params).items())))
+        if getattr(self, "_row", (None, None))[0] != key:
+            self._row = (key, get_method(self.method, **given(self.params)))
+        return self._row[1]
 
 
 def check_statistics(adapter: AdapterOptions, calibration: DataOptions, data_flag: str) -> None:

@@ -18,7 +18,7 @@ from ..data.options import DataOptions
 from ..decompose import check_finite
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
-from ..methods import Base, get_method
+from ..methods import Base
 from ..models import PlacementOptions, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
 from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
@@ -84,15 +84,16 @@ class BuildResult:
         return "\n".join(lines)
 
 
-def _statistics(opts: BuildOptions, loaded, method, plan, progress: bool):
-    """The waves of units the build decomposes, and what the run records about the calibration."""
+def _statistics(opts: BuildOptions, loaded, method, plan, fingerprint: str, progress: bool):
+    """The waves of units the build decomposes, and what the run records about the calibration
+    (``fingerprint``: the model's, which a store must have been made of)."""
     if method.needs is None:
         if opts.adapter.covariances or opts.calibration.data:
             print(f"svdadapt: note: {method.name} uses no calibration statistics; ignoring --covariances/--data")
         return waves_without_statistics(plan), None
     if opts.adapter.covariances:
         store = CovarianceStore.load(opts.adapter.covariances)
-        store.check_covers(model_identity(loaded.model)["fingerprint"], plan)
+        store.check_covers(fingerprint, plan)
         calibration = {"covariances": str(opts.adapter.covariances), **store.metadata["source"]}
         return waves_from_store(store, list(plan), method.needs), calibration
     opts.calibration.check_length(max_positions(loaded.model))
@@ -121,7 +122,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
     """The build into ``out``, whose lock the caller holds (:func:`build`, or train building its run)."""
     started = time.monotonic()
     adapter = opts.adapter
-    method = get_method(adapter.method, adapter.truncation, adapter.rho, adapter.freeze_a)
+    method = adapter.row()  # derived once, when the options were checked
     writer = backend.is_main_process()
     if writer:
         check_run_out(out, opts.overwrite)
@@ -144,7 +145,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
         **model_identity(loaded.model), "body_fingerprint": body_fingerprint(loaded.model),
         "name": loaded.name, "location": loaded.location,
     }  # fmt: skip
-    waves, calibration = _statistics(opts, loaded, method, plan, progress)
+    waves, calibration = _statistics(opts, loaded, method, plan, original["fingerprint"], progress)
     if not writer:  # decompose this process's share of the layers; rank 0 writes the run
         build_adapters(
             method, plan, waves, seed=opts.seed, progress=False, write_base=False, compute=compute, release=base.release
@@ -165,10 +166,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
         base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
         meta = {
             "stage": "built",
-            "method": method.name,
-            "decomposition": method.decomposition,
-            **({"rho": method.rho} if method.rho is not None else {}),
-            **({"freeze_a": True} if method.freeze_a else {}),
+            **method.record(),
             "rank": adapter.rank,
             "alpha": adapter.alpha if adapter.alpha is not None else adapter.rank,
             "dropout": adapter.dropout,

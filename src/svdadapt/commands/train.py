@@ -10,6 +10,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .. import backend
 from ..adapters.inject import adapter_state
@@ -18,16 +19,18 @@ from ..build.options import AdapterOptions, check_statistics
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
 from ..files import read_json
+from ..method_options import given
+from ..methods import Method
 from ..models import load_tokenizer, resolve_location
 from ..options import Options, flat_fields, group, opt
 from ..runs import RUN_FILE, Run, copy_run, mark_stage, update_run
 from ..train.checkpoints import last_checkpoint
 from ..train.options import TaskOptions, TrainingOptions
-from ..train.tasks import classification_task
+from ..train.tasks import ClassificationTask, classification_task
 from .build import BuildOptions, build_locked
 from .common import DEVICE_HELP, MODEL_HELP
 
-BUILDING = ("adapter", "calibration")  # TrainOptions' groups that only building a run reads
+BUILDING = ("adapter", "calibration")  # TrainOptions' groups that only building a run reads (and --model)
 BUILD_DEFAULTS = {"rank": 8, "dropout": 0.0}  # when train builds the run (None in TrainOptions: given or not)
 NO_RUN = "give --model, --method and --out to build a run and train it, or an existing run: svdadapt train RUN"
 
@@ -62,6 +65,7 @@ class TrainOptions(Options):
             return
         building = [flat.flag for flat in flat_fields(TrainOptions)
                     if flat.path[0] in BUILDING and flat.get(self) != flat.default]  # fmt: skip
+        building = ["--model"] * (self.model is not None) + building  # RUN names its own base
         if building:
             raise SvdadaptError(
                 f"{', '.join(building)}: {'these are' if len(building) > 1 else 'this is'} for building a run, and "
@@ -102,70 +106,83 @@ def resumable(opts: TrainOptions) -> bool:
     return stage == "training" and last_checkpoint(path) is not None
 
 
-def _existing_out(opts: TrainOptions) -> Path | None:
-    """OUT when it already holds a run to resume."""
-    out = Path(opts.out).expanduser() if opts.out else None
-    return out if out is not None and opts.training.resume and (out / RUN_FILE).is_file() else None
+@dataclass
+class TrainPlan:
+    """What a training resolves once from its options, before any model loads: the run it writes and
+    where that run comes from, the task, the method row with its training parameters, the tokenizer."""
+
+    target: Path  # the run directory this training writes: OUT, or RUN in place
+    created: bool  # nothing was at ``target``: a failed training removes it (and only then)
+    source: Run | None  # RUN, when given
+    resuming: Run | None  # the run at OUT that --resume continues
+    task: ClassificationTask | None  # None: instruction SFT
+    row: Method  # the run's method row, with the training parameters given (loss weights)
+    tokenizer: Any
 
 
-def prepare_run(opts: TrainOptions, progress: bool) -> Run:
-    """The run to train: `RUN`, an existing run at OUT (resume), or one built into OUT now."""
+def plan_training(opts: TrainOptions) -> TrainPlan:
+    """Resolve ``opts`` once (see :class:`TrainPlan`); one line for a run that cannot take the task
+    or a method parameter the row does not have."""
+    target = Path(written(opts)).expanduser()
+    created = not os.path.lexists(target)  # decided before anything can fail: only a new folder is ours
     task = classification_task(opts.task.task)
-    if opts.run:
-        run = Run.open(opts.run)
-        if task is not None and run.meta.get("head") != "seq-cls":
-            raise SvdadaptError(
-                f"{opts.run} was built without a classification head; build it with --head seq-cls "
-                f"--num-labels {task.num_labels}, or let train build the run"
-            )
-        if task is not None and run.meta.get("num_labels") != task.num_labels:
-            kind = "a regression task (1 output)" if task.regression else f"{task.num_labels} classes"
-            raise SvdadaptError(
-                f"{opts.run} has a head with {run.meta.get('num_labels')} outputs but {task.name} is {kind}; "
-                f"build it with --num-labels {task.num_labels}"
-            )
-        if task is None and run.meta.get("head") == "seq-cls":
-            raise SvdadaptError(f"{opts.run} has a classification head; --task sft needs a causal LM run")
-        out = Path(opts.out).expanduser() if opts.out else run.path
-        if out.resolve() == run.path.resolve():
-            return run
-        if _existing_out(opts):
-            return Run.open(out)
+    source = Run.open(opts.run) if opts.run else None
+    out = Path(opts.out).expanduser() if opts.out else None
+    resumes = out is not None and opts.training.resume and (out / RUN_FILE).is_file()
+    resuming = Run.open(out) if resumes and (source is None or out.resolve() != source.path.resolve()) else None
+    if source is not None:
+        _check_head(source, task)
+    if source is None and resuming is None and (not opts.model or not opts.adapter.method):
+        raise SvdadaptError(NO_RUN)
+    existing = resuming or source
+    row = existing.method if existing is not None else opts.adapter.row()
+    row = row.configured(**given(opts.training.params))  # --beta on a run of a method without it: one line
+    location = existing.base_location if existing is not None else resolve_location(opts.model)
+    return TrainPlan(target, created, source, resuming, task, row, load_tokenizer(location))
+
+
+def _check_head(run: Run, task: ClassificationTask | None) -> None:
+    """RUN's model head fits the task: a classification head of as many outputs, or none for SFT."""
+    if task is not None and run.meta.get("head") != "seq-cls":
+        raise SvdadaptError(
+            f"{run.path} was built without a classification head; build it with --head seq-cls "
+            f"--num-labels {task.num_labels}, or let train build the run"
+        )
+    if task is not None and run.meta.get("num_labels") != task.num_labels:
+        kind = "a regression task (1 output)" if task.regression else f"{task.num_labels} classes"
+        raise SvdadaptError(
+            f"{run.path} has a head with {run.meta.get('num_labels')} outputs but {task.name} is {kind}; "
+            f"build it with --num-labels {task.num_labels}"
+        )
+    if task is None and run.meta.get("head") == "seq-cls":
+        raise SvdadaptError(f"{run.path} has a classification head; --task sft needs a causal LM run")
+
+
+def prepare_run(opts: TrainOptions, plan: TrainPlan, progress: bool) -> Run:
+    """The run to train: RUN (in place, or copied to OUT), the run at OUT that --resume continues, or
+    one built into OUT now."""
+    if plan.resuming is not None:
+        return plan.resuming
+    if plan.source is not None:
+        if plan.target.resolve() == plan.source.path.resolve():
+            return plan.source
         if backend.world_size() > 1:
             raise SvdadaptError("under a multi-process launcher, train RUN in place (leave out --out)")
-        return copy_run(run, out, opts.overwrite)
-    if _existing_out(opts):
-        return Run.open(_existing_out(opts))
-    if not opts.model or not opts.adapter.method:
-        raise SvdadaptError(NO_RUN)
+        return copy_run(plan.source, plan.target, opts.overwrite)
     if backend.world_size() > 1:
         raise SvdadaptError(
             "under a multi-process launcher, train an existing run: `svdadapt build ... --out RUN` first, "
             "then launch `svdadapt train RUN ...`"
         )
-    given = {k: getattr(opts.adapter, k) for k in BUILD_DEFAULTS if getattr(opts.adapter, k) is not None}
-    adapter = replace(opts.adapter, **{**BUILD_DEFAULTS, **given})
+    given_now = {k: getattr(opts.adapter, k) for k in BUILD_DEFAULTS if getattr(opts.adapter, k) is not None}
+    adapter = replace(opts.adapter, **{**BUILD_DEFAULTS, **given_now})
+    task = plan.task
     build_opts = BuildOptions(
         model=opts.model, out=opts.out, adapter=adapter, calibration=opts.calibration, device=opts.device,
         seed=opts.seed, head="seq-cls" if task is not None else "auto", num_labels=task.num_labels if task else None,
         overwrite=opts.overwrite,
     )  # fmt: skip
-    return build_locked(build_opts, Path(opts.out).expanduser(), progress).run  # under train's lock of OUT
-
-
-def _tokenizer(opts: TrainOptions):
-    if opts.run:
-        return load_tokenizer(Run.open(opts.run).base_location)
-    if _existing_out(opts):
-        return load_tokenizer(Run.open(_existing_out(opts)).base_location)
-    if not opts.model:
-        raise SvdadaptError(NO_RUN)
-    return load_tokenizer(resolve_location(opts.model))
-
-
-def _trained_dir(opts: TrainOptions) -> Path:
-    """The directory this training writes: OUT, or RUN trained in place."""
-    return Path(opts.out or opts.run).expanduser()
+    return build_locked(build_opts, plan.target, progress).run  # under train's lock of OUT
 
 
 def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
@@ -175,21 +192,22 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     from ..train.session import nothing_to_resume, prepare_data, run_training  # Trainer's: seconds, only here
 
     device = backend.resolve_device(opts.device)
-    data = prepare_data(opts.task, _tokenizer(opts), opts.seed)  # bad data fails before a run is built
-    target = _trained_dir(opts)
-    created = not os.path.lexists(target)  # decided before anything can fail: only a new folder is ours
-    with exclusive(target) if backend.is_main_process() else nullcontext():
+    plan = plan_training(opts)
+    data = prepare_data(opts.task, plan.task, plan.tokenizer, opts.seed)  # bad data fails before a run is built
+    with exclusive(plan.target) if backend.is_main_process() else nullcontext():
         try:
-            return _train(opts, data, device, run_training, nothing_to_resume, progress)
+            return _train(opts, plan, data, device, run_training, nothing_to_resume, progress)
         except Exception:
-            if created and backend.is_main_process():
-                shutil.rmtree(target, ignore_errors=True)
+            if plan.created and backend.is_main_process():
+                shutil.rmtree(plan.target, ignore_errors=True)
             raise
 
 
-def _train(opts: TrainOptions, data, device: str, run_training, nothing_to_resume, progress: bool) -> TrainResult:
+def _train(
+    opts: TrainOptions, plan: TrainPlan, data, device: str, run_training, nothing_to_resume, progress: bool
+) -> TrainResult:
     started = time.monotonic()
-    run = prepare_run(opts, progress)
+    run = prepare_run(opts, plan, progress)
     before = run
     if opts.training.resume and run.meta["stage"] == "trained" and nothing_to_resume(run.path, opts.training):
         results = read_json(run.path / "train_results.json", "training results", "train without --resume")
@@ -197,7 +215,7 @@ def _train(opts: TrainOptions, data, device: str, run_training, nothing_to_resum
     if backend.is_main_process():
         run = mark_stage(run, "training")  # until the trained adapter is written
     loaded = run.load_adapted(device=device)
-    result = run_training(opts.training, opts.task.task, opts.seed, run, loaded, data, progress)
+    result = run_training(opts.training, plan.task, plan.row, opts.seed, run, loaded, data, progress)
     head = result.pop("head_state")
     if not backend.is_main_process():  # one writer: the other processes of a launch only trained
         return TrainResult(run)
@@ -206,7 +224,10 @@ def _train(opts: TrainOptions, data, device: str, run_training, nothing_to_resum
         results = read_json(run.path / "train_results.json", "training results", "train without --resume")
         return TrainResult(Run.open(run.path), results, resumed_finished=True)
     trained = adapter_state(loaded.model, run.meta["method"])
-    summary = {**result, "seconds": round(time.monotonic() - started, 1), "task": opts.task.task}
+    summary = {
+        **result, "seconds": round(time.monotonic() - started, 1), "task": opts.task.task,
+        **({"params": plan.row.stage_values("train")} if plan.row.stage_values("train") else {}),
+    }  # fmt: skip
     run = update_run(run, trained, head=head or None, training=summary)
     write_json(run.path / "train_results.json", summary)
     return TrainResult(run, summary)

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..data.sources import check_spec
 from ..data.templates import TEMPLATES
 from ..errors import SvdadaptError
-from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, opt
+from ..method_options import method_params
+from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, group, opt
 from .tasks import TASK_CHOICES
 
 SCHEDULES = ["linear", "cosine", "constant", "constant_with_warmup"]
@@ -35,7 +37,7 @@ class TaskOptions(Options):
 
 @dataclass(kw_only=True)
 class TrainingOptions(Options):
-    """The schedule, the optimiser and the loss weights; precision, checkpoints and logging."""
+    """The schedule, the optimiser and the method's loss weights; precision, checkpoints and logging."""
 
     epochs: float = opt(3.0, "training epochs", check=POSITIVE)
     max_steps: int = opt(-1, "stop after this many optimizer steps (overrides --epochs when > 0)")
@@ -51,8 +53,7 @@ class TrainingOptions(Options):
         "random", "order of training examples: random, or length (batches of similar length: less padding)",
         choices=["random", "length"],
     )  # fmt: skip
-    beta: float = opt(1e-4, "kasa: weight of the singular-value term ‖ΔΣ‖²", check=NON_NEGATIVE)
-    gamma: float = opt(1e-3, "kasa: weight of the orthogonality term ‖BᵀB − I‖ + ‖AAᵀ − I‖", check=NON_NEGATIVE)
+    params: Any = group(method_params("train"))  # the method row's own: kasa's --beta, --gamma, ...
     bf16: bool = opt(False, "train in bfloat16 mixed precision (where the device supports it)")
     fp16: bool = opt(False, "train in float16 mixed precision (CUDA)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")

@@ -13,11 +13,12 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 from ..adapters.losses import LOSSES, Regularizer
 from ..data import FieldOptions, make_samples, resolve
 from ..errors import SvdadaptError
+from ..methods import Method
 from ..plots import loss_curves
 from .checkpoints import drop_incomplete, last_checkpoint
 from .datasets import CausalCollator, classification_features, sft_features
 from .options import TaskOptions, TrainingOptions
-from .tasks import classification_task, load_rows
+from .tasks import ClassificationTask, load_rows
 from .trainer import EpochLine, StepTimer, SvdadaptTrainer, epoch_history
 
 # transformers 5 renamed gradient_checkpointing (the old name warns); older versions know only that one
@@ -83,9 +84,9 @@ def _sft(opts: TaskOptions, tok, seed: int) -> TrainingData:
     return TrainingData(train_set, eval_set, CausalCollator(tok.pad_token_id), None, "loss", False)
 
 
-def prepare_data(opts: TaskOptions, tokenizer, seed: int) -> TrainingData:
-    """Tokenized training and evaluation sets for ``opts.task`` (checked before any model work)."""
-    task = classification_task(opts.task)
+def prepare_data(opts: TaskOptions, task: ClassificationTask | None, tokenizer, seed: int) -> TrainingData:
+    """Tokenized training and evaluation sets for ``task`` (None: SFT on ``opts.data``), checked
+    before any model work."""
     return _classification(opts, task, tokenizer) if task is not None else _sft(opts, tokenizer, seed)
 
 
@@ -101,16 +102,19 @@ def nothing_to_resume(run_path: Path, opts: TrainingOptions) -> bool:
     return False  # by epochs: Trainer resumes to the end, or past it with more --epochs
 
 
-def regularizer(method, opts: TrainingOptions) -> Regularizer | None:
-    """The loss terms the method's row adds, weighted by the training options."""
-    return LOSSES[method.loss].regularizer(opts) if method.loss else None
+def regularizer(method: Method) -> Regularizer | None:
+    """The loss terms the method's row adds, weighted by its train parameters."""
+    return LOSSES[method.loss].regularizer(method.stage_values("train")) if method.loss else None
 
 
-def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data: TrainingData, progress: bool) -> dict:
-    """Train the injected adapters (and a classification task's head) of ``loaded.model`` on ``data``;
-    checkpoints and the loss curve go into the run directory."""
+def run_training(
+    opts: TrainingOptions, task: ClassificationTask | None, row: Method, seed: int, run, loaded, data: TrainingData,
+    progress: bool,
+) -> dict:  # fmt: skip
+    """Train the injected adapters (and a classification task's head) of ``loaded.model`` on ``data``
+    with the row's loss (its train parameters set); checkpoints and the loss curve go into the run."""
     model = loaded.model
-    heads = head_modules(model) if classification_task(task) is not None else []
+    heads = head_modules(model) if task is not None else []
     for name in heads:
         for param in getattr(model, name).parameters():
             param.requires_grad_(True)
@@ -151,7 +155,7 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
     line, timer = EpochLine(main, higher), StepTimer()
     trainer = SvdadaptTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
-        compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(run.method, opts),
+        compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(row),
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
     if opts.resume and trainer.is_world_process_zero():
@@ -162,7 +166,7 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
     if trainer.is_world_process_zero() and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # Trainer makes its output folder even when it keeps nothing there
     model.eval()
-    title = f"{run.meta['method']} on {task}"
+    title = f"{run.meta['method']} on {task.name if task is not None else 'sft'}"
     curve = None
     if trainer.is_world_process_zero():
         curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", title)
