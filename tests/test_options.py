@@ -91,10 +91,48 @@ def test_an_on_off_choice_reads_yaml_booleans_and_a_bare_flag():
         assert opts.placement.offload == expected, text
     assert CalibrateOptions.of(**base).placement.offload_choice is None
     assert from_mapping(CalibrateOptions, {**base, "offload": False}, "r").placement.offload_choice is False
-    with pytest.raises(SvdadaptError, match="--offload must be one of auto, on, off, got 'yes please'"):
+    with pytest.raises(SvdadaptError, match="--offload: unknown value 'yes please'; choose one of auto, on, off"):
         from_mapping(CalibrateOptions, {**base, "offload": "yes please"}, "r")
     parser = argparse.ArgumentParser()
     add_options(parser, CalibrateOptions)
     flags = ["--model", "m", "--data", "wiki", "--out", "o"]
     assert from_namespace(CalibrateOptions, parser.parse_args([*flags, "--offload"])).placement.offload == "on"
     assert from_namespace(CalibrateOptions, parser.parse_args(flags)).placement.offload == "auto"
+
+
+def test_pattern_options_are_checked_with_the_options_before_any_model_loads(tmp_path):
+    from svdadapt.commands import BuildOptions, CalibrateOptions, CompressOptions
+
+    common = dict(model="no-such-model-is-loaded", method="lora", rank=4, out=str(tmp_path / "r"))
+    with pytest.raises(SvdadaptError, match="--rank-pattern wants PATTERN=VALUE"):
+        BuildOptions.of(rank_pattern="q_proj", **common)
+    with pytest.raises(SvdadaptError, match="--rank-pattern pattern 're:\\(' is not a valid regex"):
+        BuildOptions.of(rank_pattern="re:(=4", **common)
+    with pytest.raises(SvdadaptError, match="--alpha-pattern: 'inf' is not a finite number"):
+        BuildOptions.of(alpha_pattern="q_proj=inf", **common)
+    for options, extra in ((BuildOptions, common), (CalibrateOptions, {"model": "m", "data": "news", "out": "o"}),
+                           (CompressOptions, {"model": "m", "out": "o"})):  # fmt: skip
+        with pytest.raises(SvdadaptError, match="--targets has a re: pattern that is no valid regex"):
+            options.of(**{**extra, "targets": "q_proj,re:(["})
+
+
+def test_a_recipe_with_a_bad_rank_pattern_fails_before_its_first_stage(capsys, tmp_path):
+    import yaml
+
+    from svdadapt.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "default", "out": str(tmp_path / "out"),
+                                      "calibrate": {"data": "news", "samples": 4},
+                                      "build": {"method": "corda-kpa", "rank": 4, "rank_pattern": "q_proj:8"}}))  # fmt: skip
+    assert main(["run", str(recipe)]) == 2
+    assert "--rank-pattern wants PATTERN=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_float_option_refuses_what_is_not_finite():
+    from svdadapt.commands import TrainOptions
+
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(SvdadaptError, match="--module-lr must be a finite number"):
+            TrainOptions.of(run="r", task="sft", data="polarity", module_lr=bad)

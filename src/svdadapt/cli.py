@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from . import backend
+from . import backend, errors
 from .backend import set_aside_live_objects
 from .errors import SvdadaptError
 from .options import add_options, from_namespace, yaml_values
@@ -70,7 +70,7 @@ def _apply_config(argv: list[str], subparsers: dict, commands: dict) -> None:
     known = {a.dest: a for a in parser._actions}
     unknown = sorted(set(values) - set(known) - {"config"})
     if unknown:
-        raise SvdadaptError(f"unknown key {unknown[0]!r} in {argv[index + 1]} for svdadapt {argv[0]}")
+        raise errors.unknown("key", unknown[0], sorted(set(known) - {"help", "config"}), where=argv[index + 1])
     for dest in values:
         known[dest].required = False
     parser.set_defaults(**values)

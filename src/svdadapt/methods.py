@@ -45,7 +45,7 @@ from typing import Any
 from .adapters.init import INITS, Base
 from .adapters.losses import LOSSES
 from .decompose import DECOMPOSITIONS, Take
-from .errors import SvdadaptError
+from .errors import SvdadaptError, unknown
 from .options import NON_NEGATIVE, Check
 from .ranks import RANK_ALLOCATIONS
 
@@ -292,5 +292,5 @@ def register_method(method: Method) -> Method:
 def get_method(name: str, **params: Any) -> Method:
     """The table row for ``name``, configured with ``params`` (its own parameters; None: not given)."""
     if name not in METHODS:
-        raise SvdadaptError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+        raise unknown("method", name, METHODS)
     return METHODS[name].configured(**params)

@@ -19,7 +19,7 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .backend import Placement, collection_paused, place
-from .errors import SvdadaptError
+from .errors import SvdadaptError, unknown
 from .files import check_safetensors, first_line, inside, read_json
 from .fingerprint import model_identity
 from .hub import require_hub
@@ -176,7 +176,7 @@ def load_model(
     location = resolve_location(spec)
     head = head_for(location, head)
     if head not in HEADS:
-        raise SvdadaptError(f"unknown model head {head!r}; choose one of {', '.join(HEADS)}")
+        raise unknown("model head", head, HEADS)
     placement = place(location, device, offload)
     if dtype is None:
         dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
@@ -208,6 +208,12 @@ def load_model(
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's position embeddings allow, if it says."""
     return positions_of(getattr(model, "config", None))
+
+
+def check_positions(limit: int | None, length: int, flag: str = "--seq-len") -> None:
+    """The one check of a window length against the model's positions (``limit``, None: unknown)."""
+    if limit is not None and length > limit:
+        raise SvdadaptError(f"{flag} {length} is beyond this model's limit of {limit} positions")
 
 
 def positions_of_model(spec: str) -> int | None:

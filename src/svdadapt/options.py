@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field
 from typing import Any
 
-from .errors import SvdadaptError
+from .errors import SvdadaptError, unknown
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def _check_value(flat: FlatField, value: Any) -> None:
         raise SvdadaptError(f"{flat.name} must be a finite number, got {value!r}")
     choices = flat.field.metadata.get("choices")
     if choices and value not in choices:
-        raise SvdadaptError(f"{flat.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise SvdadaptError(f"{flat.name}: {unknown('value', value, choices)}")
     check: Check | None = flat.field.metadata.get("check")
     if check is not None and not check.test(value):
         raise SvdadaptError(f"{flat.name} {check.requirement}, got {value!r}")
@@ -268,9 +268,9 @@ def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
     missing required ones are errors naming ``where``."""
     flats = flat_fields(cls)
     names = {flat.dest for flat in flats}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise SvdadaptError(f"unknown key {unknown[0]!r} in {where}; known keys: {', '.join(sorted(names))}")
+    strangers = sorted(set(values) - names)
+    if strangers:
+        raise unknown("key", strangers[0], sorted(names), where=where)
     missing = [flat.dest for flat in flats if flat.default is MISSING and flat.dest not in values]
     if missing:
         raise SvdadaptError(f"{where} needs {missing[0]!r}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import backend, resuming
+from . import backend, errors, resuming
 from .atomic import exclusive
 from .commands import COMMANDS, Command, Result
 from .errors import SvdadaptError
@@ -108,7 +108,7 @@ def plan(recipe: dict[str, Any], where: str) -> list[Stage]:
     """The stages to run, in order, each with its options checked."""
     unknown = sorted(set(recipe) - set(STAGES) - set(SHARED) - {"out", "description"})
     if unknown:
-        raise SvdadaptError(f"unknown recipe key {unknown[0]!r} in {where}; stages are {', '.join(STAGES)}")
+        raise errors.unknown("recipe key", unknown[0], [*STAGES, *SHARED, "out"], where=where)
     if "out" not in recipe:
         raise SvdadaptError(f"{where} has no `out` key (the pipeline's directory)")
     present = [s for s in STAGES if s in recipe]

@@ -24,6 +24,13 @@ import torch
 from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
 from .files import check_safetensors, file_record, inside, open_tensors, read_json, require_fields, verify_record
+from .options import opt
+
+
+def covariances_option(needed_by: str) -> str | None:
+    """The ``--covariances`` option of the commands that read a store (build, compress)."""
+    return opt(None, f"covariance store from `svdadapt calibrate` of this model ({needed_by})", metavar="DIR")
+
 
 FORMAT = "svdadapt.covariance-store"
 VERSION = 1

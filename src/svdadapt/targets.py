@@ -16,6 +16,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .errors import SvdadaptError
+from .options import Check, opt
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
 
@@ -58,6 +59,34 @@ def parse_patterns(text: str | Sequence[str] | None) -> list[str] | None:
     items = text.split(",") if isinstance(text, str) else list(text)
     items = [item.strip() for item in items if item and item.strip()]
     return items or None
+
+
+def check_patterns(patterns: Sequence[str], what: str) -> None:
+    """A one-line error for a ``re:`` pattern that is no valid regex (``what``: the flag, for messages)."""
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as exc:
+                raise SvdadaptError(f"{what} pattern {pattern!r} is not a valid regex: {exc}") from None
+
+
+def targets_option(verb: str = "adapt") -> str | None:
+    """The ``--targets`` option of every command that chooses layers (calibrate, build, compress),
+    its patterns checked with the options."""
+    valid = Check(lambda text: _valid(parse_patterns(text) or []), "has a re: pattern that is no valid regex")
+    return opt(
+        None, f"layers to {verb}: name suffixes or re:REGEX, comma-separated (default: every linear layer in "
+        "the model's blocks, not the head)", check=valid,
+    )  # fmt: skip
+
+
+def _valid(patterns: list[str]) -> bool:
+    try:
+        check_patterns(patterns, "")
+    except SvdadaptError:
+        return False
+    return True
 
 
 def pattern_matches(pattern: str, name: str) -> bool:
@@ -109,12 +138,7 @@ def find_targets(model: nn.Module, patterns: str | Sequence[str] | None = None) 
             )
         modules = dict(model.named_modules())
         return {name: modules[name] for name in names}
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as exc:
-                raise SvdadaptError(f"target pattern {pattern!r} is not a valid regex: {exc}") from None
+    check_patterns(patterns, "--targets")
     chosen = {
         name: module
         for name, module in model.named_modules()

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, unknown
 
 TINY_VOCAB = 512
 TINY_KINDS = ("llama", "bert", "gpt2")
@@ -80,7 +80,7 @@ def tiny_config(kind: str):
         )  # fmt: skip
     if kind == "gpt2":
         return GPT2Config(vocab_size=TINY_VOCAB, n_embd=64, n_inner=96, n_layer=2, n_head=4, n_positions=256, **_ids())
-    raise SvdadaptError(f"unknown tiny model {kind!r}; choose one of {', '.join(TINY_KINDS)}")
+    raise unknown("tiny model", kind, TINY_KINDS)
 
 
 _CLASSES = {  # (kind, head) -> transformers class name

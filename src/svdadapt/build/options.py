@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..calibrate import DTYPES
+from ..calibrate import accumulate_dtype_option
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
 from ..method_options import given, method_params
 from ..methods import METHODS, Method, get_method
 from ..options import FRACTION, POSITIVE, Options, group, opt
+from ..store import covariances_option
+from ..targets import targets_option
+from .plan import parse_assignments
 
 
 @dataclass(kw_only=True)
@@ -20,17 +23,17 @@ class AdapterOptions(Options):
     method: str | None = opt(help="adapter method", choices=METHODS)  # the live table: rows added later count
     rank: int = opt(help="adapter rank r", check=POSITIVE)
     alpha: float | None = opt(None, "LoRA alpha; scaling s = alpha / r (default: alpha = r, s = 1)", check=POSITIVE)
-    targets: str | None = opt(
-        None, "layers to adapt: name suffixes or re:REGEX, comma-separated (default: every linear layer in blocks)"
-    )
+    targets: str | None = targets_option("adapt")
     rank_pattern: str | None = opt(None, "per-layer ranks: PATTERN=R,... (first match wins)")
     alpha_pattern: str | None = opt(None, "per-layer alphas: PATTERN=A,... (first match wins)")
     dropout: float = opt(0.0, "adapter dropout (recorded for training)", check=FRACTION)
     params: Any = group(method_params("build"))  # the method row's own: --truncation, --rho, --freeze-a, ...
-    covariances: str | None = opt(None, "covariance store from `svdadapt calibrate` (context decompositions)")
-    accumulate_dtype: str = opt("float64", "dtype of on-the-fly covariance sums", choices=list(DTYPES))
+    covariances: str | None = covariances_option("the methods whose decomposition needs one")
+    accumulate_dtype: str = accumulate_dtype_option("on-the-fly covariance sums")
 
     def check(self) -> None:
+        parse_assignments(self.rank_pattern, "--rank-pattern", int)  # the syntax, before any model loads
+        parse_assignments(self.alpha_pattern, "--alpha-pattern", float)
         if self.method is not None:
             self.row()  # a parameter the method does not have, or out of range
 

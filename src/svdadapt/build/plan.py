@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
 
 from ..errors import SvdadaptError
-from ..targets import in_out_features, pattern_matches
+from ..targets import check_patterns, in_out_features, pattern_matches
 
 
 @dataclass
@@ -27,9 +28,13 @@ def parse_assignments(text: str | None, flag: str, cast=float) -> list[tuple[str
         if not sep or not pattern:
             raise SvdadaptError(f"{flag} wants PATTERN=VALUE items separated by commas, got {item!r}")
         try:
-            pairs.append((pattern, cast(value)))
+            number = cast(value)
         except ValueError:
             raise SvdadaptError(f"{flag}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise SvdadaptError(f"{flag}: {value!r} is not a finite number")
+        pairs.append((pattern, number))
+    check_patterns([p for p, _ in pairs], flag)
     return pairs
 
 

@@ -3,7 +3,7 @@
 from ..store import FinishedGroup
 from .accumulator import GramAccumulator
 from .capture import InputCapture
-from .engine import DTYPES, MODES, collect_covariances, iter_covariances
+from .engine import DTYPES, MODES, accumulate_dtype_option, collect_covariances, iter_covariances
 from .settings import PassSettings
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "GramAccumulator",
     "InputCapture",
     "PassSettings",
+    "accumulate_dtype_option",
     "collect_covariances",
     "iter_covariances",
 ]

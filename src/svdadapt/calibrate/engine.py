@@ -11,6 +11,7 @@ from torch import nn
 from .. import backend
 from ..errors import SvdadaptError
 from ..fingerprint import model_identity
+from ..options import opt
 from ..store import CovarianceStore, FinishedGroup, shard_name
 from ..targets import find_targets
 from .blockwise import blockwise_pass, find_stack
@@ -18,6 +19,11 @@ from .full import full_pass
 from .settings import PassSettings
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def accumulate_dtype_option(what: str = "the running covariance sums") -> str:
+    """The ``--accumulate-dtype`` option of every command that calibrates (calibrate, build on the fly)."""
+    return opt("float64", f"dtype of {what}", choices=list(DTYPES))
 
 
 @dataclass

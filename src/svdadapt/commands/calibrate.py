@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import backend
 from ..atomic import exclusive
-from ..calibrate import DTYPES, MODES, PassSettings, iter_covariances
+from ..calibrate import DTYPES, MODES, PassSettings, accumulate_dtype_option, iter_covariances
 from ..calibrate.engine import resolve_mode
 from ..calibrate.partial import PARTIAL, PartialRun, check_out_dir
 from ..data import samples_digest
@@ -17,7 +17,7 @@ from ..data.options import DataOptions
 from ..models import PlacementOptions, describe_model, load_model, max_positions
 from ..options import POSITIVE, Options, group, opt
 from ..store import METADATA_FILE, CovarianceStore
-from ..targets import find_targets
+from ..targets import find_targets, targets_option
 from .common import DEVICE_HELP, MODEL_HELP
 
 
@@ -30,11 +30,8 @@ class CalibrateOptions(Options):
     out: str = opt(help="directory of the covariance store to write")
     source: DataOptions = group(DataOptions)
     seed: int = opt(0, "seed for sampling windows and examples")
-    targets: str | None = opt(
-        None, "layers to cover: comma-separated name suffixes or re:REGEX (default: every linear layer "
-        "in the model's blocks, not the head)",
-    )  # fmt: skip
-    accumulate_dtype: str = opt("float64", "dtype of the running sums", choices=list(DTYPES))
+    targets: str | None = targets_option("cover")
+    accumulate_dtype: str = accumulate_dtype_option()
     store_dtype: str = opt("float32", "dtype of the stored covariances (means)", choices=list(DTYPES))
     device: str | None = opt(None, DEVICE_HELP)
     placement: PlacementOptions = group(PlacementOptions)

@@ -14,14 +14,16 @@ from ..compress.discard import parse_discards
 from ..compress.report import PLOT_FILE, check_out, table, write_results
 from ..compress.sweep import Point, Sweep, check_decompositions, run_sweep
 from ..decompose import DECOMPOSITIONS, as_float64
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, unknown
 from ..evaluate import evaluation_windows
+from ..evaluate.settings import WindowOptions
+from ..evaluate.suite import resolve_seq_len
 from ..fingerprint import model_identity
-from ..models import PlacementOptions, load_model, max_positions
-from ..options import POSITIVE, Options, at_least, group, opt
-from ..store import CovarianceStore
+from ..models import PlacementOptions, load_model
+from ..options import Options, group, opt
+from ..store import CovarianceStore, covariances_option
 from ..streaming import find_stack
-from ..targets import find_targets, weight_matrix
+from ..targets import find_targets, targets_option, weight_matrix
 from .common import DEVICE_HELP, MODEL_HELP
 
 
@@ -36,9 +38,7 @@ class CompressOptions(Options):
 
     model: str = opt(help=MODEL_HELP)
     out: str = opt(help="directory to write the results into (an earlier sweep there is replaced)", metavar="DIR")
-    covariances: str | None = opt(
-        None, "covariance store from `svdadapt calibrate` (needed by context and asvd)", metavar="DIR"
-    )
+    covariances: str | None = covariances_option("needed by context and asvd")
     decomposition: str = opt(
         "context,asvd,plain", "decompositions to compare, comma-separated: context (CorDA: SVD of W·C), "
         "asvd (SVD of W·diag(mean|x|^0.5)), plain (SVD of W)", metavar="LIST",
@@ -51,14 +51,8 @@ class CompressOptions(Options):
         "wiki-heldout", "text to measure perplexity on: wiki-heldout, news, wikitext2, ptb, or a .txt file",
         metavar="SOURCE",
     )  # fmt: skip
-    seq_len: int = opt(512, "tokens per evaluation window", check=at_least(2))
-    max_windows: int | None = opt(
-        None, "evaluate the first N windows only (default: every window of the text)", metavar="N", check=POSITIVE
-    )
-    batch_size: int = opt(1, "windows per forward pass", check=POSITIVE)
-    targets: str | None = opt(
-        None, "layers to compress: name suffixes or re:REGEX, comma-separated (default: every linear layer in blocks)"
-    )
+    windows: WindowOptions = group(WindowOptions, defaults={"seq_len": 512, "batch_size": 1})
+    targets: str | None = targets_option("compress")
     device: str | None = opt(None, DEVICE_HELP)
     placement: PlacementOptions = group(PlacementOptions)
 
@@ -84,10 +78,10 @@ class CompressResult:
 
 def _names(text: str) -> list[str]:
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in DECOMPOSITIONS]
-    if unknown or not names:
-        what = f"unknown decomposition {unknown[0]!r}" if unknown else "--decomposition is empty"
-        raise SvdadaptError(f"{what}; choose from {', '.join(n for n, d in DECOMPOSITIONS.items() if d.whole)}")
+    unknown_names = [n for n in names if n not in DECOMPOSITIONS]
+    whole = [n for n, d in DECOMPOSITIONS.items() if d.whole]
+    if unknown_names or not names:
+        raise unknown("decomposition", unknown_names[0] if unknown_names else "", whole)
     return names
 
 
@@ -118,9 +112,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
     check_out(out)
     device = backend.resolve_device(opts.device)
     loaded = load_model(opts.model, head="causal-lm", device=device, offload=opts.placement.offload_choice)
-    limit = max_positions(loaded.model)
-    if limit is not None and opts.seq_len > limit:
-        raise SvdadaptError(f"--seq-len {opts.seq_len} is beyond this model's limit of {limit} positions")
+    seq_len = resolve_seq_len(loaded.model, opts.windows.seq_len)
     identity = model_identity(loaded.model)
     modules = find_targets(loaded.model, opts.targets)
     if loaded.placement.offloaded and find_stack(loaded.model, list(modules)) is None:
@@ -132,10 +124,10 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
         store.check_covers(identity["fingerprint"], modules)
     for name, module in modules.items():  # fail before any long work starts
         as_float64(weight_matrix(module), name)
-    windows = evaluation_windows(opts.eval, loaded.tokenizer, opts.seq_len, opts.max_windows)
+    windows = evaluation_windows(opts.eval, loaded.tokenizer, seq_len, opts.windows.max_windows)
     n_windows = windows.ids.shape[0]
     if progress:
-        print(f"svdadapt: {len(modules)} target layers; {opts.eval}: {n_windows} windows × {opts.seq_len} tokens")
+        print(f"svdadapt: {len(modules)} target layers; {opts.eval}: {n_windows} windows × {seq_len} tokens")
 
     def report(point: Point) -> None:
         if progress:
@@ -143,13 +135,13 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
                        f"perplexity {point.perplexity:.4g}")  # fmt: skip
 
     sweep = run_sweep(
-        loaded.model, modules, names, discards, windows, store, opts.batch_size, progress, on_point=report,
+        loaded.model, modules, names, discards, windows, store, opts.windows.batch_size, progress, on_point=report,
         placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir,
     )  # fmt: skip
     meta = {
         "model": {**identity, "name": loaded.name, "location": loaded.location},
         "covariances": None if store is None else {"path": str(store.path), **store.metadata.get("source", {})},
-        "eval": {"source": opts.eval, "seq_len": opts.seq_len, "windows": n_windows},
+        "eval": {"source": opts.eval, "seq_len": seq_len, "windows": n_windows},
         "targets": len(modules),
         "decompositions": names,
         "discard": [d.text for d in discards],
@@ -160,7 +152,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
     lines = [
         f"compression sweep: {out}",
         f"  {loaded.name}, {len(modules)} layers; perplexity on {opts.eval} "
-        f"({n_windows} windows × {opts.seq_len} tokens), base {sweep.base.perplexity:.4g}",
+        f"({n_windows} windows × {seq_len} tokens), base {sweep.base.perplexity:.4g}",
         *table(sweep, discards),
         f"  results.csv, results.json{', ' + PLOT_FILE if plot else ' (no plot: install matplotlib)'}",
         f"  time {meta['seconds']:.1f} s",

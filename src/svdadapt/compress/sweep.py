@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..backend import Placement
 from ..build.waves import waves_from_store, waves_without_statistics
 from ..decompose import DECOMPOSITIONS
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, unknown
 from ..evaluate import PerplexityResult, Windows, perplexity, streamed_perplexity
 from ..store import CovarianceStore
 from ..streaming import block_index, find_stack
@@ -57,8 +57,7 @@ def check_decompositions(names: list[str], store: CovarianceStore | None) -> Non
     """Unknown names, or statistics a decomposition needs without a store, are errors."""
     for name in names:
         if name not in DECOMPOSITIONS:
-            whole = ", ".join(n for n, d in DECOMPOSITIONS.items() if d.whole)
-            raise SvdadaptError(f"unknown decomposition {name!r}; choose from {whole}")
+            raise unknown("decomposition", name, [n for n, d in DECOMPOSITIONS.items() if d.whole])
         if not DECOMPOSITIONS[name].whole:
             whole = ", ".join(n for n, d in DECOMPOSITIONS.items() if d.whole)
             raise SvdadaptError(f"the {name} decomposition does not decompose all of W; compress compares {whole}")

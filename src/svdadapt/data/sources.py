@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, unknown
 from ..hub import require_hub
 from .records import (
     EXAMPLE_FORMATS,
@@ -221,10 +221,7 @@ def _form(spec: str) -> _Form:
     path = Path(spec).expanduser()
     if path.suffix in (".txt", ".json", ".jsonl") or path.exists():
         return _Form("file", path=path)
-    raise SvdadaptError(
-        f"unknown data source {spec!r}; use one of {', '.join(SOURCES)}, NAME:FILE, a .txt/.json/.jsonl "
-        "file, or hf:REPO[:CONFIG]"
-    )
+    raise unknown("data source", spec, SOURCES, "NAME:FILE, a .txt/.json/.jsonl file, or hf:REPO[:CONFIG]")
 
 
 def check_spec(spec: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, unknown
 from .records import Example
 
 LLAMA2_SYSTEM = (
@@ -56,5 +56,5 @@ def get_template(name: str | None, tokenizer: PreTrainedTokenizerBase) -> Templa
     if name is None:
         name = "chat" if tokenizer.chat_template else "plain"
     if name not in TEMPLATES:
-        raise SvdadaptError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}")
+        raise unknown("template", name, TEMPLATES)
     return TEMPLATES[name]

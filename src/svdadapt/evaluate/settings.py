@@ -9,14 +9,21 @@ from ..options import POSITIVE, Options, at_least, opt
 
 
 @dataclass(kw_only=True)
-class EvalSettings(Options):
-    """Settings shared by every perplexity source and task of one evaluation."""
+class WindowOptions(Options):
+    """How perplexity is measured: windows of the evaluation text, and how many go through at once
+    (``eval``'s and ``compress``'s options)."""
 
     seq_len: int | None = opt(
-        None, "tokens per perplexity window (default: 2048, or the model's limit if lower)", check=at_least(2)
+        None, "tokens per perplexity window (unset: 2048, or the model's limit if lower)", check=at_least(2)
     )
     max_windows: int | None = opt(None, "evaluate at most this many windows per source (default: all)", check=POSITIVE)
     batch_size: int = opt(4, "windows or examples per forward pass", check=POSITIVE)
+
+
+@dataclass(kw_only=True)
+class EvalSettings(WindowOptions):
+    """Settings shared by every perplexity source and task of one evaluation."""
+
     limit: int | None = opt(None, "evaluate at most this many examples per task (default: all)", check=POSITIVE)
     template: str | None = opt(
         None, "polarity-instruct: prompt template, as in training (default: chat if the tokenizer has one, else "

@@ -14,9 +14,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.sources import SOURCES, resolve
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, unknown
 from ..hub import require_hub
-from ..models import max_positions
+from ..models import check_positions, max_positions
 from ..runs import task_type_of
 from ..train.tasks import CLASSIFICATION_TASKS
 from .perplexity import evaluation_windows, perplexity
@@ -35,7 +35,7 @@ def task_kind(spec: str) -> str:
         return "classification"
     if spec.startswith("lm-eval:") and spec[8:].strip():
         return "lm-eval"
-    raise SvdadaptError(f"unknown task {spec!r}; choose from {TASK_HELP}")
+    raise unknown("task", spec, [TASK_HELP])
 
 
 def split_list(value: str | Sequence[str] | None) -> list[str]:
@@ -79,8 +79,7 @@ def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
     limit = max_positions(model)
     if seq_len is None:
         return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
-    if limit is not None and seq_len > limit:
-        raise SvdadaptError(f"--seq-len {seq_len} is beyond this model's limit of {limit} positions")
+    check_positions(limit, seq_len)
     return seq_len
 
 

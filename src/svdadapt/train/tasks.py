@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SvdadaptError
+from ..errors import SvdadaptError, unknown
 from ..hub import require_hub
 
 
@@ -102,7 +102,7 @@ def classification_task(spec: str) -> ClassificationTask | None:
         return None
     name = spec.removeprefix("glue:")
     if name not in CLASSIFICATION_TASKS or (spec.startswith("glue:") and name == "polarity"):
-        raise SvdadaptError(f"unknown task {spec!r}; choose one of {', '.join(TASK_CHOICES)}")
+        raise unknown("task", spec, TASK_CHOICES)
     return CLASSIFICATION_TASKS[name]
 
 
