@@ -122,9 +122,10 @@ def test_a_recipe_with_a_bad_rank_pattern_fails_before_its_first_stage(capsys, t
     from svdadapt.cli import main
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"model": "default", "out": str(tmp_path / "out"),
-                                      "calibrate": {"data": "news", "samples": 4},
-                                      "build": {"method": "corda-kpa", "rank": 4, "rank_pattern": "q_proj:8"}}))  # fmt: skip
+    build = {"method": "corda-kpa", "rank": 4, "rank_pattern": "q_proj:8"}
+    calibrate = {"data": "news", "samples": 4}
+    recipe.write_text(yaml.safe_dump({"model": "default", "out": str(tmp_path / "out"), "calibrate": calibrate,
+                                      "build": build}))  # fmt: skip
     assert main(["run", str(recipe)]) == 2
     assert "--rank-pattern wants PATTERN=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

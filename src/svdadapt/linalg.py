@@ -1,5 +1,6 @@
-"""Numerical helpers of the decompositions: finiteness in one pass, and refining the smallest
-singular triplets of a triangular factor by block inverse iteration."""
+"""Numerical helpers of the decompositions: finiteness in one pass, a weight plus or minus some
+components, and refining the smallest singular triplets of a triangular factor by block inverse
+iteration."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ def all_finite(t: torch.Tensor) -> bool:
         return True
     lo, hi = torch.aminmax(t)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def add_low_rank(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """W + scale·P·Q (out, in) for P (out, q), Q (q, in), in ``dtype`` as one fused multiply-add on
+    W's device: the one way a weight gains or loses components (a residual base, a truncated or
+    compressed weight, a merge, the original restored)."""
+    return torch.addmm(W.detach().to(dtype), P.to(W.device, dtype), Q.to(W.device, dtype), alpha=scale)
 
 
 REFINE_TOL = 1e-10  # subspace change per iteration at which refinement stops (float32 storage: ~6e-8)

@@ -17,6 +17,7 @@ from enum import Enum
 import torch
 
 from ..decompose import Factors
+from ..linalg import add_low_rank
 from .state import LayerAdapter
 
 
@@ -147,5 +148,4 @@ def base_without(W: torch.Tensor, adapter: LayerAdapter) -> torch.Tensor | None:
     if adapter.base_P is None:
         return None
     work = torch.float64 if W.dtype == torch.float64 else torch.float32
-    P, Q = adapter.base_P.to(W.device, work), adapter.base_Q.to(W.device, work)  # (out, q), (q, in)
-    return torch.addmm(W.detach().to(work), P, Q, alpha=-adapter.base_scaling)
+    return add_low_rank(W, adapter.base_P, adapter.base_Q, -adapter.base_scaling, work)  # P (out, q), Q (q, in)

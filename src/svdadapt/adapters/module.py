@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..linalg import add_low_rank
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
-from .state import LayerAdapter, base_change, low_rank_delta
+from .state import LayerAdapter, low_rank_delta
 
 
 class LowRank(nn.Module):
@@ -53,6 +54,12 @@ class LowRank(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """(out, in) float64 ΔW."""
         return low_rank_delta(self.lora_A.weight, self.lora_B.weight, self.lora_diag, self.scaling)
+
+    def added_to(self, W: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+        """W ± s·B·diag(ΔΣ)·A (out, in), in float64."""
+        B = self.lora_B.weight.double()  # (out, r)
+        B = B if self.lora_diag is None else B * self.lora_diag.double()
+        return add_low_rank(W, B, self.lora_A.weight, sign * self.scaling, torch.float64)
 
     @torch.no_grad()
     def load(self, state: LayerAdapter) -> None:
@@ -113,22 +120,22 @@ class AdapterLinear(nn.Module):
         for name in names or self.active:
             if name in self.merged:
                 continue
-            W = weight_matrix(self.base_layer).double()
-            set_weight_matrix(self.base_layer, W + self.adapters[name].delta_weight().to(W.device))
+            W = weight_matrix(self.base_layer)
+            set_weight_matrix(self.base_layer, self.adapters[name].added_to(W))
             self.merged.append(name)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         for name in reversed(self.merged):
-            W = weight_matrix(self.base_layer).double()
-            set_weight_matrix(self.base_layer, W - self.adapters[name].delta_weight().to(W.device))
+            W = weight_matrix(self.base_layer)
+            set_weight_matrix(self.base_layer, self.adapters[name].added_to(W, -1.0))
         self.merged.clear()
 
     @torch.no_grad()
     def restore_base(self) -> None:
         """Add back what every adapter's build took from the base: the original weight again."""
         for adapter in self.adapters.values():
-            change = base_change(adapter.base_P, adapter.base_Q, adapter.base_scaling)
-            if change is not None:
-                W = weight_matrix(self.base_layer).double()
-                set_weight_matrix(self.base_layer, W + change.to(W.device))
+            if adapter.base_P is not None:  # (out, q), (q, in)
+                W = weight_matrix(self.base_layer)
+                added = add_low_rank(W, adapter.base_P, adapter.base_Q, adapter.base_scaling, torch.float64)
+                set_weight_matrix(self.base_layer, added)

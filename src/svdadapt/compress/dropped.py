@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .. import backend
 from ..build.waves import Unit
 from ..decompose import Decomposition, Take, factorize, shared_contexts
+from ..linalg import add_low_rank
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 
 
@@ -31,10 +32,10 @@ class Dropped:
     S: torch.Tensor  # (r_max,)
     damping: float | None
 
-    def part(self, r: int) -> torch.Tensor:
-        """(out, in) part of W spanned by the r smallest components (0 < r ≤ r_max)."""
+    def without(self, W: torch.Tensor, r: int) -> torch.Tensor:
+        """W minus its r smallest components (0 < r ≤ r_max), (out, in) float32."""
         assert 0 < r <= self.S.shape[0], r
-        return self.US[:, -r:] @ self.V[:, -r:].T
+        return add_low_rank(W, self.US[:, -r:], self.V[:, -r:].T, -1.0, torch.float32)  # (out, r) · (r, in)
 
 
 def min_dim(module: nn.Module) -> int:
@@ -95,8 +96,7 @@ def write_point(
     for name, r in ranks.items():
         if r > 0:
             W = weight_matrix(modules[name])
-            part = dropped[name].part(r).to(W.device)  # (out, in)
-            set_weight_matrix(modules[name], originals[name].to(W.device, torch.float32) - part)
+            set_weight_matrix(modules[name], dropped[name].without(originals[name].to(W.device), r))
 
 
 @torch.no_grad()
