@@ -3,7 +3,7 @@
 Domain code (calibrate, decompose, build, train, evaluate, compress) calls only what this face
 exports, never the modules behind it:
 
-- ``on(device)`` → a :class:`Backend` for that kind of device: ``forward_products()`` (the context
+- ``on(device)`` → a :class:`Backend` for that kind of device (``kernels.py``): ``forward_products()`` (the context
   for forward passes without gradients), ``accumulate_gram`` / ``gram`` (triangular Gram products),
   ``eigh`` (symmetric eigensolvers) and ``layer_pool()`` (per-layer jobs over workers, longest first
   by one cost model). A CUDA or multi-process back end is a new :class:`Backend`, not a branch in
@@ -13,20 +13,21 @@ exports, never the modules behind it:
   works); ``HiddenStates``: where a block-wise pass keeps its cached hidden states (device, host
   or memory-mapped files).
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
-  or saved); the one place that hands memory back to the OS.
+  or saved). Memory goes back to the OS in one place, ``pages.py``, which placement and the base
+  writer both use.
 - processes and devices: ``resolve_device``, ``default_device``, ``process_group`` (joins the
   other processes of a launch), ``world_size``, ``rank``, ``is_main_process``, ``share_of``, ``check_shares``,
   ``sum_across_processes``, ``from_main``, ``barrier``, ``stop_on_sigterm`` (SIGTERM as an error).
-- the garbage collector: ``collection_paused``, ``set_aside_live_objects``.
+- the garbage collector (``collector.py``): ``collection_paused``, ``set_aside_live_objects``.
 """
 
-from .process import collection_paused, set_aside_live_objects
+from .collector import collection_paused, set_aside_live_objects
 
 with collection_paused():  # torch: many long-lived objects, no garbage
     from .base_writer import BaseWriter, open_base_writer
-    from .devices import Backend, on
     from .gram import mirror_upper
     from .hidden import HiddenStates
+    from .kernels import Backend, on
     from .launch import (
         barrier,
         check_shares,
