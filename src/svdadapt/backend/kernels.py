@@ -13,8 +13,8 @@ import contextlib
 import torch
 
 from . import gram, lapack, onednn
-from .launch import in_process_group
-from .scheduling import LayerPool, SharedLayerPool, cpu_workers
+from .processes import Launch
+from .scheduling import LayerPool, cpu_workers
 
 
 class Backend:
@@ -44,17 +44,18 @@ class Backend:
         lo, hi = subset
         return values[lo : hi + 1], vectors[:, lo : hi + 1]
 
-    def layer_pool(self) -> LayerPool:
-        """Workers for per-layer jobs (a context manager), shared with the other processes of a group."""
-        return self._pool(1)
+    def layer_pool(self, launch: Launch | None = None) -> LayerPool:
+        """Workers for per-layer jobs (a context manager), shared with the other processes of
+        ``launch`` (default: this process alone)."""
+        return (launch or Launch()).layer_pool(self.workers())
+
+    def workers(self) -> int:
+        """Layers worked on side by side: one at a time."""
+        return 1
 
     def decomposition_device(self, device: torch.device) -> torch.device:
         """Where the float64 decompositions of weights used on ``device`` run: there by default."""
         return device
-
-    @staticmethod
-    def _pool(workers: int) -> LayerPool:
-        return SharedLayerPool(workers) if in_process_group() else LayerPool(workers)
 
 
 class CpuBackend(Backend):
@@ -69,8 +70,8 @@ class CpuBackend(Backend):
     def eigh(self, G: torch.Tensor, subset: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return lapack.eigh(G, subset)
 
-    def layer_pool(self) -> LayerPool:
-        return self._pool(cpu_workers())
+    def workers(self) -> int:
+        return cpu_workers()
 
 
 # GPUs whose float64 units run at half their float32 rate (P100, V100, A100, H100/H200, B100/B200);

@@ -102,6 +102,14 @@ def resumable(opts: TrainOptions) -> bool:
     return stage == "training" and last_checkpoint(path) is not None
 
 
+def launchable(opts: TrainOptions) -> bool:
+    """Whether it may run in each process of a launch: it trains a run that exists, in place (RUN,
+    or OUT resumed); building or copying one is one process's work."""
+    if _existing_out(opts):
+        return True
+    return bool(opts.run) and (not opts.out or Path(opts.out).expanduser().resolve() == Path(opts.run).resolve())
+
+
 def _existing_out(opts: TrainOptions) -> Path | None:
     """OUT when it already holds a run to resume."""
     out = Path(opts.out).expanduser() if opts.out else None
@@ -131,18 +139,11 @@ def prepare_run(opts: TrainOptions, progress: bool) -> Run:
             return run
         if _existing_out(opts):
             return Run.open(out)
-        if backend.world_size() > 1:
-            raise SvdadaptError("under a multi-process launcher, train RUN in place (leave out --out)")
         return copy_run(run, out, opts.overwrite)
     if _existing_out(opts):
         return Run.open(_existing_out(opts))
     if not opts.model or not opts.adapter.method:
         raise SvdadaptError(NO_RUN)
-    if backend.world_size() > 1:
-        raise SvdadaptError(
-            "under a multi-process launcher, train an existing run: `svdadapt build ... --out RUN` first, "
-            "then launch `svdadapt train RUN ...`"
-        )
     given = {k: getattr(opts.adapter, k) for k in BUILD_DEFAULTS if getattr(opts.adapter, k) is not None}
     adapter = replace(opts.adapter, **{**BUILD_DEFAULTS, **given})
     build_opts = BuildOptions(
@@ -175,31 +176,34 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     from ..train.session import nothing_to_resume, prepare_data, run_training  # Trainer's: seconds, only here
 
     device = backend.resolve_device(opts.device)
+    launch = backend.launch(device)  # not joined: the processes' group is Trainer's
     data = prepare_data(opts.task, _tokenizer(opts), opts.seed)  # bad data fails before a run is built
     target = _trained_dir(opts)
     created = not os.path.lexists(target)  # decided before anything can fail: only a new folder is ours
-    with exclusive(target) if backend.is_main_process() else nullcontext():
+    with exclusive(target) if launch.writer else nullcontext():
         try:
-            return _train(opts, data, device, run_training, nothing_to_resume, progress)
+            return _train(opts, data, device, run_training, nothing_to_resume, progress, launch)
         except Exception:
-            if created and backend.is_main_process():
+            if created and launch.writer:
                 shutil.rmtree(target, ignore_errors=True)
             raise
 
 
-def _train(opts: TrainOptions, data, device: str, run_training, nothing_to_resume, progress: bool) -> TrainResult:
+def _train(
+    opts: TrainOptions, data, device: str, run_training, nothing_to_resume, progress: bool, launch: backend.Launch
+) -> TrainResult:
     started = time.monotonic()
     run = prepare_run(opts, progress)
     before = run
     if opts.training.resume and run.meta["stage"] == "trained" and nothing_to_resume(run.path, opts.training):
         results = read_json(run.path / "train_results.json", "training results", "train without --resume")
         return TrainResult(run, results, resumed_finished=True)  # the run stays as it was
-    if backend.is_main_process():
+    if launch.writer:
         run = mark_stage(run, "training")  # until the trained adapter is written
     loaded = run.load_adapted(device=device)
-    result = run_training(opts.training, opts.task.task, opts.seed, run, loaded, data, progress)
+    result = run_training(opts.training, opts.task.task, opts.seed, run, loaded, data, progress, launch.writer)
     head = result.pop("head_state")
-    if not backend.is_main_process():  # one writer: the other processes of a launch only trained
+    if not launch.writer:  # one writer: the other processes of a launch only trained
         return TrainResult(run)
     if opts.training.resume and result["steps_this_session"] == 0 and before.meta["stage"] == "trained":
         mark_stage(before, "trained")  # the checkpoint was the end: the run stays as it was

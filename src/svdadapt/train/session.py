@@ -106,9 +106,12 @@ def regularizer(method, opts: TrainingOptions) -> Regularizer | None:
     return LOSSES[method.loss].regularizer(opts) if method.loss else None
 
 
-def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data: TrainingData, progress: bool) -> dict:
+def run_training(
+    opts: TrainingOptions, task: str, seed: int, run, loaded, data: TrainingData, progress: bool, writer: bool = True
+) -> dict:
     """Train the injected adapters (and a classification task's head) of ``loaded.model`` on ``data``;
-    checkpoints and the loss curve go into the run directory."""
+    checkpoints and the loss curve go into the run directory (the ``writer`` of a launch of several
+    processes tidies the checkpoints and draws the curve)."""
     model = loaded.model
     heads = head_modules(model) if classification_task(task) is not None else []
     for name in heads:
@@ -154,17 +157,17 @@ def run_training(opts: TrainingOptions, task: str, seed: int, run, loaded, data:
         compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(run.method, opts),
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
-    if opts.resume and trainer.is_world_process_zero():
+    if opts.resume and writer:
         for dropped in drop_incomplete(out):
             print(f"svdadapt: {dropped} was cut short while being saved; continuing from the checkpoint before it")
     checkpoint = last_checkpoint(out) if opts.resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
-    if trainer.is_world_process_zero() and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+    if writer and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # Trainer makes its output folder even when it keeps nothing there
     model.eval()
     title = f"{run.meta['method']} on {task}"
     curve = None
-    if trainer.is_world_process_zero():
+    if writer:
         curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", title)
     history, best = epoch_history(trainer.state.log_history, main, higher)
     steps = trainer.state.global_step
