@@ -4,7 +4,9 @@ through its face, and no two files of svdadapt import each other in a loop.
 Layers, top to bottom: the CLI, recipes and quickstart → the commands (svdadapt.commands) → the
 domain (calibrate, decompose, build, train, evaluate, compress, adapters, data, runs, ...) → the
 back end (svdadapt.backend) → the error type every layer raises (svdadapt.errors). Every import
-counts, those inside functions included.
+counts, those inside functions included. Which process of a launch this is, and how many there are,
+only the back end knows (and the CLI face, which prints one summary per launch): everyone else asks
+the launch object (``backend.launch()``) what to do.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ TOP = {"svdadapt.cli", "svdadapt.__main__", "svdadapt.pipeline", "svdadapt.quick
 # LAPACK through ctypes, process groups.
 LOW_LEVEL_MODULES = ("ctypes", "gc", "mmap", "threadpoolctl", "concurrent.futures", "torch.distributed")
 LOW_LEVEL_NAMES = ("mkldnn", "malloc_trim", "madvise", "gc.freeze", "set_num_threads", "cython_lapack")
+# What reads the rank or the world size: torch.distributed's, accelerate's, Trainer's, a launcher's variables.
+RANK_READERS = {"svdadapt.cli"}  # besides the back end
+RANK_NAMES = {"world_size", "get_world_size", "get_rank", "is_main_process", "is_local_main_process",
+              "in_process_group", "is_world_process_zero", "is_local_process_zero", "process_index",
+              "local_process_index", "local_rank", "num_processes", "distributed"}  # fmt: skip
+RANK_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK"}
 
 
 def _module_name(path: Path) -> str:
@@ -88,6 +96,46 @@ def test_outside_the_back_end_no_module_reaches_past_its_face(module):
     source = MODULES[module].read_text()
     used = [name for name in LOW_LEVEL_NAMES if name in source]
     assert not used, f"{module} uses {used}: a back-end decision"
+
+
+def rank_readings(source: str) -> list[str]:
+    """Where ``source`` reads the rank or the world size: a name of :data:`RANK_NAMES`, a call of
+    ``rank()``, ``dist.`` anything, a launch's ``.rank``, or a launcher's variable named in a string."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name | ast.Attribute):
+            name = node.id if isinstance(node, ast.Name) else node.attr
+            base = node.value if isinstance(node, ast.Attribute) else None
+            owner = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else ""
+            if name in RANK_NAMES or owner == "dist" or (name == "rank" and owner.endswith("launch")):
+                found.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and not node.args and not node.keywords:
+            if ast.unparse(node.func).split(".")[-1] == "rank":
+                found.append(ast.unparse(node))
+        elif isinstance(node, ast.Constant) and node.value in RANK_VARIABLES:
+            found.append(repr(node.value))
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize(
+    "source, read",
+    [
+        ("backend.world_size() > 1", True), ("os.environ.get('RANK', '0')", True), ("dist.get_rank()", True),
+        ("int(os.environ['WORLD_SIZE'])", True), ("trainer.is_world_process_zero()", True), ("rank()", True),
+        ("torch.distributed.barrier()", True), ("dist.all_reduce(t)", True), ("settings.launch.rank == 0", True),
+        ("state.is_main_process", True), ("backend.in_process_group()", True),
+        ("plan.rank", False), ("point.rank(k)", False), ("RANK_ALLOCATIONS['x']", False), ("launch.writer", False),
+        ("launch.size == 1", False), ("launch.share(batches)", False), ("'rank 0 writes'", False),
+    ],
+)  # fmt: skip
+def test_the_rank_check_sees_what_reads_the_rank(source, read):
+    assert bool(rank_readings(source)) is read, rank_readings(source)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if _layer(m) != "backend" and m not in RANK_READERS])
+def test_only_the_back_end_knows_rank_and_world_size(module):
+    found = rank_readings(MODULES[module].read_text())
+    assert not found, f"{module} reads the rank or world size ({found}); ask the launch object (backend.launch)"
 
 
 @pytest.mark.parametrize("module", list(MODULES))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from svdadapt.backend import base_writer, checkpoint
 from svdadapt.backend.base_writer import SavedBase, StreamedBase
-from svdadapt.backend.memory import drop_file_pages, drop_mapped_pages, file_mappings
+from svdadapt.backend.pages import drop_file_pages, drop_mapped_pages, file_mappings
 from svdadapt.models import load_model
 from svdadapt.targets import find_targets
 

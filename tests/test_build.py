@@ -183,7 +183,7 @@ def test_freed_heap_memory_is_handed_back_on_glibc():
     import platform
     import sys
 
-    from svdadapt.backend.memory import release_freed_memory
+    from svdadapt.backend.pages import release_freed_memory
 
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert release_freed_memory() is expected

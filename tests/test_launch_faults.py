@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from svdadapt import CovarianceStore
-from svdadapt.backend import launch as launching
+from svdadapt.backend import processes, signals
 from svdadapt.cli import main
 from svdadapt.errors import SvdadaptError
 from svdadapt.runs import Run
@@ -190,7 +190,7 @@ def test_a_process_killed_mid_build_leaves_no_run(tiny_dirs, text_file, tmp_path
 
 def test_a_process_that_hangs_is_given_up_after_the_timeout(tiny_dirs, text_file, tmp_path, driver):
     out = tmp_path / "store"
-    env = {"DIE_RANK": "1", "DIE_BLOCK": "1", "DIE_HOW": "hang", launching.TIMEOUT_VARIABLE: "5"}
+    env = {"DIE_RANK": "1", "DIE_BLOCK": "1", "DIE_HOW": "hang", processes.TIMEOUT_VARIABLE: "5"}
     proc = launch(*calibrate_args(tiny_dirs, text_file, out), port=29547, script=driver, env=env)
     lines = error_lines(proc.stderr)
     assert proc.returncode != 0 and len(lines) == 2, proc.stderr[-3000:]
@@ -207,7 +207,7 @@ def test_the_others_wait_for_rank_0s_long_write_past_the_timeout(tiny_dirs, text
     build = ["build", "--model", tiny_dirs["llama"], "--method", "corda-kpa", "--rank", "4", "--data", text_file,
              "--samples", "8", "--seq-len", "32", "--batch-size", "2", "--device", "cpu",
              "--out", tmp_path / "run"]  # fmt: skip
-    env = {"DIE_RANK": "-1", "DIE_BLOCK": "0", "SLOW_WRITE": "8", launching.TIMEOUT_VARIABLE: "3"}
+    env = {"DIE_RANK": "-1", "DIE_BLOCK": "0", "SLOW_WRITE": "8", processes.TIMEOUT_VARIABLE: "3"}
     proc = launch(*build, port=29549, script=driver, env=env)
     assert proc.returncode == 0 and not error_lines(proc.stderr), proc.stderr[-3000:]
     assert Run.open(tmp_path / "run").meta["stage"] == "built"
@@ -215,25 +215,25 @@ def test_the_others_wait_for_rank_0s_long_write_past_the_timeout(tiny_dirs, text
 
 def test_sigterm_in_a_process_group_is_one_line_and_the_timeout_is_checked(monkeypatch):
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SvdadaptError, match="the launcher stopped this process"), launching._stopped_by_launcher():
+    with pytest.raises(SvdadaptError, match="the launcher stopped this process"), processes._stopped_by_launcher():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises as soon as the signal arrives
     assert signal.getsignal(signal.SIGTERM) == before
-    with pytest.raises(SvdadaptError, match="^stopped by SIGTERM$"), launching.stop_on_sigterm("stopped by SIGTERM"):
+    with pytest.raises(SvdadaptError, match="^stopped by SIGTERM$"), signals.stop_on_sigterm("stopped by SIGTERM"):
         os.kill(os.getpid(), signal.SIGTERM)  # one process, no launcher: the CLI's guard, temporary files removed
         time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) == before
-    with pytest.raises(SvdadaptError, match="peer lost"), launching.stop_on_sigterm("stopped by SIGTERM"):
+    with pytest.raises(SvdadaptError, match="peer lost"), signals.stop_on_sigterm("stopped by SIGTERM"):
         try:  # a collective lost its peer, then the launcher's SIGTERM arrives during the cleanup
-            with launching._stopped_by_launcher():
+            with processes._stopped_by_launcher():
                 raise SvdadaptError("peer lost")
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # ignored: the first reason is the one said
     assert signal.getsignal(signal.SIGTERM) == before
     for bad in ("soon", "0", "-3"):
-        monkeypatch.setenv(launching.TIMEOUT_VARIABLE, bad)
-        with pytest.raises(SvdadaptError, match=launching.TIMEOUT_VARIABLE):
-            launching._timeout()
-    monkeypatch.setenv(launching.TIMEOUT_VARIABLE, "2.5")
-    assert launching._timeout().total_seconds() == 2.5
+        monkeypatch.setenv(processes.TIMEOUT_VARIABLE, bad)
+        with pytest.raises(SvdadaptError, match=processes.TIMEOUT_VARIABLE):
+            processes._timeout()
+    monkeypatch.setenv(processes.TIMEOUT_VARIABLE, "2.5")
+    assert processes._timeout().total_seconds() == 2.5

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from svdadapt import CovarianceStore
 from svdadapt.assets import save_tiny_model
 from svdadapt.backend import HiddenStates, Placement, on_compute, place
-from svdadapt.backend.devices import fp64_at_rate
+from svdadapt.backend.kernels import fp64_at_rate
 from svdadapt.cli import main
 from svdadapt.models import load_model
 from svdadapt.runs import Run

@@ -27,7 +27,7 @@ def subcommands() -> dict:
     return {
         "quickstart": Command("quickstart", QuickstartOptions, quickstart),
         **COMMANDS,
-        "run": Command("run", RunOptions, run_recipe),
+        "run": Command("run", RunOptions, run_recipe, launchable=lambda _o: True),
     }
 
 
@@ -119,8 +119,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         stopped = f"stopped by SIGTERM{RESUMING.get(args.command, '')}"
         with backend.stop_on_sigterm(stopped):  # as after Ctrl-C: temporary files removed, nothing half-done
-            result = command.run(from_namespace(command.options, args))
-        if backend.is_main_process():  # one summary per launch, not one per process
+            result = command.start(from_namespace(command.options, args))
+        if backend.launch().writer:  # one summary per launch, not one per process
             print(result.summary())
     except SvdadaptError as exc:
         print(f"svdadapt: error: {exc}", file=sys.stderr)

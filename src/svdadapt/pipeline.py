@@ -170,7 +170,7 @@ def run_recipe(opts: RunOptions, progress: bool = True) -> RunResult:
     recipe = merge_mappings(load_yaml_mapping(opts.recipe), parse_overrides(opts.overrides or []))
     stages = plan(recipe, opts.recipe)
     out = pipeline_dir(recipe, opts.recipe)
-    alone = backend.world_size() == 1  # under a launcher: no journal (nothing to agree on it with before a stage)
+    alone = backend.launch().size == 1  # under a launcher: no journal (nothing to agree on it with before a stage)
     if opts.resume and not alone:
         raise SvdadaptError("run --resume works in one process; launch the stages still to run as their commands")
     if not alone:
@@ -235,7 +235,7 @@ def _run_journaled(
 
 
 def _run_stage(stage: Stage, options: Any, progress: bool) -> Result:
-    result = stage.command.run(options, progress=progress)
+    result = stage.command.start(options, progress=progress)
     if progress:
         print(result.summary())
     return result

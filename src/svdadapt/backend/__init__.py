@@ -1,75 +1,59 @@
-"""The back end: every decision about how work runs fast on this machine, behind a few entry points.
+"""The back end: every decision about how work runs on this machine, behind a few entry points.
 
-Domain code (calibrate, decompose, build, train, evaluate, compress) calls only what this face
-exports, never the modules behind it:
+Domain code (calibrate, decompose, build, train, evaluate, compress) and the commands call only
+what this face exports, never the modules behind it:
 
-- ``on(device)`` → a :class:`Backend` for that kind of device: ``forward_products()`` (the context
-  for forward passes without gradients), ``accumulate_gram`` / ``gram`` (triangular Gram products),
-  ``eigh`` (symmetric eigensolvers) and ``layer_pool()`` (per-layer jobs over workers, longest first
-  by one cost model). A CUDA or multi-process back end is a new :class:`Backend`, not a branch in
-  domain code.
+- ``on(device)`` → a :class:`Backend` for that kind of device (``kernels.py``): ``forward_products()``
+  (the context for forward passes without gradients), ``accumulate_gram`` / ``gram`` (triangular
+  Gram products), ``eigh`` (symmetric eigensolvers) and ``layer_pool(launch)`` (per-layer jobs over
+  workers, longest first by one cost model, shared out over the processes of a launch). A new kind
+  of device is a new :class:`Backend`, not a branch in domain code.
+- ``launch(device)`` → this process's :class:`Launch` (``processes.py``), the one place that knows
+  rank and world size: one process, or under a launcher (``torchrun``, ``accelerate launch``) a group
+  that ``with`` joins. Callers ask it whether this process writes (``writer``), for its ``share``
+  of a list, to ``sum`` tensors across processes, for the writer's value (``from_writer``), to
+  wait (``barrier``, patient or not), and ``size`` for messages; in one process each is a no-op.
+- ``resolve_device`` (``devices.py``): ``--device`` checked, or this process's own accelerator;
+  ``stop_on_sigterm`` (``signals.py``): SIGTERM as a one-line error.
 - ``place`` → a :class:`Placement`: whether a model is loaded onto its compute device or
   offloaded (memory-mapped on the host, each block brought over by ``on_compute`` while it
   works); ``HiddenStates``: where a block-wise pass keeps its cached hidden states (device, host
   or memory-mapped files).
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
-  or saved); the one place that hands memory back to the OS.
-- processes and devices: ``resolve_device``, ``default_device``, ``process_group`` (joins the
-  other processes of a launch), ``world_size``, ``rank``, ``is_main_process``, ``share_of``, ``check_shares``,
-  ``sum_across_processes``, ``from_main``, ``barrier``, ``stop_on_sigterm`` (SIGTERM as an error).
-- the garbage collector: ``collection_paused``, ``set_aside_live_objects``.
+  or saved). Memory goes back to the OS in one place, ``pages.py``, which placement and the base
+  writer both use.
+- the garbage collector (``collector.py``): ``collection_paused``, ``set_aside_live_objects``.
 """
 
-from .process import collection_paused, set_aside_live_objects
+from .collector import collection_paused, set_aside_live_objects
 
 with collection_paused():  # torch: many long-lived objects, no garbage
     from .base_writer import BaseWriter, open_base_writer
-    from .devices import Backend, on
+    from .devices import resolve_device
     from .gram import mirror_upper
     from .hidden import HiddenStates
-    from .launch import (
-        barrier,
-        check_shares,
-        default_device,
-        from_main,
-        in_process_group,
-        is_main_process,
-        process_group,
-        rank,
-        resolve_device,
-        share_of,
-        stop_on_sigterm,
-        sum_across_processes,
-        world_size,
-    )
+    from .kernels import Backend, on
     from .placement import Placement, on_compute, place
+    from .processes import Launch, launch
     from .scheduling import LayerJob, LayerPool
+    from .signals import stop_on_sigterm
 
 __all__ = [
     "Backend",
-    "barrier",
-    "check_shares",
-    "from_main",
-    "process_group",
-    "rank",
     "BaseWriter",
+    "HiddenStates",
     "LayerJob",
     "LayerPool",
+    "Launch",
+    "Placement",
     "collection_paused",
-    "default_device",
-    "in_process_group",
-    "is_main_process",
+    "launch",
     "mirror_upper",
     "on",
     "on_compute",
-    "HiddenStates",
-    "place",
-    "Placement",
     "open_base_writer",
+    "place",
     "resolve_device",
     "set_aside_live_objects",
-    "share_of",
     "stop_on_sigterm",
-    "sum_across_processes",
-    "world_size",
 ]

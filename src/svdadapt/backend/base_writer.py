@@ -17,7 +17,7 @@ write the result as an ordinary transformers model directory. :func:`open_base_w
   the directory at the end, from a trimmed heap.
 
 Every writer also hands back the pages of weights the caller has read and will read again only
-later (:meth:`BaseWriter.release`): this module is the one place that decides what memory goes back.
+later (:meth:`BaseWriter.release`), through its :class:`~svdadapt.backend.pages.MappedPages`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from .checkpoint import (
     INDEX,
     Slot,
     checkpoint_dir,
-    clean_mappings,
     copy_except,
     pwrite_all,
     read_slots,
@@ -41,20 +40,20 @@ from .checkpoint import (
     shard_names,
     stored_as_loaded,
 )
-from .memory import drop_file_pages, drop_mapped_pages, file_mappings, release_freed_memory
+from .pages import MappedPages, release_freed_memory
 
 
 class BaseWriter:
     """A run's base as the model was loaded: nothing to write (``put`` is an error)."""
 
     def __init__(self, location: str) -> None:
-        self._clean = clean_mappings(location)  # their pages can go back to the OS
+        self.pages = MappedPages.of_checkpoint(location)  # what may go back to the OS
 
     def release(self, tensor: torch.Tensor) -> None:
         """The caller has read ``tensor`` and reads it again only later, if at all: hand the pages
         under it back to the OS where they are a clean private file mapping (a later read faults
         them back in, unchanged)."""
-        drop_mapped_pages(tensor, self._clean)
+        self.pages.release(tensor)
 
     def start(self, directory: Path) -> None:
         """Begin writing the base into ``directory`` (inside the run's staging directory)."""
@@ -104,7 +103,7 @@ class StreamedBase(BaseWriter):
             s: torch.from_file(str(directory / s), shared=False, size=os.path.getsize(directory / s), dtype=torch.uint8)
             for s in self.shards
         }
-        drop_file_pages(self._clean)  # loading and checks read every weight in; blocks read theirs again when due
+        self.pages.release_all()  # loading and checks read every weight in; blocks read theirs again when due
 
     def put(self, key: str, param: nn.Parameter, value: torch.Tensor) -> None:
         """Written to the file, then read from there (safe from parallel workers for distinct keys)."""
@@ -119,7 +118,7 @@ class StreamedBase(BaseWriter):
             old = param.data
             mapped = self._maps[slot.shard][slot.offset : slot.offset + slot.nbytes]  # (nbytes,)
             param.data = mapped.view(param.dtype).view(param.shape)
-            drop_mapped_pages(old, self._clean)
+            self.pages.release(old)
 
     def finish(self, model: nn.Module, tokenizer) -> None:
         """Write the config files (as ``save_pretrained`` does) and the tokenizer, and close the files;
@@ -136,7 +135,7 @@ class StreamedBase(BaseWriter):
         if model.can_generate():
             model.generation_config.save_pretrained(self.directory)
         tokenizer.save_pretrained(self.directory)
-        self._clean += file_mappings([str(self.directory / s) for s in self._maps], clean_only=True)
+        self.pages.add_files([str(self.directory / s) for s in self._maps])
 
 
 def streamable(model: nn.Module, location: str, keys: list[str]) -> StreamedBase | None:

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import torch
 
-from .memory import file_mappings
-
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -145,11 +143,3 @@ def copy_except(source: Path, target: Path, holes: list[Slot]) -> None:
             os.close(dst)
     finally:
         os.close(src)
-
-
-def clean_mappings(location: str) -> list[tuple[int, int]]:
-    """The never-written private mappings of ``location``'s checkpoint shards in this process (as
-    transformers maps them), whose pages may go back to the OS; empty where unknown."""
-    source = checkpoint_dir(location)
-    shards = shard_names(source) if source is not None else None
-    return file_mappings([str(source / s) for s in shards], clean_only=True) if shards else []

@@ -4,8 +4,9 @@ In place (the model fits): the model is loaded on the compute device in the comp
 everything runs there. Offloaded: the model stays memory-mapped from its safetensors checkpoint in
 the dtype it is stored in, on the host, and each piece of work (a decoder block's forward passes,
 one layer's decomposition) gets its weights on the compute device, in the compute dtype, only for
-as long as it runs (:func:`on_compute`); the mapped pages go back to the OS after. Peak memory is
-then about one block, its covariances and the cached hidden states, whatever the model's size.
+as long as it runs (:func:`on_compute`); the mapped pages go back to the OS after (its
+:class:`~svdadapt.backend.pages.MappedPages`). Peak memory is then about one block, its
+covariances and the cached hidden states, whatever the model's size.
 
 :func:`place` decides: offloaded when asked, or when the model in the compute dtype would take more
 than :data:`FIT_FRACTION` of the compute device's free memory.
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import DTYPES, checkpoint_dir, clean_mappings, read_slots, shard_names
-from .memory import drop_mapped_pages
+from .checkpoint import DTYPES, checkpoint_dir, read_slots, shard_names
+from .pages import MappedPages
 
 FIT_FRACTION = 0.8  # of the free memory a model in place may take (the rest: activations, covariances)
 
@@ -35,7 +36,7 @@ class Placement:
     offloaded: bool = False
     dtype: torch.dtype | None = None  # compute dtype of floating weights (None: as loaded)
     reason: str = ""  # why offloaded (for the note the CLI prints)
-    _clean: list[tuple[int, int]] = field(default_factory=list, repr=False)  # clean private maps
+    pages: MappedPages = field(default_factory=MappedPages, repr=False)  # what may go back to the OS
 
     @property
     def home(self) -> torch.device:
@@ -48,16 +49,16 @@ class Placement:
     def watch(self, location: str) -> None:
         """Note the clean private mappings of ``location``'s checkpoint (after loading it), whose
         pages :meth:`release` may hand back."""
-        self._clean = clean_mappings(location)
+        self.pages = MappedPages.of_checkpoint(location)
 
     @property
     def mapped(self) -> bool:
         """Whether the loaded weights are read from a mapped checkpoint (not copied into memory)."""
-        return bool(self._clean)
+        return bool(self.pages)
 
     def release(self, tensor: torch.Tensor) -> None:
         """Hand back the mapped pages under ``tensor`` (a later read faults them in again)."""
-        drop_mapped_pages(tensor, self._clean)
+        self.pages.release(tensor)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype | None:

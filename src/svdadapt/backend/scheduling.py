@@ -87,23 +87,26 @@ class LayerPool:
 
 
 class SharedLayerPool(LayerPool):
-    """A :class:`LayerPool` of one process among several (a ``torch.distributed`` group): :meth:`map`
-    gives each process a share of the jobs (the longest first, each to the least-loaded process:
-    the same plan on every process) and hands every result to every process; :meth:`map_here` runs
-    jobs in this process only (e.g. writing, which one process does)."""
+    """A :class:`LayerPool` of process ``rank`` among ``size`` (a launch's group): :meth:`map` gives
+    each process a share of the jobs (the longest first, each to the least-loaded process: the same
+    plan on every process) and hands every result to every process (``gathered``: every process's
+    list, in rank order); :meth:`map_here` runs jobs in this process only (e.g. writing, which one
+    process does)."""
+
+    def __init__(self, workers: int, rank: int, size: int, gathered: Callable[[list], list]) -> None:
+        super().__init__(workers)
+        self.rank, self.size, self.gathered = rank, size, gathered
 
     def map(self, jobs: Iterable[LayerJob[T]]) -> Iterator[tuple[str, T]]:
-        from .launch import gathered, rank, world_size
-
         ordered = sorted(jobs, key=lambda job: -job.cost)
-        load = [0] * world_size()
+        load = [0] * self.size
         mine = []
         for job in ordered:  # longest processing time first
             owner = load.index(min(load))
             load[owner] += job.cost
-            if owner == rank():
+            if owner == self.rank:
                 mine.append(job)
-        results = dict(gathered(list(super().map(mine))))
+        results = dict(self.gathered(list(super().map(mine))))
         return ((job.name, results[job.name]) for job in ordered)
 
     def map_here(self, jobs: Iterable[LayerJob[T]]) -> Iterator[tuple[str, T]]:

@@ -56,21 +56,22 @@ def build_adapters(
     seed: int = 0,
     progress: bool = True,
     put_base: Callable[[str, nn.Module, torch.Tensor], None] | None = None,
-    write_base: bool = True,
+    launch: backend.Launch | None = None,
     compute: torch.device | str | None = None,
     release: Callable[[torch.Tensor], None] | None = None,
 ) -> AdapterSet:
     """Initialise every planned layer's adapter. New base weights (out, in) go to
-    ``put_base(name, module, W)`` (e.g. a run's base writer), by default into the model in place;
-    nowhere without ``write_base`` (a process of a group that does not write). Decompositions and
-    the new bases are computed on ``compute`` (default: where the weights are; an offloaded model's
-    weights go there one layer at a time); the adapters end where the weights live. ``release``
-    gets each layer's weight once the layer is done (e.g. to hand its mapped pages back).
+    ``put_base(name, module, W)`` (e.g. a run's base writer), by default into the model in place.
+    Decompositions and the new bases are computed on ``compute`` (default: where the weights are;
+    an offloaded model's weights go there one layer at a time); the adapters end where the weights
+    live. ``release`` gets each layer's weight once the layer is done (e.g. to hand its mapped
+    pages back).
 
-    In one process each layer's base is written by the job that decomposed it; in a process group
-    the layers are shared out, and the writing process writes the bases of the others' layers from
-    the adapters they hand back."""
+    In one process (``launch``'s default) each layer's base is written by the job that decomposed
+    it; in a launch of several the layers are shared out, and only the writer computes new bases:
+    its own layers', then the others' from the adapters they hand back."""
     put_base = put_base or (lambda _name, module, W: set_weight_matrix(module, W))
+    launch = launch or backend.Launch()
     if method.ranks is not None:  # ranks that depend on every layer's spectrum: decided first
         plan, waves = allocate_ranks(method, plan, waves)
     generator = torch.Generator().manual_seed(seed)
@@ -86,7 +87,7 @@ def build_adapters(
 
     def write(name: str, adapter: LayerAdapter) -> LayerAdapter:
         module = plan[name].module
-        new_base = base_without(weight_matrix(module).to(device), adapter) if write_base else None
+        new_base = base_without(weight_matrix(module).to(device), adapter) if launch.writer else None
         if new_base is not None:
             put_base(name, module, new_base)  # layers are distinct: safe from parallel workers
         elif release is not None:
@@ -107,7 +108,7 @@ def build_adapters(
         return backend.LayerJob(name, tuple(weight_matrix(plan[name].module).shape), lambda: write(name, adapter))
 
     bar = tqdm(total=len(plan), desc=f"building {method.name}", unit="layer", disable=not progress)
-    with bar, backend.on(device).layer_pool() as pool:
+    with bar, backend.on(device).layer_pool(launch) as pool:
         for wave in waves:  # the wave source may run model forwards: full threads there
             jobs = []
             for unit in wave:
@@ -115,7 +116,7 @@ def build_adapters(
                 decompose = unit.decompose or (decomposer(row, statistic, unit.names[0]) if row else None)
                 jobs += [job(name, decompose) for name in unit.names if name in plan]
             results = dict(pool.map(jobs))
-            if write_base:  # the layers other processes decomposed
+            if launch.writer:  # the layers other processes decomposed
                 elsewhere = [write_job(name, adapter) for name, adapter in results.items() if name not in written]
                 results.update(pool.map_here(elsewhere))
             built.update(results)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import backend
 from ..calibrate import PassSettings, iter_covariances
 from ..decompose import Decomposer
 from ..errors import SvdadaptError
@@ -78,14 +79,15 @@ def waves_from_store(store: CovarianceStore, names: list[str], needs: str) -> It
 
 
 def waves_on_the_fly(
-    model, batches, modules: dict, needs: str, accumulate_dtype, progress: bool, placement=None, hidden_dir=None
-) -> Iterator[list[Unit]]:
-    """Calibrate block by block and hand over each block's groups as one wave (``placement`` and
-    ``hidden_dir``: as :class:`~svdadapt.calibrate.PassSettings` takes them)."""
+    model, batches, modules: dict, needs: str, accumulate_dtype, progress: bool, placement=None, hidden_dir=None,
+    launch: backend.Launch | None = None,
+) -> Iterator[list[Unit]]:  # fmt: skip
+    """Calibrate block by block and hand over each block's groups as one wave (``placement``,
+    ``hidden_dir`` and ``launch``: as :class:`~svdadapt.calibrate.PassSettings` takes them)."""
     total = sum(int(b["input_ids"].shape[0]) for b in batches)
     settings = PassSettings(
         accumulate_dtype=accumulate_dtype, progress=progress, total_samples=total, placement=placement,
-        hidden_dir=hidden_dir,
+        hidden_dir=hidden_dir, launch=launch or backend.Launch(),
     )  # fmt: skip
     for _, groups in iter_covariances(model, batches, modules, settings):
         yield [Unit(g.members, _statistic(g, needs)) for g in groups]

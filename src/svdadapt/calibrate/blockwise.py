@@ -85,4 +85,4 @@ def _block_sums(stream: BlockStream, index: int, hooked: dict, settings: PassSet
 
     with capture:
         stream.advance(index, before=lambda record: capture.begin_batch(record.mask), after=after)
-    return [finish(g, settings.store_dtype) for g in capture.groups.values()] if hooked else []
+    return [finish(g, settings.store_dtype, settings.launch) for g in capture.groups.values()] if hooked else []

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import backend
 from ..errors import SvdadaptError
 from ..fingerprint import model_identity
 from ..options import opt
@@ -78,11 +77,12 @@ def iter_covariances(
     """Yield ``(unit, finished groups)`` as covariances become final: one unit per block in
     block-wise mode (so callers can decompose and free them at once), a single unit 0 otherwise.
 
-    In a process group each process takes its share of the batches and the sums are added up."""
+    In a launch of several processes (``settings.launch``) each process takes its share of the
+    batches and the sums are added up."""
     modules = targets if isinstance(targets, dict) else find_targets(model, targets)
     settings = settings or PassSettings()
     mode = resolve_mode(model, modules, mode, settings.placement)
-    yield from MODES[mode](model, backend.share_of(batches), modules, settings)
+    yield from MODES[mode](model, settings.launch.share(batches), modules, settings)
 
 
 def collect_covariances(

@@ -61,5 +61,5 @@ def full_pass(
         bar.close()
         model.train(was_training)
     for group in list(capture.groups.values()):
-        yield finish(group, settings.store_dtype)
+        yield finish(group, settings.store_dtype, settings.launch)
         del capture.groups[group.key]  # free each group's sums as soon as it is handed over

@@ -9,14 +9,15 @@ from ..store import FinishedGroup
 from .capture import Group
 
 
-def finish(group: Group, store_dtype: torch.dtype = torch.float32) -> FinishedGroup:
+def finish(
+    group: Group, store_dtype: torch.dtype = torch.float32, launch: backend.Launch | None = None
+) -> FinishedGroup:
     """Turn running sums into means in ``store_dtype`` (the sums are consumed), summed over every
-    process of a process group first."""
+    process of ``launch`` first (default: this one alone)."""
     sums = group.sums
-    if backend.in_process_group():
-        state = sums.state()
-        backend.sum_across_processes(state.values())
-        sums.count = int(state["count"].item())
+    state = sums.state()  # the sums themselves: added up in place
+    (launch or backend.Launch()).sum(state.values())
+    sums.count = int(state["count"].item())
     count = max(sums.count, 1)
     covariance = sums.finish_().div_(count).to(store_dtype)
     finished = FinishedGroup(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..backend import Placement
+from ..backend import Launch, Placement
 from .resume import FullPassState
 
 
@@ -28,3 +28,4 @@ class PassSettings:
     resume: FullPassState | None = None  # whole-model resume: the sums and position to start from
     on_checkpoint: Callable[[FullPassState], None] | None = None  # whole-model: save a resumable point
     checkpoint_seconds: float = 120.0  # whole-model: seconds between checkpoints
+    launch: Launch = field(default_factory=Launch)  # the processes sharing the batches (default: this one)

@@ -84,7 +84,7 @@ class BuildResult:
         return "\n".join(lines)
 
 
-def _statistics(opts: BuildOptions, loaded, method, plan, fingerprint: str, progress: bool):
+def _statistics(opts: BuildOptions, loaded, method, plan, fingerprint: str, progress: bool, launch: backend.Launch):
     """The waves of units the build decomposes, and what the run records about the calibration
     (``fingerprint``: the model's, which a store must have been made of)."""
     if method.needs is None:
@@ -98,12 +98,12 @@ def _statistics(opts: BuildOptions, loaded, method, plan, fingerprint: str, prog
         return waves_from_store(store, list(plan), method.needs), calibration
     opts.calibration.check_length(max_positions(loaded.model))
     batches = opts.calibration.load_batches(loaded.tokenizer, opts.seed)
-    backend.check_shares(len(batches))
+    launch.check_shares(len(batches))
     modules = {name: layer.module for name, layer in plan.items()}
     accumulate = DTYPES[opts.adapter.accumulate_dtype]
     waves = waves_on_the_fly(
         loaded.model, batches, modules, method.needs, accumulate, progress, loaded.placement,
-        opts.placement.hidden_states_dir,
+        opts.placement.hidden_states_dir, launch,
     )  # fmt: skip
     return waves, opts.calibration.source_spec(opts.seed)
 
@@ -114,16 +114,18 @@ def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
     each block's layers; rank 0 alone writes the run (and holds the lock of ``--out``)."""
     out = Path(opts.out).expanduser()
     device = backend.resolve_device(opts.device)
-    with backend.process_group(device), exclusive(out) if backend.is_main_process() else nullcontext():
-        return build_locked(opts, out, progress and backend.is_main_process())
+    with backend.launch(device) as launch, exclusive(out) if launch.writer else nullcontext():
+        return build_locked(opts, out, progress and launch.writer, launch)
 
 
-def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
-    """The build into ``out``, whose lock the caller holds (:func:`build`, or train building its run)."""
+def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.Launch | None = None) -> BuildResult:
+    """The build into ``out``, whose lock the caller holds (:func:`build`, or train building its run
+    in one process: ``launch``'s default)."""
     started = time.monotonic()
     adapter = opts.adapter
     method = adapter.row()  # derived once, when the options were checked
-    writer = backend.is_main_process()
+    launch = launch or backend.Launch()
+    writer = launch.writer
     if writer:
         check_run_out(out, opts.overwrite)
     device = backend.resolve_device(opts.device)
@@ -145,12 +147,12 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
         **model_identity(loaded.model), "body_fingerprint": body_fingerprint(loaded.model),
         "name": loaded.name, "location": loaded.location,
     }  # fmt: skip
-    waves, calibration = _statistics(opts, loaded, method, plan, original["fingerprint"], progress)
+    waves, calibration = _statistics(opts, loaded, method, plan, original["fingerprint"], progress, launch)
     if not writer:  # decompose this process's share of the layers; rank 0 writes the run
         build_adapters(
-            method, plan, waves, seed=opts.seed, progress=False, write_base=False, compute=compute, release=base.release
+            method, plan, waves, seed=opts.seed, progress=False, launch=launch, compute=compute, release=base.release
         )
-        return BuildResult(Run(out, backend.from_main(None, patient=True)))  # while rank 0 writes
+        return BuildResult(Run(out, launch.from_writer(None, patient=True)))  # while rank 0 writes
     with atomic_directory(out) as tmp:
         base.start(tmp / "base")
 
@@ -158,7 +160,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
             base.put(f"{name}.weight", module.weight, stored_weight(module, matrix))
 
         adapters = build_adapters(
-            method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base, compute=compute,
+            method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base, launch=launch, compute=compute,
             release=base.release,
         )  # fmt: skip
         mixed_conv1d(adapters)
@@ -178,4 +180,4 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool) -> BuildResult:
             "build_seconds": round(time.monotonic() - started, 2),
         }
         meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, changed, base_fingerprint)
-    return BuildResult(Run(out, backend.from_main(meta, patient=True)))
+    return BuildResult(Run(out, launch.from_writer(meta, patient=True)))

@@ -87,13 +87,15 @@ def calibrate(opts: CalibrateOptions, progress: bool = True) -> CalibrateResult:
     alone writes (and holds the lock of ``--out``)."""
     out = Path(opts.out).expanduser()
     device = backend.resolve_device(opts.device)
-    with backend.process_group(device), exclusive(out) if backend.is_main_process() else nullcontext():
-        return _calibrate(opts, out, device, progress and backend.is_main_process())
+    with backend.launch(device) as launch, exclusive(out) if launch.writer else nullcontext():
+        return _calibrate(opts, out, device, progress and launch.writer, launch)
 
 
-def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -> CalibrateResult:
+def _calibrate(
+    opts: CalibrateOptions, out: Path, device: str, progress: bool, launch: backend.Launch
+) -> CalibrateResult:
     started = time.monotonic()
-    writer = backend.is_main_process()
+    writer = launch.writer
     if writer:
         check_out_dir(out, opts.resume)
     loaded = load_model(opts.model, device=device, offload=opts.placement.offload_choice)
@@ -101,7 +103,7 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
     targets = find_targets(loaded.model, opts.targets)
     mode = resolve_mode(loaded.model, targets, opts.mode, loaded.placement)  # refusals before anything is written
     batches = opts.source.load_batches(loaded.tokenizer, opts.seed)
-    backend.check_shares(len(batches))  # before anything is written
+    launch.check_shares(len(batches))  # before anything is written
     identity = describe_model(loaded)
     source = opts.source.source_spec(opts.seed)
     spec = {
@@ -115,23 +117,23 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
         "samples_digest": samples_digest(batches),  # the text itself: a data file edited since is not resumed
     }
     run = PartialRun(out, spec, opts.resume) if writer else None
-    complete, done = backend.from_main((run.complete, run.done_units()) if writer else None)
+    complete, done = launch.from_writer((run.complete, run.done_units()) if writer else None)
     if complete:
         if writer:
             CovarianceStore.load(out).verify()  # complete means every shard is the one written
-        backend.barrier()
+        launch.barrier()
         return CalibrateResult(CovarianceStore.load(out), reused=True)
-    alone = not backend.in_process_group()  # whole-model checkpoints hold one process's sums: not in a group
+    alone = launch.size == 1  # whole-model checkpoints hold one process's sums: not in a launch of several
     if writer and mode == "full" and not alone and run.checkpointed:
-        print(f"svdadapt: note: the checkpoint in {out} holds one process's sums; {backend.world_size()} processes "
+        print(f"svdadapt: note: the checkpoint in {out} holds one process's sums; {launch.size} processes "
               "start the whole-model pass over (resume with one process to continue it)")  # fmt: skip
     settings = PassSettings(
         accumulate_dtype=DTYPES[opts.accumulate_dtype], store_dtype=DTYPES[opts.store_dtype], progress=progress,
-        total_samples=sum(len(b["input_ids"]) for b in backend.share_of(batches)),
+        total_samples=sum(len(b["input_ids"]) for b in launch.share(batches)),
         start_block=(max(done) + 1) if done else 0,
         resume=run.load_full_state() if mode == "full" and alone else None,
         on_checkpoint=run.save_full_state if alone else None, checkpoint_seconds=opts.checkpoint_seconds,
-        placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir,
+        placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir, launch=launch,
     )  # fmt: skip
     for unit, groups in iter_covariances(loaded.model, batches, targets, settings, mode):
         if writer:
@@ -147,9 +149,9 @@ def _calibrate(opts: CalibrateOptions, out: Path, device: str, progress: bool) -
                 "dtype": opts.store_dtype,
                 "accumulate_dtype": opts.accumulate_dtype,
                 "mode": mode,
-                "processes": backend.world_size(),
+                "processes": launch.size,
                 "seconds": round(time.monotonic() - started, 2),
             }
         )
-    backend.barrier(patient=True)  # the store is complete before any process returns it
+    launch.barrier(patient=True)  # the store is complete before any process returns it
     return CalibrateResult(CovarianceStore.load(out))

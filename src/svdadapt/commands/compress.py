@@ -97,8 +97,6 @@ def _store(opts: CompressOptions, names: list[str]) -> CovarianceStore | None:
 
 def compress(opts: CompressOptions, progress: bool = True) -> CompressResult:
     """Run a sweep as the CLI does; the results are written to ``opts.out``."""
-    if backend.world_size() > 1:
-        raise SvdadaptError("compress runs in one process; run it without a multi-process launcher")
     out = Path(opts.out).expanduser()
     with exclusive(out):
         return _compress(opts, out, progress)

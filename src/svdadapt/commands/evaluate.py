@@ -131,8 +131,6 @@ def check_results_out(out: Path) -> None:
 
 def evaluate(opts: EvalOptions, progress: bool = True) -> EvalResult:
     """Evaluate as the CLI does: the results, and the JSON file they were written to."""
-    if backend.world_size() > 1:
-        raise SvdadaptError("eval runs in one process; run it without a multi-process launcher")
     out = _results_path(opts)
     if out is None:
         return _evaluate(opts, None, progress)

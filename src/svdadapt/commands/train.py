@@ -120,6 +120,15 @@ class TrainPlan:
     tokenizer: Any
 
 
+def launchable(opts: TrainOptions) -> bool:
+    """Whether it may run in each process of a launch: it trains a run that exists, in place (RUN,
+    or OUT resumed); building or copying one is one process's work."""
+    out = Path(opts.out).expanduser() if opts.out else None
+    if out is not None and opts.training.resume and (out / RUN_FILE).is_file():
+        return True
+    return bool(opts.run) and (out is None or out.resolve() == Path(opts.run).expanduser().resolve())
+
+
 def plan_training(opts: TrainOptions) -> TrainPlan:
     """Resolve ``opts`` once (see :class:`TrainPlan`); one line for a run that cannot take the task
     or a method parameter the row does not have."""
@@ -166,14 +175,7 @@ def prepare_run(opts: TrainOptions, plan: TrainPlan, progress: bool) -> Run:
     if plan.source is not None:
         if plan.target.resolve() == plan.source.path.resolve():
             return plan.source
-        if backend.world_size() > 1:
-            raise SvdadaptError("under a multi-process launcher, train RUN in place (leave out --out)")
         return copy_run(plan.source, plan.target, opts.overwrite)
-    if backend.world_size() > 1:
-        raise SvdadaptError(
-            "under a multi-process launcher, train an existing run: `svdadapt build ... --out RUN` first, "
-            "then launch `svdadapt train RUN ...`"
-        )
     given_now = {k: getattr(opts.adapter, k) for k in BUILD_DEFAULTS if getattr(opts.adapter, k) is not None}
     adapter = replace(opts.adapter, **{**BUILD_DEFAULTS, **given_now})
     task = plan.task
@@ -192,19 +194,27 @@ def train(opts: TrainOptions, progress: bool = True) -> TrainResult:
     from ..train.session import nothing_to_resume, prepare_data, run_training  # Trainer's: seconds, only here
 
     device = backend.resolve_device(opts.device)
+    launch = backend.launch(device)  # not joined: the processes' group is Trainer's
     plan = plan_training(opts)
     data = prepare_data(opts.task, plan.task, plan.tokenizer, opts.seed)  # bad data fails before a run is built
-    with exclusive(plan.target) if backend.is_main_process() else nullcontext():
+    with exclusive(plan.target) if launch.writer else nullcontext():
         try:
-            return _train(opts, plan, data, device, run_training, nothing_to_resume, progress)
+            return _train(opts, plan, data, device, run_training, nothing_to_resume, progress, launch)
         except Exception:
-            if plan.created and backend.is_main_process():
+            if plan.created and launch.writer:
                 shutil.rmtree(plan.target, ignore_errors=True)
             raise
 
 
 def _train(
-    opts: TrainOptions, plan: TrainPlan, data, device: str, run_training, nothing_to_resume, progress: bool
+    opts: TrainOptions,
+    plan: TrainPlan,
+    data,
+    device: str,
+    run_training,
+    nothing_to_resume,
+    progress: bool,
+    launch: backend.Launch,
 ) -> TrainResult:
     started = time.monotonic()
     run = prepare_run(opts, plan, progress)
@@ -212,12 +222,12 @@ def _train(
     if opts.training.resume and run.meta["stage"] == "trained" and nothing_to_resume(run.path, opts.training):
         results = read_json(run.path / "train_results.json", "training results", "train without --resume")
         return TrainResult(run, results, resumed_finished=True)  # the run stays as it was
-    if backend.is_main_process():
+    if launch.writer:
         run = mark_stage(run, "training")  # until the trained adapter is written
     loaded = run.load_adapted(device=device)
-    result = run_training(opts.training, plan.task, plan.row, opts.seed, run, loaded, data, progress)
+    result = run_training(opts.training, plan.task, plan.row, opts.seed, run, loaded, data, progress, launch.writer)
     head = result.pop("head_state")
-    if not backend.is_main_process():  # one writer: the other processes of a launch only trained
+    if not launch.writer:  # one writer: the other processes of a launch only trained
         return TrainResult(run)
     if opts.training.resume and result["steps_this_session"] == 0 and before.meta["stage"] == "trained":
         mark_stage(before, "trained")  # the checkpoint was the end: the run stays as it was

@@ -109,10 +109,11 @@ def regularizer(method: Method) -> Regularizer | None:
 
 def run_training(
     opts: TrainingOptions, task: ClassificationTask | None, row: Method, seed: int, run, loaded, data: TrainingData,
-    progress: bool,
+    progress: bool, writer: bool = True,
 ) -> dict:  # fmt: skip
     """Train the injected adapters (and a classification task's head) of ``loaded.model`` on ``data``
-    with the row's loss (its train parameters set); checkpoints and the loss curve go into the run."""
+    with the row's loss (its train parameters set); checkpoints and the loss curve go into the run
+    (the ``writer`` of a launch of several processes tidies the checkpoints and draws the curve)."""
     model = loaded.model
     heads = head_modules(model) if task is not None else []
     for name in heads:
@@ -158,17 +159,17 @@ def run_training(
         compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(row),
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
-    if opts.resume and trainer.is_world_process_zero():
+    if opts.resume and writer:
         for dropped in drop_incomplete(out):
             print(f"svdadapt: {dropped} was cut short while being saved; continuing from the checkpoint before it")
     checkpoint = last_checkpoint(out) if opts.resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
-    if trainer.is_world_process_zero() and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
+    if writer and (out / "checkpoints").is_dir() and not any((out / "checkpoints").iterdir()):
         (out / "checkpoints").rmdir()  # Trainer makes its output folder even when it keeps nothing there
     model.eval()
     title = f"{run.meta['method']} on {task.name if task is not None else 'sft'}"
     curve = None
-    if trainer.is_world_process_zero():
+    if writer:
         curve = loss_curves(trainer.state.log_history, out / "loss_curve.png", title)
     history, best = epoch_history(trainer.state.log_history, main, higher)
     steps = trainer.state.global_step

@@ -1,4 +1,11 @@
-"""Handing memory that a finished stage freed, or no longer reads, back to the operating system."""
+"""Handing memory back to the operating system: the one place that does (``madvise``, ``malloc_trim``).
+
+A :class:`MappedPages` holds what may go back: the address ranges of clean private file mappings
+(a checkpoint transformers mapped instead of reading, a base file a build wrote and maps), whose
+pages a later read faults in again, unchanged. Placement hands back a block's weights after it
+worked, the base writer each weight once read or rewritten, each with its own :class:`MappedPages`.
+:func:`release_freed_memory` returns the C heap's free pages after a stage that freed a lot.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,12 @@ import mmap
 import os
 import platform
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .checkpoint import checkpoint_dir, shard_names
 
 
 def release_freed_memory() -> bool:
@@ -30,6 +40,37 @@ def release_freed_memory() -> bool:
 
 
 MADV_DONTNEED = 4
+
+
+@dataclass
+class MappedPages:
+    """Clean private file mappings of this process whose pages may go back to the OS."""
+
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # (start, end) addresses
+
+    @classmethod
+    def of_checkpoint(cls, location: str) -> MappedPages:
+        """The never-written private mappings of ``location``'s checkpoint shards (as transformers
+        maps them); none where unknown."""
+        source = checkpoint_dir(location)
+        shards = shard_names(source) if source is not None else None
+        return cls(file_mappings([str(source / s) for s in shards], clean_only=True) if shards else [])
+
+    def add_files(self, paths: list[str]) -> None:
+        """Also the never-written private mappings of ``paths`` (e.g. files this process wrote)."""
+        self.ranges += file_mappings(paths, clean_only=True)
+
+    def release(self, tensor: torch.Tensor) -> int:
+        """Hand back the whole pages under ``tensor`` where it lies in one of these mappings (its
+        caller reads it again only later, if at all); the bytes handed back."""
+        return drop_mapped_pages(tensor, self.ranges)
+
+    def release_all(self) -> int:
+        """Hand back every resident page of these mappings; the bytes of address space advised."""
+        return drop_file_pages(self.ranges)
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
 
 
 def file_mappings(paths: list[str], clean_only: bool = False) -> list[tuple[int, int]]:
@@ -78,7 +119,7 @@ def drop_mapped_pages(tensor: torch.Tensor, ranges: list[tuple[int, int]]) -> in
 
     Safe only for pages never written through the mapping: a later read faults them back in from
     the file, unchanged. The caller must no longer need the tensor's values from memory: it is for
-    weights whose new values were written elsewhere (see build.base_file).
+    weights whose new values were written elsewhere (see base_writer).
     """
     if tensor.device.type != "cpu" or not ranges:
         return 0
