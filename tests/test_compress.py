@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import svdadapt.compress.dropped as dropped_module
 import svdadapt.compress.sweep as sweep_module
+import svdadapt.decompose as decompose_module
 from svdadapt import SvdadaptError
 from svdadapt.cli import main
 from svdadapt.commands import CompressOptions, compress
@@ -144,13 +144,13 @@ def test_each_point_is_w_minus_the_textbook_smallest_components(tiny, covs, monk
 def test_each_layer_is_decomposed_once_per_decomposition(tiny, covs, monkeypatch):
     model, modules, windows = tiny
     calls = []
-    real = dropped_module.factorize
+    real = decompose_module.factorize
 
     def counting(W, make_context, name="layer", want=None):
         calls.append((name, want))
         return real(W, make_context, name, want)
 
-    monkeypatch.setattr(dropped_module, "factorize", counting)
+    monkeypatch.setattr(decompose_module, "factorize", counting)
     monkeypatch.setattr(sweep_module, "perplexity", lambda *a, **k: PerplexityResult("x", 1.0, 0.0, 1, 1, 1))
     names = ["context", "asvd", "plain"]
     run_sweep(

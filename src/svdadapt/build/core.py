@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 from .. import backend
 from ..adapters.init import INITS, LayerInit, RandomInit, base_without, draw_random
 from ..adapters.state import AdapterSet, LayerAdapter
-from ..decompose import DECOMPOSITIONS, Decomposer, decomposer
+from ..decompose import DECOMPOSITIONS, Decomposer
 from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 from .allocate import allocate_ranks
 from .plan import LayerPlan
-from .waves import Unit
+from .waves import Unit, decompose_waves
 
 
 def _build_layer(
@@ -109,13 +109,7 @@ def build_adapters(
 
     bar = tqdm(total=len(plan), desc=f"building {method.name}", unit="layer", disable=not progress)
     with bar, backend.on(device).layer_pool(launch) as pool:
-        for wave in waves:  # the wave source may run model forwards: full threads there
-            jobs = []
-            for unit in wave:
-                statistic = unit.statistic.to(device) if unit.statistic is not None else None
-                decompose = unit.decompose or (decomposer(row, statistic, unit.names[0]) if row else None)
-                jobs += [job(name, decompose) for name in unit.names if name in plan]
-            results = dict(pool.map(jobs))
+        for results in decompose_waves(waves, row, plan, device, job, pool):
             if launch.writer:  # the layers other processes decomposed
                 elsewhere = [write_job(name, adapter) for name, adapter in results.items() if name not in written]
                 results.update(pool.map_here(elsewhere))

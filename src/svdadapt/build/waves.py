@@ -7,18 +7,20 @@ covariance is used and freed right after its block finishes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from .. import backend
 from ..calibrate import PassSettings, iter_covariances
-from ..decompose import Decomposer
+from ..decompose import Decomposer, Decomposition, decomposer
 from ..errors import SvdadaptError
 from ..store import NO_MEAN, CovarianceStore, FinishedGroup
 
 WAVE = 8  # units per wave when nothing else decides
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,6 +59,23 @@ def _statistic(group: FinishedGroup, needs: str) -> torch.Tensor:
 def _stored(store: CovarianceStore, name: str, needs: str) -> torch.Tensor:
     parts, make = STATISTICS[needs]
     return make(*(getattr(store, part)(name) for part in parts))
+
+
+def decompose_waves(
+    waves: Iterable[list[Unit]], row: Decomposition | None, wanted: Container[str], device: torch.device,
+    job: Callable[[str, Decomposer | None], backend.LayerJob[T]], pool,
+) -> Iterator[dict[str, T]]:  # fmt: skip
+    """Drive the layer pool over ``waves``: for each wave, the ``job`` of every wanted layer of every
+    unit, given the unit's decomposer (its statistic on ``device``, by ``row``; None without one), run
+    on ``pool``; yields each wave's results by layer. The one loop of every pass that decomposes
+    layers wave by wave (building adapters, compression)."""
+    for wave in waves:  # the wave source may run model forwards: full threads there
+        jobs = []
+        for unit in wave:
+            statistic = unit.statistic.to(device) if unit.statistic is not None else None
+            decompose = unit.decompose or (decomposer(row, statistic, unit.names[0]) if row else None)
+            jobs += [job(name, decompose) for name in unit.names if name in wanted]
+        yield dict(pool.map(jobs))
 
 
 def waves_without_statistics(names: Iterable[str]) -> Iterator[list[Unit]]:

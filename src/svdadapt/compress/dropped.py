@@ -17,8 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import backend
-from ..build.waves import Unit
-from ..decompose import Decomposition, Take, factorize, shared_contexts
+from ..build.waves import Unit, decompose_waves
+from ..decompose import Decomposer, Decomposition, Take
 from ..linalg import add_low_rank
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 
@@ -57,10 +57,10 @@ def decompose_bottom(
     device = next(iter(modules.values())).weight.device if modules else torch.device("cpu")
     device = backend.on(compute or device).decomposition_device(compute or device)
 
-    def job(name: str, make) -> backend.LayerJob[Dropped]:
+    def job(name: str, decompose: Decomposer) -> backend.LayerJob[Dropped]:
         def run() -> Dropped:
             W = weight_matrix(modules[name]).to(device)  # (out, in)
-            f = factorize(W, make, name, want=(Take.BOTTOM, r_max[name]))
+            f = decompose(W, name, (Take.BOTTOM, r_max[name]))
             cpu = dict(device="cpu", dtype=torch.float32)
             return Dropped((f.U * f.S).to(**cpu), f.V.to(**cpu), f.S.to(**cpu), f.damping)
 
@@ -69,14 +69,9 @@ def decompose_bottom(
     found: dict[str, Dropped] = {}
     bar = tqdm(total=len(r_max), desc=f"decomposing ({row.name})", unit="layer", disable=not progress)
     with bar, backend.on(device).layer_pool() as pool:
-        for wave in waves:
-            jobs = []
-            for unit in wave:
-                statistic = unit.statistic.to(device) if unit.statistic is not None else None
-                jobs += [job(n, shared_contexts(row, statistic, unit.names[0])) for n in unit.names if n in r_max]
-            for name, dropped in pool.map(jobs):
-                found[name] = dropped
-                bar.update(1)
+        for results in decompose_waves(waves, row, r_max, device, job, pool):
+            found.update(results)
+            bar.update(len(results))
     return found
 
 
