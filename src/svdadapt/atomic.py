@@ -4,6 +4,7 @@ and :func:`exclusive`, one writer per output at a time."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import SvdadaptError
+from .linalg import all_finite
 
 
 def _umask() -> int:
@@ -77,13 +79,44 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 
 
 def write_json(target: Path | str, payload: dict) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
+    """Write ``payload`` as indented JSON, atomically; a number that is not finite (which JSON cannot
+    hold) is refused with one line naming where it sits, and nothing is written."""
+    try:
+        text = json.dumps(payload, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        where = _non_finite_at(payload) or "a value"
+        raise SvdadaptError(f"{where} is not a finite number, so {target} was not written") from None
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def _non_finite_at(value, path: str = "") -> str | None:
+    """The key path of the first float that is inf or nan in a JSON-like value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "a value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, inner in items:
+        found = _non_finite_at(inner, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def require_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """One line naming the first floating tensor holding inf or nan (``where``: what it belongs to):
+    no non-finite tensor is ever written as a result."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.numel() and not all_finite(tensor.detach()):
+            raise SvdadaptError(
+                f"{name} in {where} holds non-finite values (inf or nan), so it was not written; the computation "
+                "that made it diverged or its input is damaged"
+            )
 
 
 def write_safetensors(target: Path | str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    """Write tensors (made contiguous, moved to CPU) as a safetensors file, atomically."""
+    """Write tensors (made contiguous, moved to CPU) as a safetensors file, atomically; tensors that
+    are not finite are refused (:func:`require_finite`) before anything is written."""
+    require_finite(tensors, str(target))
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(target) as tmp:
         save_file(cpu, str(tmp), metadata=metadata)

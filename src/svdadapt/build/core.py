@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .. import backend
 from ..adapters.init import INITS, LayerInit, RandomInit, base_without, draw_random
 from ..adapters.state import AdapterSet, LayerAdapter
+from ..atomic import require_finite
 from ..decompose import DECOMPOSITIONS, Decomposer
 from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
@@ -89,6 +90,7 @@ def build_adapters(
         module = plan[name].module
         new_base = base_without(weight_matrix(module).to(device), adapter) if launch.writer else None
         if new_base is not None:
+            require_finite({name: new_base}, "the new base")
             put_base(name, module, new_base)  # layers are distinct: safe from parallel workers
         elif release is not None:
             release(module.weight)

@@ -19,7 +19,7 @@ from .checkpoints import drop_incomplete, last_checkpoint
 from .datasets import CausalCollator, classification_features, sft_features
 from .options import TaskOptions, TrainingOptions
 from .tasks import ClassificationTask, load_rows
-from .trainer import EpochLine, StepTimer, SvdadaptTrainer, epoch_history
+from .trainer import EpochLine, FiniteGuard, StepTimer, SvdadaptTrainer, epoch_history
 
 # transformers 5 renamed gradient_checkpointing (the old name warns); older versions know only that one
 CHECKPOINTING = next(
@@ -156,7 +156,7 @@ def run_training(
     line, timer = EpochLine(main, higher), StepTimer()
     trainer = SvdadaptTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
-        compute_metrics=metrics, callbacks=[line, timer], regularizer=regularizer(row),
+        compute_metrics=metrics, callbacks=[line, timer, FiniteGuard()], regularizer=regularizer(row),
         module_lr=opts.module_lr, head_lr=opts.head_lr, head_prefixes=tuple(f"{h}." for h in heads),
     )  # fmt: skip
     if opts.resume and writer:

@@ -16,6 +16,7 @@ from ..adapters.losses import Regularizer
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
 from ..files import load_tensors, read_json
+from ..linalg import all_finite
 from ..runner import positions_to_keep
 from .checkpoints import PROGRESS_FILE, TRAINABLE_FILE
 from .datasets import IGNORE
@@ -51,6 +52,9 @@ class SvdadaptTrainer(Trainer):
                 # a task loss normalised over the accumulated batch must not receive the term once per micro-batch
                 loss = loss + (extra / self.args.gradient_accumulation_steps if already_scaled else extra)
                 parts.update(terms)
+            diverged = [f"{k} is {v}" for k, v in parts.items() if not math.isfinite(v)]
+            if diverged:
+                raise Diverged(self.state.global_step + 1, diverged[0])
             for key, value in parts.items():
                 self._parts[key] = self._parts.get(key, 0.0) + value
             self._parts_count += 1
@@ -135,6 +139,26 @@ def on_labelled_positions(model, inputs: dict) -> dict:
         "labels": torch.cat([ignored, following[:, keep]], dim=1),  # (b, k + 1)
         "logits_to_keep": torch.cat([keep, keep[-1:]]),  # (k + 1,)
     }
+
+
+class Diverged(SvdadaptError):
+    """Training stopped because the loss or the adapter became non-finite."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(
+            f"training diverged at step {step} ({what}); the run is left unfinished (not marked trained), with "
+            "its last checkpoint if it kept any: lower --module-lr (or the loss weights) and train again"
+        )
+
+
+class FiniteGuard(TrainerCallback):
+    """After every optimizer step, before anything is logged or saved: the trainable tensors are
+    finite, or training stops (:class:`Diverged`), so no non-finite adapter reaches a checkpoint."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        for name, param in model.named_parameters():
+            if param.requires_grad and not all_finite(param.detach()):
+                raise Diverged(state.global_step, f"{name} is not finite")
 
 
 class StepTimer(TrainerCallback):
