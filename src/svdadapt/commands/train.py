@@ -16,6 +16,7 @@ from ..adapters.inject import adapter_state
 from ..atomic import exclusive, write_json
 from ..build.options import AdapterOptions, check_statistics
 from ..data.options import DataOptions
+from ..data.tasks import classification_task
 from ..errors import SvdadaptError
 from ..files import read_json
 from ..models import load_tokenizer, resolve_location
@@ -23,7 +24,6 @@ from ..options import Options, flat_fields, group, opt
 from ..runs import RUN_FILE, Run, copy_run, mark_stage, update_run
 from ..train.checkpoints import last_checkpoint
 from ..train.options import TaskOptions, TrainingOptions
-from ..train.tasks import classification_task
 from .build import BuildOptions, build_locked
 from .common import DEVICE_HELP, MODEL_HELP
 

@@ -14,11 +14,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.sources import SOURCES, resolve
+from ..data.tasks import CLASSIFICATION_TASKS
 from ..errors import SvdadaptError
 from ..hub import require_hub
 from ..models import max_positions
 from ..runs import task_type_of
-from ..train.tasks import CLASSIFICATION_TASKS
 from .perplexity import evaluation_windows, perplexity
 from .settings import EvalSettings
 

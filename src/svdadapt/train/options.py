@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.sources import check_spec
+from ..data.tasks import TASK_CHOICES
 from ..data.templates import TEMPLATES
 from ..errors import SvdadaptError
 from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, opt
-from .tasks import TASK_CHOICES
 
 SCHEDULES = ["linear", "cosine", "constant", "constant_with_warmup"]
 
