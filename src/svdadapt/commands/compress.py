@@ -18,7 +18,7 @@ from ..errors import SvdadaptError
 from ..evaluate import evaluation_windows
 from ..fingerprint import model_identity
 from ..models import PlacementOptions, load_model, max_positions
-from ..options import POSITIVE, Options, at_least, group, opt
+from ..options import POSITIVE, Options, at_least, check_positions, group, opt
 from ..store import CovarianceStore
 from ..streaming import find_stack
 from ..targets import find_targets, weight_matrix
@@ -118,9 +118,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
     check_out(out)
     device = backend.resolve_device(opts.device)
     loaded = load_model(opts.model, head="causal-lm", device=device, offload=opts.placement.offload_choice)
-    limit = max_positions(loaded.model)
-    if limit is not None and opts.seq_len > limit:
-        raise SvdadaptError(f"--seq-len {opts.seq_len} is beyond this model's limit of {limit} positions")
+    check_positions("--seq-len", opts.seq_len, max_positions(loaded.model))
     identity = model_identity(loaded.model)
     modules = find_targets(loaded.model, opts.targets)
     if loaded.placement.offloaded and find_stack(loaded.model, list(modules)) is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.templates import TEMPLATES
-from ..options import POSITIVE, Options, at_least, opt
+from ..options import POSITIVE, Options, at_least, check_positions, opt
 
 
 @dataclass(kw_only=True)
@@ -25,3 +25,7 @@ class EvalSettings(Options):
     data_dir: str | None = opt(None, "glue: local directory holding validation.* (or dev.*) in csv/tsv/json/jsonl")
     num_fewshot: int | None = opt(None, "lm-eval: few-shot examples (default: each task's own)", check=at_least(0))
     lm_eval_include: str | None = opt(None, "lm-eval: directory of extra task YAML files")
+
+    def check_length(self, max_len: int | None, flag: str = "--seq-len") -> None:
+        """Refuse perplexity windows longer than the model's positions (known once it is loaded)."""
+        check_positions(flag, self.seq_len, max_len)

@@ -74,14 +74,13 @@ def is_causal_lm(model: nn.Module) -> bool:
     return task_type_of(model) == "CAUSAL_LM"
 
 
-def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
-    """``seq_len``, or 2048 capped at the model's positions; beyond the model's limit is an error."""
+def resolve_seq_len(model: nn.Module, settings: EvalSettings) -> int:
+    """``--seq-len``, or 2048 capped at the model's positions; beyond the model's limit is an error."""
     limit = max_positions(model)
-    if seq_len is None:
+    settings.check_length(limit)
+    if settings.seq_len is None:
         return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
-    if limit is not None and seq_len > limit:
-        raise SvdadaptError(f"--seq-len {seq_len} is beyond this model's limit of {limit} positions")
-    return seq_len
+    return settings.seq_len
 
 
 def check_compatible(model: nn.Module, sources: Sequence[str], tasks: Sequence[str]) -> None:
@@ -118,7 +117,7 @@ def evaluate_model(
     sources, tasks = split_list(perplexity_sources), split_list(tasks)
     precheck(sources, tasks, s.lm_eval_include)
     check_compatible(model, sources, tasks)
-    length = resolve_seq_len(model, s.seq_len) if sources else s.seq_len
+    length = resolve_seq_len(model, s) if sources else s.seq_len
     results: dict = {"perplexity": {}, "tasks": {}}
     for source in sources:
         windows = evaluation_windows(source, tokenizer, length, s.max_windows)
