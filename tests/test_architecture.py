@@ -1,10 +1,12 @@
 """The house, checked from the source: layers import only downwards, the back end is reached only
 through its face, and no two files of svdadapt import each other in a loop.
 
-Layers, top to bottom: the CLI, recipes and quickstart → the commands (svdadapt.commands) → the
-domain (calibrate, decompose, build, train, evaluate, compress, adapters, data, runs, ...) → the
-back end (svdadapt.backend) → the error type every layer raises (svdadapt.errors). Every import
-counts, those inside functions included.
+Layers, top to bottom: the CLI, orchestration (svdadapt.pipeline: recipes, the runner, its journal
+and resume rules) and the quickstart → the commands (svdadapt.commands) → the domain
+(calibrate, decompose, build, train, evaluate, compress, adapters, data, runs, ...) → the back end
+(svdadapt.backend) → the error type every layer raises (svdadapt.errors). Every import counts,
+those inside functions included. Orchestration calls the commands through their face, and of
+what lies below them uses only a few named helpers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import pytest
 import svdadapt
 
 PACKAGE = Path(svdadapt.__file__).parent
-TOP = {"svdadapt.cli", "svdadapt.__main__", "svdadapt.pipeline", "svdadapt.quickstart"}
+TOP = {"svdadapt.cli", "svdadapt.__main__", "svdadapt.quickstart"}
+ORCHESTRATION = ("svdadapt.pipeline",)  # packages, in the top layer
+# What orchestration uses below the commands' face: the back end's face (one process or a launch),
+# atomic writes and locks, the error type, options (built and compared by flag name).
+PIPELINE_USES = {"svdadapt.commands", "svdadapt.backend", "svdadapt.atomic", "svdadapt.errors", "svdadapt.options"}
 # What only the back end may touch: process memory, the collector, threads, oneDNN's private op,
 # LAPACK through ctypes, process groups.
 LOW_LEVEL_MODULES = ("ctypes", "gc", "mmap", "threadpoolctl", "concurrent.futures", "torch.distributed")
@@ -63,7 +69,7 @@ def imports_of(module: str) -> set[str]:
 def _layer(module: str) -> str:
     if module == "svdadapt.errors":
         return "errors"
-    if module in TOP:
+    if module in TOP or module.startswith(ORCHESTRATION):
         return "top"
     if module.startswith("svdadapt.commands"):
         return "commands"
@@ -77,6 +83,8 @@ ORDER = ["errors", "backend", "domain", "commands", "top"]
 
 def test_the_modules_are_found():
     assert {"svdadapt.cli", "svdadapt.commands.build", "svdadapt.backend.onednn", "svdadapt.methods"} <= set(MODULES)
+    assert {"svdadapt.pipeline.journal", "svdadapt.pipeline.resume", "svdadapt.quickstart"} <= set(MODULES)
+    assert {_layer(m) for m in MODULES if m.startswith(ORCHESTRATION)} == {"top"}
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if _layer(m) != "backend"])
@@ -88,6 +96,14 @@ def test_outside_the_back_end_no_module_reaches_past_its_face(module):
     source = MODULES[module].read_text()
     used = [name for name in LOW_LEVEL_NAMES if name in source]
     assert not used, f"{module} uses {used}: a back-end decision"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(ORCHESTRATION)])
+def test_orchestration_calls_the_commands_not_the_domain(module):
+    own = "svdadapt.pipeline"
+    used = {m for m in imports_of(module) if m.startswith("svdadapt.") and not m.startswith(own + ".") and m != own}
+    beyond = sorted(used - PIPELINE_USES)
+    assert not beyond, f"{module} imports {beyond}; orchestration calls the commands (svdadapt.commands)"
 
 
 @pytest.mark.parametrize("module", list(MODULES))

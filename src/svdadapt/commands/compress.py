@@ -74,10 +74,6 @@ class CompressResult:
     plot: Path | None
     lines: list[str]
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {}
-
     def summary(self) -> str:
         return "\n".join(self.lines)
 

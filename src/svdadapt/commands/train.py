@@ -76,10 +76,6 @@ class TrainResult:
     results: dict = field(default_factory=dict)  # what train_results.json holds (empty on other processes)
     resumed_finished: bool = False  # --resume found the run trained to the end: nothing was done
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {"run": str(self.run.path), "target": str(self.run.path)}
-
     def summary(self) -> str:
         if self.resumed_finished:
             return f"{self.run.path} is trained to the end already; nothing to resume (without --resume: retrain)"
