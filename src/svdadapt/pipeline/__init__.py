@@ -1,5 +1,6 @@
 """Orchestration: pipelines of commands. ``svdadapt run`` reads a YAML recipe into stages and runs
-them, keeping under ``--resume`` what is done and running the rest.
+them; the quickstart runs stages of its own through the same runner, so both keep what is done
+and run the rest the same way.
 
 - recipe.py     reading a recipe: a YAML mapping, with dotted KEY=VALUE overrides
 - plan.py       a recipe's stages, each checked as its command's options, before the first runs
