@@ -1,12 +1,14 @@
 """The house, checked from the source: layers import only downwards, the back end is reached only
 through its face, and no two files of svdadapt import each other in a loop.
 
-Layers, top to bottom: the CLI, recipes and quickstart → the commands (svdadapt.commands) → the
-domain (calibrate, decompose, build, train, evaluate, compress, adapters, data, runs, ...) → the
-back end (svdadapt.backend) → the error type every layer raises (svdadapt.errors). Every import
-counts, those inside functions included. Which process of a launch this is, and how many there are,
-only the back end knows (and the CLI face, which prints one summary per launch): everyone else asks
-the launch object (``backend.launch()``) what to do.
+Layers, top to bottom: the CLI and orchestration (svdadapt.pipeline: recipes, the runner, its
+journal and resume rules; svdadapt.quickstart) → the commands (svdadapt.commands) → the domain
+(calibrate, decompose, build, train, evaluate, compress, adapters, data, runs, ...) → the back end
+(svdadapt.backend) → the error type every layer raises (svdadapt.errors). Every import counts,
+those inside functions included. Orchestration calls the commands through their face, and of
+what lies below them uses only a few named helpers.
+Which process of a launch this is, and how many there are, only the back end knows (and the CLI
+face, which prints one summary per launch): everyone else asks the launch object (``backend.launch()``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ import pytest
 import svdadapt
 
 PACKAGE = Path(svdadapt.__file__).parent
-TOP = {"svdadapt.cli", "svdadapt.__main__", "svdadapt.pipeline", "svdadapt.quickstart"}
+TOP = {"svdadapt.cli", "svdadapt.__main__"}
+ORCHESTRATION = ("svdadapt.pipeline", "svdadapt.quickstart")  # packages, in the top layer
+# What orchestration uses below the commands' face: the back end's face (one process or a launch),
+# atomic writes and locks, the error type, options (built and compared by flag name), and for the
+# quickstart the methods table (rows by name), plots (its loss curves) and a model's positions.
+PIPELINE_USES = {"svdadapt.commands", "svdadapt.backend", "svdadapt.atomic", "svdadapt.errors", "svdadapt.options"}
+QUICKSTART_USES = PIPELINE_USES | {"svdadapt.pipeline", "svdadapt.methods", "svdadapt.plots", "svdadapt.models"}
 # What only the back end may touch: process memory, the collector, threads, oneDNN's private op,
 # LAPACK through ctypes, process groups.
 LOW_LEVEL_MODULES = ("ctypes", "gc", "mmap", "threadpoolctl", "concurrent.futures", "torch.distributed")
@@ -71,7 +79,7 @@ def imports_of(module: str) -> set[str]:
 def _layer(module: str) -> str:
     if module == "svdadapt.errors":
         return "errors"
-    if module in TOP:
+    if module in TOP or module.startswith(ORCHESTRATION):
         return "top"
     if module.startswith("svdadapt.commands"):
         return "commands"
@@ -85,6 +93,8 @@ ORDER = ["errors", "backend", "domain", "commands", "top"]
 
 def test_the_modules_are_found():
     assert {"svdadapt.cli", "svdadapt.commands.build", "svdadapt.backend.onednn", "svdadapt.methods"} <= set(MODULES)
+    assert {"svdadapt.pipeline.journal", "svdadapt.pipeline.resume", "svdadapt.quickstart"} <= set(MODULES)
+    assert {_layer(m) for m in MODULES if m.startswith(ORCHESTRATION)} == {"top"}
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if _layer(m) != "backend"])
@@ -136,6 +146,16 @@ def test_the_rank_check_sees_what_reads_the_rank(source, read):
 def test_only_the_back_end_knows_rank_and_world_size(module):
     found = rank_readings(MODULES[module].read_text())
     assert not found, f"{module} reads the rank or world size ({found}); ask the launch object (backend.launch)"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(ORCHESTRATION)])
+def test_orchestration_calls_the_commands_not_the_domain(module):
+    package = module.split(".")[1]
+    allowed = PIPELINE_USES if package == "pipeline" else QUICKSTART_USES
+    own = f"svdadapt.{package}"
+    used = {m for m in imports_of(module) if m.startswith("svdadapt.") and not m.startswith(own + ".") and m != own}
+    beyond = sorted(used - allowed)
+    assert not beyond, f"{module} imports {beyond}; orchestration calls the commands (svdadapt.commands)"
 
 
 @pytest.mark.parametrize("module", list(MODULES))

@@ -11,8 +11,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from svdadapt.assets import polarity_split, tiny_model, tiny_tokenizer
 from svdadapt.cli import main
 from svdadapt.data.sources import POLARITY_PROMPT
+from svdadapt.data.tasks import dump_rows
 from svdadapt.evaluate.likelihood import choice_scores, label_likelihood_accuracy, polarity_choices
-from svdadapt.train.tasks import dump_rows
 
 
 def hand_scores(model, tok, template, count):
@@ -94,10 +94,10 @@ def test_glue_metrics_of_a_trained_run_match_its_merged_model_by_hand(cls_run, m
 
 def test_classification_run_logits_equal_the_merged_models(cls_run, mrpc_dir):
     from svdadapt.commands.evaluate import load_target
+    from svdadapt.data.tasks import CLASSIFICATION_TASKS
     from svdadapt.evaluate.classification import classification_logits, validation_rows
     from svdadapt.models import load_model
     from svdadapt.runs import Run
-    from svdadapt.train.tasks import CLASSIFICATION_TASKS
 
     task, rows = CLASSIFICATION_TASKS["mrpc"], validation_rows(CLASSIFICATION_TASKS["mrpc"], str(mrpc_dir))
     assert Run.open(cls_run).head_state(), "training should have written the head"

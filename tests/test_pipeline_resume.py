@@ -15,7 +15,7 @@ import yaml
 from svdadapt import CovarianceStore
 from svdadapt.calibrate import capture
 from svdadapt.cli import main
-from svdadapt.journal import listing
+from svdadapt.pipeline.listing import listing
 
 TRAIN = {"task": "sft", "data": "polarity", "train_samples": 16, "eval_samples": 4, "max_length": 160}
 
@@ -345,7 +345,8 @@ def test_one_run_of_a_pipeline_at_a_time(capsys, tiny_dirs, tmp_path):
 
 
 def test_text_too_long_for_a_path_is_not_a_path(tmp_path):
-    from svdadapt.journal import Journal, exists
+    from svdadapt.pipeline.journal import Journal
+    from svdadapt.pipeline.listing import exists
 
     journal = Journal(tmp_path)
     long = ",".join(["q_proj"] * 200)

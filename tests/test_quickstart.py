@@ -23,7 +23,12 @@ def test_quickstart_flow_writes_a_report(capsys, tiny_dirs, tmp_path):
     assert rows["kasa at init"]["perplexity"] != original["perplexity"]  # KaSA's truncated base
     assert (report / "results.md").read_text().count("|") > 20
     assert (report / "loss_curves.png").is_file() and (report / "spectra.png").is_file()
-    assert "| kasa-context trained |" in out
-    # a rerun reuses the trained runs
+    assert "| kasa-context trained |" in out and "| lora at init (= original) |" in out  # copied, not evaluated
+    assert not (tmp_path / "qs" / "runs" / "lora" / "eval" / "initial.json").exists()
+    # a rerun reuses the calibration, the trained runs and their evaluations: every stage is kept
     assert main(args) == 0
-    assert capsys.readouterr().out.count("reusing the trained") == 4
+    again = capsys.readouterr().out
+    for stage in ("calibrate", *(f"train {m}" for m in ("corda-kpa", "lora", "kasa", "kasa-context"))):
+        assert f"{stage}: kept from the earlier run" in again
+    assert again.count("kept from the earlier run") == again.count("== svdadapt quickstart: stage") == 18
+    assert json.loads((report / "results.json").read_text())["rows"].keys() == rows.keys()

@@ -9,8 +9,7 @@ import yaml
 
 from svdadapt import SvdadaptError
 from svdadapt.cli import main
-from svdadapt.pipeline import plan
-from svdadapt.recipes import load_yaml_mapping, merge_mappings, parse_overrides
+from svdadapt.pipeline import load_yaml_mapping, merge_mappings, parse_overrides, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(glob.glob(str(ROOT / "examples" / "*.yaml")) + glob.glob(str(ROOT / "examples/offline/*.yaml")))

@@ -7,9 +7,9 @@ import torch
 
 from svdadapt.assets import polarity_examples
 from svdadapt.cli import main
+from svdadapt.data.tasks import dump_rows
 from svdadapt.runs import Run
 from svdadapt.train.datasets import IGNORE, sft_features
-from svdadapt.train.tasks import dump_rows
 
 REVIEWS = polarity_examples()
 

@@ -62,7 +62,7 @@ def _apply_config(argv: list[str], subparsers: dict, commands: dict) -> None:
     index = argv.index("--config")
     if index + 1 >= len(argv):
         return  # argparse reports the missing value
-    from .recipes import load_yaml_mapping
+    from .pipeline.recipe import load_yaml_mapping
 
     values = {k.replace("-", "_"): v for k, v in load_yaml_mapping(argv[index + 1]).items()}
     values = yaml_values(commands[argv[0]].options, values)  # e.g. `offload: off`, which YAML reads as false

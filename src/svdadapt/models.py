@@ -210,12 +210,6 @@ def max_positions(model: nn.Module) -> int | None:
     return positions_of(getattr(model, "config", None))
 
 
-def check_positions(limit: int | None, length: int, flag: str = "--seq-len") -> None:
-    """The one check of a window length against the model's positions (``limit``, None: unknown)."""
-    if limit is not None and length > limit:
-        raise SvdadaptError(f"{flag} {length} is beyond this model's limit of {limit} positions")
-
-
 def positions_of_model(spec: str) -> int | None:
     """:func:`max_positions` of the model ``spec`` names, from its config alone (nothing loaded)."""
     location = resolve_location(spec)

@@ -45,6 +45,13 @@ def at_least(n: int) -> Check:
     return Check(lambda v: v >= n, f"must be at least {n}")
 
 
+def check_positions(flag: str, length: int | None, limit: int | None) -> None:
+    """Refuse a window length (``flag``'s value) beyond the model's positions (``limit``, once known;
+    None when the model does not say)."""
+    if length is not None and limit is not None and length > limit:
+        raise SvdadaptError(f"{flag} {length} is beyond this model's limit of {limit} positions")
+
+
 def opt(default: Any = MISSING, help: str = "", *, check: Check | None = None, **meta: Any) -> Any:
     """A dataclass field with CLI metadata (``help``, ``check``, ``choices``, ``flag``, ``positional``,
     ``nargs``, ``const``, ``metavar``; ``how=True``: it says how the command runs or writes, not what

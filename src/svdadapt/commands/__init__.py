@@ -1,12 +1,12 @@
 """The commands: plain functions that take an options dataclass and return a result.
 
 Each is a row of :data:`COMMANDS`: its name, its options class (whose docstring and field help texts
-are its ``--help``), the function, and what its result will hand to later stages of a pipeline,
-known from its options before it runs (so that a whole recipe is checked before its first stage),
-and whether it runs in each process of a launcher (``torchrun``, ``accelerate launch``): where it
-is dispatched (:meth:`Command.start`, the CLI and a recipe's stages), a command that runs in one
-process is refused in one line under a launcher. The CLI, recipes (``svdadapt run``) and the
-quickstart call these, never the domain below them.
+are its ``--help``), the function, what it writes and hands to later stages of a pipeline, both
+known from its options before it runs (so that a whole recipe is checked before its first stage;
+results do not repeat them), and whether it runs in each process of a launcher (``torchrun``,
+``accelerate launch``): where it is dispatched (:meth:`Command.start`, the CLI and a recipe's
+stages), a command that runs in one process is refused in one line under a launcher. The CLI,
+recipes (``svdadapt run``) and the quickstart call these, never the domain below them.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Command:
     name: str
     options: type
     run: Callable[..., Result]  # run(options, progress=True)
-    promises: Callable[[Any], dict[str, str]] = lambda _options: {}  # the result's outputs, from the options
+    hands_over: Callable[[Any], dict[str, str]] = lambda _options: {}  # option values for later stages
     writes: Callable[[Any], str | None] = lambda options: options.out  # the path it writes
     resumable: Callable[[Any], bool] = lambda _options: False  # its output holds work --resume continues
     resume_checks: bool = False  # its --resume refuses work made under other options (calibrate's spec)
@@ -55,8 +55,8 @@ class Command:
         return self.run(options, progress)
 
 
-def _run_dir(opts: TrainOptions) -> dict[str, str]:
-    path = trained_run(opts)
+def _run(path: str) -> dict[str, str]:
+    """A run handed to later stages: to train, merge and export (``run``) and to eval (``target``)."""
     return {"run": path, "target": path}
 
 
@@ -67,19 +67,19 @@ COMMANDS: dict[str, Command] = {
             "calibrate",
             CalibrateOptions,
             calibrate,
-            lambda o: {"covariances": o.out},
+            hands_over=lambda o: {"covariances": o.out},
             resumable=calibration_resumable,
             resume_checks=True,
             launchable=lambda _o: True,
         ),  # fmt: skip
-        Command("build", BuildOptions, build, lambda o: {"run": o.out, "target": o.out}, launchable=lambda _o: True),
+        Command("build", BuildOptions, build, hands_over=lambda o: _run(o.out), launchable=lambda _o: True),
         Command("merge", MergeOptions, merge),
         Command("export", ExportOptions, export),
         Command(
             "train",
             TrainOptions,
             train,
-            _run_dir,
+            hands_over=lambda o: _run(trained_run(o)),
             writes=trained_run,
             resumable=training_resumable,
             scratch=(CHECKPOINTS,),

@@ -58,10 +58,6 @@ class BuildOptions(Options):
 class BuildResult:
     run: Run
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {"run": str(self.run.path), "target": str(self.run.path)}
-
     def summary(self) -> str:
         run, meta = self.run, self.run.meta
         layers = meta["layers"]

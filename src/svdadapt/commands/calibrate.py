@@ -51,10 +51,6 @@ class CalibrateResult:
     store: CovarianceStore
     reused: bool = False  # --out already held this calibration
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {"covariances": str(self.store.path)}
-
     def summary(self) -> str:
         store, meta = self.store, self.store.metadata
         shared = [key for key in store.groups if len(store.members(key)) > 1]

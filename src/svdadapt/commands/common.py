@@ -9,13 +9,9 @@ DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
 
 
 class Result(Protocol):
-    """What every command returns: a summary for people, and what it hands to later pipeline stages."""
+    """What every command returns: a summary for people (what it hands to later pipeline stages is its
+    command row's, known from its options)."""
 
     def summary(self) -> str:
         """A few lines saying what was done and where it went (the CLI prints them)."""
-        ...
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        """Option values for later stages of a pipeline, e.g. ``{"covariances": path}``."""
         ...

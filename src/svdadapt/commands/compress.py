@@ -68,10 +68,6 @@ class CompressResult:
     plot: Path | None
     lines: list[str]
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {}
-
     def summary(self) -> str:
         return "\n".join(self.lines)
 
@@ -110,7 +106,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
     check_out(out)
     device = backend.resolve_device(opts.device)
     loaded = load_model(opts.model, head="causal-lm", device=device, offload=opts.placement.offload_choice)
-    seq_len = resolve_seq_len(loaded.model, opts.windows.seq_len)
+    seq_len = resolve_seq_len(loaded.model, opts.windows)
     identity = model_identity(loaded.model)
     modules = find_targets(loaded.model, opts.targets)
     if loaded.placement.offloaded and find_stack(loaded.model, list(modules)) is None:

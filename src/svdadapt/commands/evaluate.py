@@ -61,10 +61,6 @@ class EvalResult:
     results: dict
     out: Path | None
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {}
-
     def summary(self) -> str:
         written = f"results: {self.out}" if self.out else "results: not written (pass --out FILE.json to keep them)"
         return f"{results_table(self.results)}\n{written}"

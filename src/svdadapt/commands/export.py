@@ -34,10 +34,6 @@ class ExportResult:
     out: Path
     against_original: str | None
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {}
-
     def summary(self) -> str:
         target = "the original model" if self.against_original else "the run's base"
         return (

@@ -25,10 +25,6 @@ class MergeOptions(Options):
 class MergeResult:
     out: Path
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {}
-
     def summary(self) -> str:
         return f"merged model: {self.out}"
 

@@ -38,10 +38,6 @@ class SpectraResult:
     plot: Path | None  # None without matplotlib
     layers: list[str]
 
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {}
-
     def summary(self) -> str:
         if self.plot is None:
             return "spectra: no plot written (install matplotlib)"

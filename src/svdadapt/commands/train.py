@@ -17,6 +17,7 @@ from ..adapters.inject import adapter_state
 from ..atomic import exclusive, write_json
 from ..build.options import AdapterOptions, check_statistics
 from ..data.options import DataOptions
+from ..data.tasks import ClassificationTask, classification_task
 from ..errors import SvdadaptError
 from ..files import read_json
 from ..method_options import given
@@ -26,7 +27,6 @@ from ..options import Options, flat_fields, group, opt
 from ..runs import RUN_FILE, Run, copy_run, mark_stage, update_run
 from ..train.checkpoints import last_checkpoint
 from ..train.options import TaskOptions, TrainingOptions
-from ..train.tasks import ClassificationTask, classification_task
 from .build import BuildOptions, build_locked
 from .common import DEVICE_HELP, MODEL_HELP
 
@@ -79,10 +79,6 @@ class TrainResult:
     run: Run
     results: dict = field(default_factory=dict)  # what train_results.json holds (empty on other processes)
     resumed_finished: bool = False  # --resume found the run trained to the end: nothing was done
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        return {"run": str(self.run.path), "target": str(self.run.path)}
 
     def summary(self) -> str:
         if self.resumed_finished:

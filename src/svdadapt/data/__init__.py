@@ -1,4 +1,5 @@
-"""Calibration and training data: sources, templates, tokenized samples and batches."""
+"""Calibration and training data: sources, templates, tokenized samples and batches, and the task
+table (tasks.py) that training and evaluation read."""
 
 from .batching import make_batches, pad_batch, samples_digest
 from .records import Example

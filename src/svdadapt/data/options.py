@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from ..models import check_positions
-from ..options import POSITIVE, Options, opt
+from ..options import POSITIVE, Options, check_positions, opt
 from .batching import make_batches
 from .samples import Sample, make_samples
 from .sources import FieldOptions, check_spec, resolve
@@ -52,7 +51,7 @@ class DataOptions(Options):
 
     def check_length(self, max_len: int | None, flag: str = "--seq-len") -> None:
         """Refuse windows longer than the model's positions (known once it is loaded)."""
-        check_positions(max_len, self.seq_len, flag)
+        check_positions(flag, self.seq_len, max_len)
 
     def load_samples(self, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[Sample]:
         corpus = resolve(self.data, self.fields())

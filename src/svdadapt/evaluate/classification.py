@@ -1,5 +1,5 @@
 """GLUE metrics (and the bundled ``polarity`` twin) of a sequence-classification model on a task's
-validation split, with the metrics of the task table in :mod:`svdadapt.train.tasks`."""
+validation split, with the metrics of the task table in :mod:`svdadapt.data.tasks`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .. import backend
+from ..data.tasks import ClassificationTask, load_split
 from ..errors import SvdadaptError
 from ..models import max_positions
-from ..train.tasks import ClassificationTask, load_split
 
 MAX_LENGTH = 512  # tokens per example (longer ones are cut), or the model's limit if lower
 

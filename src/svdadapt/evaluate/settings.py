@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data.templates import TEMPLATES
-from ..options import POSITIVE, Options, at_least, opt
+from ..options import POSITIVE, Options, at_least, check_positions, opt
 
 
 @dataclass(kw_only=True)
@@ -18,6 +18,10 @@ class WindowOptions(Options):
     )
     max_windows: int | None = opt(None, "evaluate at most this many windows per source (default: all)", check=POSITIVE)
     batch_size: int = opt(4, "windows or examples per forward pass", check=POSITIVE)
+
+    def check_length(self, max_len: int | None, flag: str = "--seq-len") -> None:
+        """Refuse perplexity windows longer than the model's positions (known once it is loaded)."""
+        check_positions(flag, self.seq_len, max_len)
 
 
 @dataclass(kw_only=True)

@@ -14,13 +14,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.sources import SOURCES, resolve
+from ..data.tasks import CLASSIFICATION_TASKS
 from ..errors import SvdadaptError, unknown
 from ..hub import require_hub
-from ..models import check_positions, max_positions
+from ..models import max_positions
 from ..runs import task_type_of
-from ..train.tasks import CLASSIFICATION_TASKS
 from .perplexity import evaluation_windows, perplexity
-from .settings import EvalSettings
+from .settings import EvalSettings, WindowOptions
 
 DEFAULT_SEQ_LEN = 2048
 TASK_HELP = "polarity-instruct, polarity, glue:cola|sst2|mrpc|stsb|qnli|rte, lm-eval:TASK"
@@ -74,13 +74,13 @@ def is_causal_lm(model: nn.Module) -> bool:
     return task_type_of(model) == "CAUSAL_LM"
 
 
-def resolve_seq_len(model: nn.Module, seq_len: int | None) -> int:
-    """``seq_len``, or 2048 capped at the model's positions; beyond the model's limit is an error."""
+def resolve_seq_len(model: nn.Module, settings: WindowOptions) -> int:
+    """``--seq-len``, or 2048 capped at the model's positions; beyond the model's limit is an error."""
     limit = max_positions(model)
-    if seq_len is None:
+    settings.check_length(limit)
+    if settings.seq_len is None:
         return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
-    check_positions(limit, seq_len)
-    return seq_len
+    return settings.seq_len
 
 
 def check_compatible(model: nn.Module, sources: Sequence[str], tasks: Sequence[str]) -> None:
@@ -117,7 +117,7 @@ def evaluate_model(
     sources, tasks = split_list(perplexity_sources), split_list(tasks)
     precheck(sources, tasks, s.lm_eval_include)
     check_compatible(model, sources, tasks)
-    length = resolve_seq_len(model, s.seq_len) if sources else s.seq_len
+    length = resolve_seq_len(model, s) if sources else s.seq_len
     results: dict = {"perplexity": {}, "tasks": {}}
     for source in sources:
         windows = evaluation_windows(source, tokenizer, length, s.max_windows)

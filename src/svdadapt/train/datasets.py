@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..data.samples import Sample
-from .tasks import ClassificationTask
+from ..data.tasks import ClassificationTask
 
 IGNORE = -100  # label id the loss skips
 

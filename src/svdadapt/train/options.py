@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.sources import check_spec
+from ..data.tasks import TASK_CHOICES
 from ..data.templates import TEMPLATES
 from ..errors import SvdadaptError
 from ..method_options import method_params
 from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, group, opt
-from .tasks import TASK_CHOICES
 
 SCHEDULES = ["linear", "cosine", "constant", "constant_with_warmup"]
 

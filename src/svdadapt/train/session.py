@@ -12,13 +12,13 @@ from transformers import DataCollatorWithPadding, TrainingArguments
 
 from ..adapters.losses import LOSSES, Regularizer
 from ..data import FieldOptions, make_samples, resolve
+from ..data.tasks import ClassificationTask, load_rows
 from ..errors import SvdadaptError
 from ..methods import Method
 from ..plots import loss_curves
 from .checkpoints import drop_incomplete, last_checkpoint
 from .datasets import CausalCollator, classification_features, sft_features
 from .options import TaskOptions, TrainingOptions
-from .tasks import ClassificationTask, load_rows
 from .trainer import EpochLine, FiniteGuard, StepTimer, SvdadaptTrainer, epoch_history
 
 # transformers 5 renamed gradient_checkpointing (the old name warns); older versions know only that one

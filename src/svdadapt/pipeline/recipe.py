@@ -1,4 +1,4 @@
-"""YAML configs and recipes: a mapping of option names to values, with dotted overrides."""
+"""Reading recipes (and `--config` files): a YAML mapping of option names to values, with dotted overrides."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SvdadaptError
+from ..errors import SvdadaptError
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Training tasks, as a table: GLUE sequence classification (and its bundled offline twin) and
-instruction fine-tuning of causal LMs.
+"""The task table, read by training and evaluation: GLUE sequence classification (and its bundled
+offline twin) with each task's metrics, and instruction fine-tuning of causal LMs.
 
 ``--task glue:cola`` (cola, sst2, mrpc, stsb, qnli, rte) reads ``nyu-mll/glue`` through ``datasets``,
 or, with ``--data-dir DIR``, local files ``DIR/train.*`` and ``DIR/validation.*`` (or ``dev.*``) in
@@ -109,7 +109,7 @@ def classification_task(spec: str) -> ClassificationTask | None:
 # ------------------------------------------------------------------------------------------ rows
 def _read_table(path: Path) -> list[dict]:
     if path.suffix in (".json", ".jsonl"):
-        from ..data.records import read_records
+        from .records import read_records
 
         return read_records(path)
     delimiter = "\t" if path.suffix == ".tsv" else ","
