@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from .errors import SvdadaptError
@@ -119,7 +120,26 @@ def write_safetensors(target: Path | str, tensors: dict[str, torch.Tensor], meta
     require_finite(tensors, str(target))
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(target) as tmp:
-        save_file(cpu, str(tmp), metadata=metadata)
+        try:
+            save_file(cpu, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # the Rust writer's IO errors: disk full, file-size limit, ...
+            raise OSError(f"could not write {target} ({_io_reason(exc)}); free space, or write elsewhere") from None
+
+
+def _io_reason(exc: BaseException) -> str:
+    """What an IO error from safetensors' writer says, without its Rust debug form."""
+    text = str(exc)
+    found = re.search(r'message: "([^"]+)"', text)
+    return found[1] if found else text.split("\n")[0][:200]
+
+
+def saved_pretrained(save, target: Path, what: str) -> None:
+    """``save()`` (a ``save_pretrained``) into ``target``; its IO failures as one line naming what."""
+    try:
+        save()
+    except (SafetensorError, OSError) as exc:
+        reason = _io_reason(exc)
+        raise OSError(f"could not write {what} into {target} ({reason}); free space, or write elsewhere") from None
 
 
 @contextmanager

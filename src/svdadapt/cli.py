@@ -132,6 +132,10 @@ def _main(argv: list[str] | None) -> int:
         message = TEMPORARY.sub(r"\1", str(exc))
         print(f"svdadapt: error: {message}", file=sys.stderr)
         return 2
+    except MemoryError:
+        advice = "give it less at once (--batch-size, --samples, --seq-len), or offload the model (--offload on)"
+        print(f"svdadapt: error: {args.command} ran out of memory; {advice}", file=sys.stderr)
+        return 2
     return 0
 
 

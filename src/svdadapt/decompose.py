@@ -29,7 +29,7 @@ from . import backend
 from .errors import SvdadaptError
 from .factors import Factors, Take
 from .input_spaces import Decomposer, null_space, principal_inputs
-from .linalg import all_finite, refine_bottom_singular
+from .linalg import all_finite, refine_bottom_singular, zero_or_negative
 
 GRAM_SAFE_RATIO = 1e-6  # full decompositions: below this σ_min/σ_max, use a full SVD
 # r components from the Gram: the subspace error measured on real SmolLM2 layers is ~1.5e-18 over
@@ -78,7 +78,7 @@ def covariance_context(C: torch.Tensor, damping: float = DEFAULT_DAMPING, name: 
     C = C.detach()  # (in, in)
     shift = damping * torch.diagonal(C).to(torch.float64).mean()
     if not shift > 0:
-        raise SvdadaptError(f"covariance of {name} is zero: calibration never reached this layer")
+        raise SvdadaptError(f"covariance of {name} {zero_or_negative(C)}; recalibrate")
     factor: list[torch.Tensor] = []
     lock = threading.Lock()  # layers sharing this context may be decomposed by parallel workers
 

@@ -30,6 +30,7 @@ from .errors import SvdadaptError
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+MAX_JSON = 256 << 20  # a run's, store's or model's JSON file: far more than any writes
 
 
 def inside(directory: Path, name: Any, what: str) -> Path:
@@ -43,12 +44,32 @@ def inside(directory: Path, name: Any, what: str) -> Path:
     return path
 
 
+def no_links_out(directory: Path, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Refuse ``directory`` when anything in it (its index file, a base folder, a shard; not under the
+    top-level names in ``skip``) is a link that leads outside it: what a store or run holds is its own."""
+    root = directory.resolve()
+    for folder, dirs, files in os.walk(directory, followlinks=False):
+        if Path(folder) == directory:
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in [*dirs, *files]:
+            entry = Path(folder) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise SvdadaptError(
+                    f"{what} {directory} holds {entry.relative_to(directory)}, a link that leads outside it; "
+                    "it was tampered with: copy the real files in, or make it again"
+                )
+
+
 def read_json(path: Path, what: str, fix: str) -> dict:
     """The JSON object in ``path``; ``what`` names the file in messages, ``fix`` says what to do."""
     if not path.is_file():
         raise SvdadaptError(f"{what} {path} is missing; {fix}")
+    if path.stat().st_size > MAX_JSON:
+        raise SvdadaptError(f"{what} {path} is {path.stat().st_size >> 20} MiB, too large for one; {fix}")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise SvdadaptError(f"{what} {path} is nested too deeply to be one; {fix}") from None
     except UnicodeDecodeError:
         raise SvdadaptError(f"{what} {path} is not UTF-8 text; {fix}") from None
     except json.JSONDecodeError as exc:

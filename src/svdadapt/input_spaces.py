@@ -16,7 +16,7 @@ import torch
 from . import backend
 from .errors import SvdadaptError
 from .factors import Factors, Take
-from .linalg import all_finite
+from .linalg import all_finite, zero_or_negative
 
 Decomposer = Callable[[torch.Tensor, str, tuple[Take, int]], Factors]  # (W, layer name, want) -> Factors
 
@@ -28,7 +28,7 @@ def _eigenpairs(statistic: torch.Tensor, which: Take, count: int, name: str) -> 
         raise SvdadaptError(f"covariance of {name} has non-finite values; recalibrate")
     G = statistic.detach().to(torch.float64)  # (in, in)
     if not torch.trace(G) > 0:
-        raise SvdadaptError(f"covariance of {name} is zero: calibration never reached this layer")
+        raise SvdadaptError(f"covariance of {name} {zero_or_negative(G)}; recalibrate")
     n = G.shape[0]
     if which is Take.TOP:
         values, vectors = backend.on(G.device).eigh(G, (n - count, n - 1))

@@ -22,6 +22,14 @@ def add_low_rank(W: torch.Tensor, P: torch.Tensor, Q: torch.Tensor, scale: float
     return torch.addmm(W.detach().to(dtype), P.to(W.device, dtype), Q.to(W.device, dtype), alpha=scale)
 
 
+def zero_or_negative(C: torch.Tensor) -> str:
+    """What is wrong with a covariance whose diagonal does not sum to something positive (a mean of
+    squares can only be zero, when calibration never reached the layer, or else is damaged)."""
+    if not torch.diagonal(C).abs().sum() > 0:
+        return "is zero: calibration never reached this layer"
+    return "has a negative diagonal, which no covariance has: the store is damaged"
+
+
 REFINE_TOL = 1e-10  # subspace change per iteration at which refinement stops (float32 storage: ~6e-8)
 REFINE_MAX_ITER = 30
 

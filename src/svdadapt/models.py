@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import (
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .backend import Placement, collection_paused, place
+from .backend import Placement, collection_paused, place, resolve_device
 from .errors import SvdadaptError, unknown
 from .files import check_safetensors, first_line, inside, read_json
 from .fingerprint import model_identity
@@ -112,8 +113,47 @@ def _check_local_dir(path: Path) -> None:
         if not isinstance(weight_map, dict):
             raise SvdadaptError(f"checkpoint index {path / INDEX} has no weight_map; {fix}")
         shards = [inside(path, name, str(path / INDEX)) for name in sorted(set(weight_map.values()))]
+    names: list[str] = []
     for shard in shards:  # headers only: a truncated or foreign file is named before transformers reads it
-        check_safetensors(shard, "model weights", fix)
+        names.extend(check_safetensors(shard, "model weights", fix))
+    _check_layer_count(path, config, names, fix)
+
+
+LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers")  # how configs name their number of blocks
+NUMBERED = re.compile(r"^(.*?)\.(\d+)\.")  # "model.layers.12.mlp..." → ("model.layers", "12")
+
+
+def _check_layer_count(path: Path, config: dict, names: list[str], fix: str) -> None:
+    """The blocks the config asks for are the blocks the weights hold, checked from the headers
+    before any model is built: a config edited to more layers than the weights would otherwise build
+    random ones silently (or, at 100,000, run out of memory building them)."""
+    attr = next((a for a in LAYER_COUNTS if isinstance(config.get(a), int) and not isinstance(config[a], bool)), None)
+    if attr is None:
+        return
+    stacks: dict[str, int] = {}
+    for name in names:
+        found = NUMBERED.match(name)
+        if found:
+            stacks[found[1]] = max(stacks.get(found[1], 0), int(found[2]) + 1)
+    if stacks and config[attr] not in stacks.values():
+        held = max(stacks.values())
+        raise SvdadaptError(
+            f"{path / 'config.json'} asks for {config[attr]} blocks ({attr}) but the weights hold {held}; the config "
+            f"and the weights do not match: {fix}"
+        )
+
+
+def check_loading(model: nn.Module, info: dict, spec: str) -> None:
+    """After transformers built the model: every weight of its body came from the checkpoint (only a
+    new task head may start random), else one line naming the first missing tensor."""
+    body = getattr(model, "base_model_prefix", "")
+    heads = {n for n, _ in model.named_children() if n != body} if hasattr(model, body) else set()
+    missing = [k for k in info.get("missing_keys") or () if k.split(".")[0] not in heads]
+    if missing:
+        raise SvdadaptError(
+            f"model {spec!r}: its checkpoint lacks {len(missing)} weight(s) its config needs, e.g. "
+            f"{sorted(missing)[0]}; the config and the weights do not match"
+        )
 
 
 def resolve_location(spec: str) -> str:
@@ -173,6 +213,7 @@ def load_model(
     ``offload``: keep the weights memory-mapped on the host, as stored, and bring each block to
     ``device`` only while it works (True), load everything onto ``device`` (False), or decide by
     whether the model fits there (None; a note says when it does not)."""
+    device = resolve_device(str(device))  # one line for a device that is no device, or not here
     location = resolve_location(spec)
     head = head_for(location, head)
     if head not in HEADS:
@@ -184,15 +225,17 @@ def load_model(
         print(f"svdadapt: note: offloading ({placement.reason}): blocks go to {device} one at a time")
     try:
         with collection_paused():  # the first load imports most of transformers' modelling code
-            model = HEADS[head].from_pretrained(
+            model, info = HEADS[head].from_pretrained(
                 location,
                 dtype=placement.load_dtype(dtype),
                 use_safetensors=True,
                 trust_remote_code=False,
+                output_loading_info=True,
                 **model_kwargs,
             )
     except LOAD_ERRORS as exc:
         raise SvdadaptError(f"could not load model {spec!r}: {first_line(exc)}") from None
+    check_loading(model, info, spec)
     tokenizer = load_tokenizer(location)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # sequence classification needs it

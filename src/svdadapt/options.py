@@ -36,7 +36,9 @@ class Check:
     requirement: str  # e.g. "must be positive"
 
 
+MAX_VALUE = 2**32 - 1  # the largest number (in size) any option takes
 POSITIVE = Check(lambda v: v > 0, "must be positive")
+SEED = Check(lambda v: v >= 0, "must be a non-negative integer")
 NON_NEGATIVE = Check(lambda v: v >= 0, "must be non-negative")
 FRACTION = Check(lambda v: 0 <= v < 1, "must be in [0, 1)")
 
@@ -209,6 +211,8 @@ def _has_type(value: Any, base: Any) -> bool:
 
 
 def _check_value(flat: FlatField, value: Any) -> None:
+    if value is None and flat.default is MISSING:
+        raise SvdadaptError(f"{flat.name} is required (got None)")
     if value is MISSING or value is None:
         return
     base = _base_type(flat.type)
@@ -216,6 +220,8 @@ def _check_value(flat: FlatField, value: Any) -> None:
         raise SvdadaptError(f"{flat.name} must be {_KINDS.get(base, base.__name__)}, got {value!r}")
     if base is float and not math.isfinite(value) and not flat.field.metadata.get("infinite"):
         raise SvdadaptError(f"{flat.name} must be a finite number, got {value!r}")
+    if base in (int, float) and abs(value) > MAX_VALUE:  # no count sizes memory beyond this, no rate means more
+        raise SvdadaptError(f"{flat.name} must be at most {MAX_VALUE} in size, got {value!r}")
     choices = flat.field.metadata.get("choices")
     if choices and value not in choices:
         raise SvdadaptError(f"{flat.name}: {unknown('value', value, choices)}")

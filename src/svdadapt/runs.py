@@ -26,7 +26,16 @@ from .adapters.peft_format import lora_on_base, write_peft_lora
 from .adapters.state import AdapterSet
 from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
-from .files import check_safetensors, file_record, inside, load_tensors, read_json, require_fields, verify_record
+from .files import (
+    check_safetensors,
+    file_record,
+    inside,
+    load_tensors,
+    no_links_out,
+    read_json,
+    require_fields,
+    verify_record,
+)
 from .fingerprint import weights_fingerprint
 from .methods import Method
 
@@ -90,6 +99,7 @@ class Run:
         run_file = path / RUN_FILE
         if not run_file.is_file():
             raise SvdadaptError(f"{path} is not an svdadapt run (no {RUN_FILE}); create one with svdadapt build")
+        no_links_out(path, "run", skip=("checkpoints", "eval"))
         meta = read_json(run_file, "run file", DAMAGED)
         if meta.get("format") != FORMAT:
             raise SvdadaptError(f"{run_file} is not an svdadapt run file")

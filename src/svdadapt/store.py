@@ -23,7 +23,16 @@ import torch
 
 from .atomic import atomic_directory, write_json, write_safetensors
 from .errors import SvdadaptError
-from .files import check_safetensors, file_record, inside, open_tensors, read_json, require_fields, verify_record
+from .files import (
+    check_safetensors,
+    file_record,
+    inside,
+    no_links_out,
+    open_tensors,
+    read_json,
+    require_fields,
+    verify_record,
+)
 from .options import opt
 
 
@@ -196,12 +205,15 @@ class CovarianceStore:
     @classmethod
     def load(cls, path: str | Path) -> CovarianceStore:
         """Open a store directory (tensors are read lazily, shard by shard)."""
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"CovarianceStore.load takes a store's path (str or Path), not {type(path).__name__}")
         path = Path(path)
         meta_file = path / METADATA_FILE
         if not meta_file.is_file():
             if path.is_dir() and (path / ".partial").is_dir():
                 raise SvdadaptError(f"{path} holds an interrupted calibration; finish it with --resume")
             raise SvdadaptError(f"{path} is not a covariance store (no {METADATA_FILE}); run svdadapt calibrate")
+        no_links_out(path, "covariance store")
         meta = read_json(meta_file, "covariance store index", DAMAGED)
         if meta.get("format") != FORMAT:
             raise SvdadaptError(f"{path} is not a covariance store ({meta_file} has another format)")

@@ -15,6 +15,8 @@ what this face exports, never the modules behind it:
   wait (``barrier``, patient or not), and ``size`` for messages; in one process each is a no-op.
 - ``resolve_device`` (``devices.py``): ``--device`` checked, or this process's own accelerator;
   ``stop_on_sigterm`` (``signals.py``): SIGTERM as a one-line error.
+- ``free_memory(device)``: the bytes free for new tensors there (what a request is checked against
+  before it allocates).
 - ``place`` → a :class:`Placement`: whether a model is loaded onto its compute device or
   offloaded (memory-mapped on the host, each block brought over by ``on_compute`` while it
   works); ``HiddenStates``: where a block-wise pass keeps its cached hidden states (device, host
@@ -33,7 +35,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .gram import mirror_upper
     from .hidden import HiddenStates
     from .kernels import Backend, on
-    from .placement import Placement, on_compute, place
+    from .placement import Placement, free_memory, on_compute, place
     from .processes import Launch, launch
     from .scheduling import LayerJob, LayerPool
     from .signals import stop_on_sigterm
@@ -47,6 +49,7 @@ __all__ = [
     "Launch",
     "Placement",
     "collection_paused",
+    "free_memory",
     "launch",
     "mirror_upper",
     "on",

@@ -1,8 +1,8 @@
 """Where a block-wise pass keeps every batch's hidden states between blocks.
 
 On the compute device when the model is in place; on the host (in the compute dtype) when it is
-offloaded; in memory-mapped files when asked (a directory) or when they would take more than
-:data:`SPILL_FRACTION` of the host's free memory (256 × 2048 tokens of a 70B model's 8192-wide
+offloaded; in memory-mapped files when asked (a directory) or when, held on the host, they would
+take more than :data:`SPILL_FRACTION` of its free memory (256 × 2048 tokens of a 70B model's 8192-wide
 states are 17 GB in float32). A file slot per batch is overwritten in place block after block, so
 the files hold one copy of the states and the OS pages them in and out as it needs.
 """
@@ -51,7 +51,8 @@ class HiddenStates:
 
     def _spill(self, nbytes: int) -> bool:
         if self.spilled is None:
-            free = free_memory(torch.device("cpu")) if self.placement.offloaded else None
+            on_host = self.placement.offloaded or torch.device(self.placement.home).type == "cpu"
+            free = free_memory(torch.device("cpu")) if on_host else None
             too_big = free is not None and self.count * nbytes > SPILL_FRACTION * free
             self.spilled = self.requested is not None or too_big
         return self.spilled

@@ -34,13 +34,30 @@ class Tally:
     longest: int = 0
 
     def watch(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> Iterator[Mapping[str, torch.Tensor]]:
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            check_batch(batch, index)
             ids = batch["input_ids"]
             mask = batch.get("attention_mask")
             self.samples += int(ids.shape[0])
             self.tokens += int(mask.sum()) if mask is not None else int(ids.numel())
             self.longest = max(self.longest, int(ids.shape[1]))
             yield batch
+
+
+def check_batch(batch: object, index: int) -> None:
+    """A calibration batch is a mapping with ``input_ids`` (batch, seq) of integers and, if given, an
+    ``attention_mask`` of the same shape; else a one-line error naming the batch (at the API's edge,
+    before torch's own errors from deep inside a forward)."""
+    where = f"calibration batch {index}"
+    if not isinstance(batch, Mapping) or not isinstance(batch.get("input_ids"), torch.Tensor):
+        raise SvdadaptError(f"{where} must be a dict holding an `input_ids` tensor (and `attention_mask`)")
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    if ids.dim() != 2 or ids.is_floating_point() or ids.numel() == 0:
+        raise SvdadaptError(f"{where}: `input_ids` must be a non-empty (batch, seq) tensor of token ids")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
+        raise SvdadaptError(
+            f"{where}: `attention_mask` must be a tensor of the shape of `input_ids` {tuple(ids.shape)}"
+        )
 
 
 def _full(model, batches, targets, settings: PassSettings) -> Iterator[tuple[int, list[FinishedGroup]]]:
@@ -105,12 +122,16 @@ def collect_covariances(
     relative rounding of 6e-8, far below the 1% damping every decomposition adds).
     """
     tally = Tally()
+    for index, batch in enumerate(batches if isinstance(batches, Sequence) else ()):
+        check_batch(batch, index)
     total = sum(int(b["input_ids"].shape[0]) for b in batches) if isinstance(batches, Sequence) else None
     settings = PassSettings(accumulate_dtype, store_dtype, device, progress=progress, total_samples=total)
     store = CovarianceStore()
     for unit, groups in iter_covariances(model, tally.watch(batches), targets, settings, mode):
         for group in groups:
             store.add(group, shard_name(unit))
+    if tally.tokens == 0:
+        raise SvdadaptError("calibration saw no token: give batches holding unmasked tokens")
     store.metadata.update(
         model=model_identity(model),
         samples=tally.samples,

@@ -20,7 +20,7 @@ from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
 from ..methods import Base
 from ..models import PlacementOptions, load_model, max_positions
-from ..options import POSITIVE, Options, group, opt
+from ..options import POSITIVE, SEED, Options, group, opt
 from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
 from ..store import CovarianceStore
 from ..targets import find_targets, stored_weight, weight_matrix
@@ -40,7 +40,7 @@ class BuildOptions(Options):
     calibration: DataOptions = group(DataOptions, defaults={"data": None})  # --data: calibrate on the fly
     device: str | None = opt(None, DEVICE_HELP)
     placement: PlacementOptions = group(PlacementOptions)
-    seed: int = opt(0, "seed for random adapter initialisation and sampling")
+    seed: int = opt(0, "seed for random adapter initialisation and sampling", check=SEED)
     head: str = opt(
         "auto", "model head to load: auto (from the checkpoint), causal-lm, base, or seq-cls (a new, seeded "
         "classification head, as training a classifier needs)", choices=HEADS,

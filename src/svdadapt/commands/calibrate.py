@@ -15,7 +15,7 @@ from ..calibrate.partial import PARTIAL, PartialRun, check_out_dir
 from ..data import samples_digest
 from ..data.options import DataOptions
 from ..models import PlacementOptions, describe_model, load_model, max_positions
-from ..options import POSITIVE, Options, group, opt
+from ..options import POSITIVE, SEED, Options, group, opt
 from ..store import METADATA_FILE, CovarianceStore
 from ..targets import find_targets, targets_option
 from .common import DEVICE_HELP, MODEL_HELP
@@ -29,7 +29,7 @@ class CalibrateOptions(Options):
     model: str = opt(help=MODEL_HELP)
     out: str = opt(help="directory of the covariance store to write")
     source: DataOptions = group(DataOptions)
-    seed: int = opt(0, "seed for sampling windows and examples")
+    seed: int = opt(0, "seed for sampling windows and examples", check=SEED)
     targets: str | None = targets_option("cover")
     accumulate_dtype: str = accumulate_dtype_option()
     store_dtype: str = opt("float32", "dtype of the stored covariances (means)", choices=list(DTYPES))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.inject import merge_and_unload
-from ..atomic import atomic_directory, exclusive, require_finite
+from ..atomic import atomic_directory, exclusive, require_finite, saved_pretrained
 from ..options import Options, opt
 from ..runs import Run, check_new_out
 
@@ -40,6 +40,7 @@ def merge(opts: MergeOptions, progress: bool = True) -> MergeResult:
         merge_and_unload(loaded.model)
         require_finite(dict(loaded.model.named_parameters()), f"the merged model of {run.path}")
         with atomic_directory(out) as tmp:
-            loaded.model.save_pretrained(tmp, safe_serialization=True)
-            loaded.tokenizer.save_pretrained(tmp)
+            model = loaded.model
+            saved_pretrained(lambda: model.save_pretrained(tmp, safe_serialization=True), out, "the merged model")
+            saved_pretrained(lambda: loaded.tokenizer.save_pretrained(tmp), out, "the tokenizer")
     return MergeResult(out)

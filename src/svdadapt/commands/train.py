@@ -23,7 +23,7 @@ from ..files import read_json
 from ..method_options import given
 from ..methods import Method
 from ..models import load_tokenizer, resolve_location
-from ..options import Options, flat_fields, group, opt
+from ..options import SEED, Options, flat_fields, group, opt
 from ..runs import RUN_FILE, Run, copy_run, mark_stage, update_run
 from ..train.checkpoints import last_checkpoint
 from ..train.options import TaskOptions, TrainingOptions
@@ -53,7 +53,7 @@ class TrainOptions(Options):
     adapter: AdapterOptions = group(AdapterOptions, defaults={"method": None, "rank": None, "dropout": None})
     calibration: DataOptions = group(DataOptions, prefix="calib_", defaults={"data": None})  # --calib-data
     training: TrainingOptions = group(TrainingOptions)
-    seed: int = opt(0, "seed for initialisation, data order and dropout")
+    seed: int = opt(0, "seed for initialisation, data order and dropout", check=SEED)
     device: str | None = opt(None, DEVICE_HELP)
     overwrite: bool = opt(False, "replace a trained run at --out (a copy of RUN, or a run built there)", how=True)
 

@@ -11,11 +11,28 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from .. import backend
 from ..errors import SvdadaptError
 from .sources import Corpus
 from .templates import get_template
+
+TOKEN_BYTES = 40  # host memory per token of a sample (a list item and its int object), for the check below
+MEMORY_SHARE = 0.5  # the samples may take at most this share of the host's free memory
+
+
+def check_affordable(count: int, seq_len: int, where: str) -> None:
+    """Refuse, before anything is made, samples that would not fit in host memory: no option value
+    makes memory grow without bound (``--samples 1000000000``)."""
+    free = backend.free_memory(torch.device("cpu"))
+    need = count * seq_len * TOKEN_BYTES
+    if free is not None and need > MEMORY_SHARE * free:
+        raise SvdadaptError(
+            f"{count} samples of up to {seq_len} tokens from {where} would take about {need / 2**30:.1f} GiB, more "
+            f"than half of this machine's {free / 2**30:.1f} GiB free; lower --samples or --seq-len"
+        )
 
 
 @dataclass
@@ -68,6 +85,10 @@ def text_windows(
             raise SvdadaptError(
                 f"{corpus.where} has {available} tokens, fewer than --seq-len {seq_len}; lower --seq-len"
             )
+    if num_samples > len(text):  # more windows than the text has places to start one
+        print(f"svdadapt: note: {corpus.where} supplies at most {len(text)} distinct windows; using that many")
+        num_samples = len(text)
+    check_affordable(num_samples, seq_len, corpus.where)
     rng = random.Random(seed)
     starts = [rng.randint(0, len(text) - 1) for _ in range(num_samples)]
     return [Sample(bos + _window(text, start, span, body, tokenizer)) for start in starts]
@@ -83,6 +104,7 @@ def example_samples(
 ) -> list[Sample]:
     """``num_samples`` distinct examples (all of them if fewer), rendered and tokenized."""
     tmpl = get_template(template, tokenizer)
+    check_affordable(min(num_samples, len(corpus)), seq_len, corpus.where)
     rng = random.Random(seed)
     indices = rng.sample(range(len(corpus)), min(num_samples, len(corpus)))
     samples = []

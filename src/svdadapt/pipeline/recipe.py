@@ -19,6 +19,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise SvdadaptError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    except RecursionError:
+        raise SvdadaptError(f"{path} is nested too deeply to be a recipe or config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

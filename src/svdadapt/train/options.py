@@ -11,7 +11,7 @@ from ..data.tasks import TASK_CHOICES
 from ..data.templates import TEMPLATES
 from ..errors import SvdadaptError
 from ..method_options import method_params
-from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Options, group, opt
+from ..options import FRACTION, NON_NEGATIVE, POSITIVE, Check, Options, group, opt
 
 SCHEDULES = ["linear", "cosine", "constant", "constant_with_warmup"]
 
@@ -40,7 +40,10 @@ class TrainingOptions(Options):
     """The schedule, the optimiser and the method's loss weights; precision, checkpoints and logging."""
 
     epochs: float = opt(3.0, "training epochs", check=POSITIVE)
-    max_steps: int = opt(-1, "stop after this many optimizer steps (overrides --epochs when > 0)")
+    max_steps: int = opt(
+        -1, "stop after this many optimizer steps (overrides --epochs; -1: train by --epochs)",
+        check=Check(lambda v: v == -1 or v >= 1, "must be -1 (train by --epochs) or positive"),
+    )  # fmt: skip
     batch_size: int = opt(8, "examples per device per step", check=POSITIVE)
     eval_batch_size: int = opt(16, "examples per device per evaluation step", check=POSITIVE)
     grad_accum: int = opt(1, "gradient accumulation steps", check=POSITIVE)
@@ -65,6 +68,8 @@ class TrainingOptions(Options):
     report_to: str = opt("none", "trackers for Trainer: none, tensorboard, wandb, ... (comma-separated)", how=True)
 
     def check(self) -> None:
+        if self.bf16 and self.fp16:
+            raise SvdadaptError("--bf16 and --fp16 each choose the precision of training; give one of them")
         trackers = [t.strip() for t in self.report_to.split(",") if t.strip() not in ("", "none")]
         if not trackers or trackers == ["all"]:
             return
