@@ -74,10 +74,18 @@ def test_unknown_and_unreachable_perplexity_sources(capsys, tiny_dirs, tmp_path,
 
 
 def test_run_of_another_model(capsys, lora_run):
-    save_tiny_model("llama", lora_run.parent / "llama", seed=1)  # the run's original model, replaced
+    """A run holds its base (the original's files, linked): replacing the original leaves the run as it
+    was; replacing the run's own base is found by its fingerprint."""
+    save_tiny_model("llama", lora_run.parent / "llama", seed=1)  # the original model, replaced
+    assert run(capsys, "eval", lora_run, "--perplexity", "news", "--max-windows", "1", "--device", "cpu")[0] == 0
+    base = lora_run / "base" / "model.safetensors"
+    kept = lora_run.parent / "kept.safetensors"
+    shutil.move(base, kept)
+    shutil.copy(lora_run.parent / "llama" / "model.safetensors", base)  # the run's own base, replaced
     try:
         msg = bad(capsys, "eval", lora_run, "--perplexity", "news", "--max-windows", "1")
     finally:
+        shutil.move(kept, base)
         save_tiny_model("llama", lora_run.parent / "llama", seed=0)
     assert "is not the one this run was built on" in msg
 

@@ -270,6 +270,22 @@ def positions_of(config) -> int | None:
     return None
 
 
+EMBEDDED = ("default", "default-encoder")
+
+
+def origin(loaded: LoadedModel) -> dict:
+    """Where a model came from, as a run records it without any path of this machine: its name
+    (a hub id, ``default``, or a local folder's own name), and for a hub model its id and revision
+    (then stock PEFT can find it anywhere)."""
+    spec = loaded.name
+    hub = not _looks_like_path(spec) and spec not in EMBEDDED
+    return {
+        "name": spec if hub or spec in EMBEDDED else Path(spec).expanduser().resolve().name,
+        "hub_id": spec if hub else None,
+        "revision": getattr(loaded.model.config, "_commit_hash", None) if hub else None,
+    }
+
+
 def describe_model(loaded: LoadedModel) -> dict:
     """Identity recorded in stores and run directories: what was asked for, where it came from, and
     the architecture and weights fingerprint."""

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from .adapters.peft_format import lora_on_base, write_peft_lora
 from .adapters.state import AdapterSet
 from .atomic import atomic_directory, write_json, write_safetensors
+from .backend import link_or_copy
 from .errors import SvdadaptError
 from .files import (
     check_safetensors,
@@ -144,12 +144,18 @@ class Run:
 
     @property
     def base_changed(self) -> bool:
-        return (self.path / "base").is_dir()
+        """Whether the run's base differs from the original (a residual or truncated base, a new head)."""
+        recorded = self.meta.get("base_changed")
+        return recorded if isinstance(recorded, bool) else (self.path / "base").is_dir()
 
     @property
     def base_location(self) -> str:
-        """Where the frozen base lives: ``RUN/base`` or the original model's location."""
-        return str(self.path / "base") if self.base_changed else self.meta["original"]["location"]
+        """Where the frozen base lives: ``RUN/base`` (every run written since runs travel whole; older
+        runs that kept the original as their base name where it was)."""
+        if (self.path / "base").is_dir():
+            return str(self.path / "base")
+        original = self.meta["original"]
+        return original.get("location") or original.get("hub_id") or original["name"]
 
     def head_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Trained task-head weights by module name (classification runs), empty if none."""
@@ -219,12 +225,14 @@ def update_run(
         write_peft_lora(
             tmp,
             lora_on_base(adapters),
-            run.base_location,
+            adapter_base_name(run.meta),
             fan_in_fan_out=bool(adapters.conv1d),
             task_type=run.meta.get("task_type"),
             dropout=run.meta.get("dropout", 0.0),
             modules_to_save=head,
         )
+        for name in tokenizer_files(run.path / "adapter"):  # the tokenizer travels with the adapter
+            link_or_copy(run.path / "adapter" / name, tmp / name)
     write_safetensors(run.path / STATE_FILE, adapters.tensors())
     written = [STATE_FILE, PEFT_WEIGHTS]
     if head:
@@ -238,22 +246,22 @@ def update_run(
 
 def write_run_files(
     directory: Path,
-    out: Path,
     meta: dict,
     adapters: AdapterSet,
     initial: AdapterSet,
     base_model: nn.Module,
+    tokenizer,
     base_changed: bool,
     base_fingerprint: str,
 ) -> dict:
-    """Write a run's files into ``directory``, the staging directory of an atomic write to ``out``
-    whose base/ (if ``base_changed``) is already written, with weights ``base_fingerprint``.
-    Returns run.json's content."""
-    base_location = str(out / "base") if base_changed else meta["original"]["location"]
+    """Write a run's files into ``directory``, the staging directory of an atomic write of the run,
+    whose base/ is already written, with weights ``base_fingerprint`` (``base_changed``: it differs
+    from the original). The adapter folder gets the tokenizer too. Returns run.json's content."""
     meta = {
         "format": FORMAT,
         "version": VERSION,
         **meta,
+        "base_changed": base_changed,
         "base_fingerprint": base_fingerprint,
         "task_type": task_type_of(base_model),
         "layers": adapters.describe(),
@@ -262,11 +270,12 @@ def write_run_files(
     write_peft_lora(
         directory / "adapter",
         lora_on_base(adapters),
-        base_location,
+        adapter_base_name(meta),
         fan_in_fan_out=bool(adapters.conv1d),
         task_type=meta["task_type"],
         dropout=meta.get("dropout", 0.0),
     )
+    tokenizer.save_pretrained(directory / "adapter")
     write_safetensors(directory / STATE_FILE, adapters.tensors())
     write_safetensors(directory / INITIAL_FILE, initial.tensors())
     meta["files"] = {name: file_record(directory / name) for name in (STATE_FILE, INITIAL_FILE, PEFT_WEIGHTS)}
@@ -280,12 +289,27 @@ def mixed_conv1d(adapters: AdapterSet) -> None:
         raise SvdadaptError("targets mix Conv1D and nn.Linear layers; PEFT cannot save that as one LoRA")
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    """Hard-link (files in a run are replaced, never rewritten in place), else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+BASE_NOTE = (
+    "the base folder beside this adapter (RUN/base): load it with from_pretrained and pass the model and this "
+    "folder to peft.PeftModel.from_pretrained"
+)  # what an adapter names as its base where no hub id can: never a path of the machine that wrote it
+
+
+def adapter_base_name(meta: dict) -> str:
+    """What a run's PEFT adapter names as its base: the original's hub id where the base is the
+    original as the hub has it, else :data:`BASE_NOTE` (stock PEFT's one-argument loaders then fail
+    with that text instead of loading whatever a relative path names from where they run)."""
+    original = meta.get("original") or {}
+    return original.get("hub_id") if not meta.get("base_changed", True) and original.get("hub_id") else BASE_NOTE
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja")  # fmt: skip
+
+
+def tokenizer_files(directory: Path) -> list[str]:
+    """The tokenizer's files in ``directory``."""
+    return [name for name in TOKENIZER_FILES if (directory / name).is_file()]
 
 
 def copy_run(run: Run, out: Path, overwrite: bool = False) -> Run:
@@ -294,5 +318,5 @@ def copy_run(run: Run, out: Path, overwrite: bool = False) -> Run:
     check_run_out(out, overwrite)
     skip = shutil.ignore_patterns("checkpoints", "eval")
     with atomic_directory(out) as tmp:
-        shutil.copytree(run.path, tmp, ignore=skip, copy_function=_link_or_copy, dirs_exist_ok=True)
+        shutil.copytree(run.path, tmp, ignore=skip, copy_function=link_or_copy, dirs_exist_ok=True)
     return Run.open(out)

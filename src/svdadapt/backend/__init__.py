@@ -31,6 +31,7 @@ from .collector import collection_paused, set_aside_live_objects
 
 with collection_paused():  # torch: many long-lived objects, no garbage
     from .base_writer import BaseWriter, open_base_writer
+    from .checkpoint import link_or_copy
     from .devices import resolve_device
     from .gram import mirror_upper
     from .hidden import HiddenStates
@@ -51,6 +52,7 @@ __all__ = [
     "collection_paused",
     "free_memory",
     "launch",
+    "link_or_copy",
     "mirror_upper",
     "on",
     "on_compute",

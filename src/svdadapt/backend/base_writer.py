@@ -3,7 +3,8 @@
 A build changes some weights of the model it loaded (the residual or truncated base) and must
 write the result as an ordinary transformers model directory. :func:`open_base_writer` picks how:
 
-- ``KeptBase``: the method leaves the base as loaded; nothing is written.
+- ``BaseWriter`` itself: the method leaves the base as loaded; the checkpoint's files are hard-linked
+  into the run (copied across file systems), so every run holds its base and travels whole.
 - ``StreamedBase``: the new base is written while it is built, in the checkpoint's own layout.
   Every tensor a method leaves alone is copied by the kernel (``os.copy_file_range``, never through
   this process's memory); each target's bytes are written once, by ``pwrite``, when its new weight
@@ -34,6 +35,7 @@ from .checkpoint import (
     Slot,
     checkpoint_dir,
     copy_except,
+    link_or_copy,
     pwrite_all,
     read_slots,
     same_layout,
@@ -44,9 +46,11 @@ from .pages import MappedPages, release_freed_memory
 
 
 class BaseWriter:
-    """A run's base as the model was loaded: nothing to write (``put`` is an error)."""
+    """A run's base as the model was loaded (``put`` is an error): the checkpoint's files, hard-linked
+    into the run where the file system allows (else copied), so that the run holds its base."""
 
     def __init__(self, location: str) -> None:
+        self.location = location
         self.pages = MappedPages.of_checkpoint(location)  # what may go back to the OS
 
     def release(self, tensor: torch.Tensor) -> None:
@@ -57,13 +61,25 @@ class BaseWriter:
 
     def start(self, directory: Path) -> None:
         """Begin writing the base into ``directory`` (inside the run's staging directory)."""
+        self.directory = directory
 
     def put(self, key: str, param: nn.Parameter, value: torch.Tensor) -> None:
         """Parameter ``key``'s new value, in the parameter's own layout and dtype, now final."""
         raise RuntimeError(f"this build keeps the base as loaded; nothing may change {key}")
 
     def finish(self, model: nn.Module, tokenizer) -> None:
-        """Complete the directory (configs, tokenizer) once every new weight is in."""
+        """Complete the directory (configs, tokenizer) once every new weight is in; the kept base
+        links the checkpoint's weights and configs (saved as loaded where there is no local one)."""
+        source = checkpoint_dir(self.location)
+        shards = shard_names(source) if source is not None else None
+        if shards is None:
+            SavedBase.finish(self, model, tokenizer)
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        configs = [n for n in ("config.json", "generation_config.json", INDEX) if (source / n).is_file()]
+        for name in [*shards, *configs]:  # never a file written below: a link would write through
+            link_or_copy(source / name, self.directory / name)
+        tokenizer.save_pretrained(self.directory)
 
 
 class SavedBase(BaseWriter):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def checkpoint_dir(location: str) -> Path | None:
 
     cached = try_to_load_from_cache(location, "config.json")
     return Path(cached).parent if isinstance(cached, str) else None
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """``target`` as a hard link of ``source`` (free, and safe: svdadapt replaces files, never rewrites
+    them in place), or a copy where the file system cannot link (another device)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def shard_names(directory: Path) -> list[str] | None:

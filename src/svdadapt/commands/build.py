@@ -19,7 +19,7 @@ from ..decompose import check_finite
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
 from ..methods import Base
-from ..models import PlacementOptions, load_model, max_positions
+from ..models import PlacementOptions, load_model, max_positions, origin
 from ..options import POSITIVE, SEED, Options, group, opt
 from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
 from ..store import CovarianceStore
@@ -65,8 +65,8 @@ class BuildResult:
         dampings = sorted({v["damping"] for v in layers.values() if v["damping"] is not None})
         trainable = sum(a.trainable_parameters for a in run.adapters().layers.values())
         kind = {Base.RESIDUAL: "residual weights", Base.TRUNCATED: "truncated weights"}.get(run.method.base)
-        base = f"{kind or 'the original weights with the new head'} in {run.path / 'base'}" if run.base_changed else (
-            "the original model, untouched")  # fmt: skip
+        what = kind or "the original weights with the new head" if run.base_changed else "the original model (linked)"
+        base = f"{what} in {run.path / 'base'}"
         lines = [
             f"run: {run.path}",
             f"  method      {meta['method']} on {meta['original']['name']}: {len(layers)} layers, rank "
@@ -90,7 +90,10 @@ def _statistics(opts: BuildOptions, loaded, method, plan, fingerprint: str, prog
     if opts.adapter.covariances:
         store = CovarianceStore.load(opts.adapter.covariances)
         store.check_covers(fingerprint, plan)
-        calibration = {"covariances": str(opts.adapter.covariances), **store.metadata["source"]}
+        calibration = {
+            "covariances": Path(opts.adapter.covariances).expanduser().resolve().name,
+            **store.metadata["source"],
+        }  # fmt: skip (the store's name: no path of this machine)
         return waves_from_store(store, list(plan), method.needs), calibration
     opts.calibration.check_length(max_positions(loaded.model))
     batches = opts.calibration.load_batches(loaded.tokenizer, opts.seed)
@@ -139,10 +142,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
     for name, layer in plan.items():  # fail before any long work starts
         check_finite(weight_matrix(layer.module), name)
         base.release(layer.module.weight)  # the check read it in; the build reads it when due
-    original = {
-        **model_identity(loaded.model), "body_fingerprint": body_fingerprint(loaded.model),
-        "name": loaded.name, "location": loaded.location,
-    }  # fmt: skip
+    original = {**model_identity(loaded.model), "body_fingerprint": body_fingerprint(loaded.model), **origin(loaded)}
     waves, calibration = _statistics(opts, loaded, method, plan, original["fingerprint"], progress, launch)
     if not writer:  # decompose this process's share of the layers; rank 0 writes the run
         build_adapters(
@@ -175,5 +175,5 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
             "calibration": calibration,
             "build_seconds": round(time.monotonic() - started, 2),
         }
-        meta = write_run_files(tmp, out, meta, adapters, adapters, loaded.model, changed, base_fingerprint)
+        meta = write_run_files(tmp, meta, adapters, adapters, loaded.model, loaded.tokenizer, changed, base_fingerprint)
     return BuildResult(Run(out, launch.from_writer(meta, patient=True)))

@@ -45,7 +45,10 @@ class EvalOptions(Options):
     )  # fmt: skip
     tasks: str | None = opt(None, f"tasks, comma-separated: {TASK_HELP}")
     settings: EvalSettings = group(EvalSettings)
-    initial: bool = opt(False, "a run: evaluate its adapter as built (before training), not its current one")
+    initial: bool = opt(
+        False,
+        "a run: evaluate its adapter as built (before training), not its current one (into RUN/eval/initial.json)",
+    )
     device: str | None = opt(None, DEVICE_HELP)
     out: str | None = opt(None, "results JSON file (default: RUN/eval/results.json for a run; none for a model)")
 
@@ -76,7 +79,7 @@ def load_target(target: str, device: str, initial: bool = False) -> tuple[Loaded
         loaded = run.load_adapted(device=device, initial=initial)
         training = run.meta.get("training") or {}
         stage = "built" if initial else run.meta.get("stage")
-        about = {"kind": "run", "path": str(path), "method": run.meta["method"], "stage": stage}
+        about = {"kind": "run", "path": path.resolve().name, "method": run.meta["method"], "stage": stage}
         return loaded, {**about, "trained_task": training.get("task")}
     if path.is_dir() and not (path / "config.json").is_file():
         raise SvdadaptError(f"{path} is neither an svdadapt run (no {RUN_FILE}) nor a model directory (no config.json)")
@@ -98,7 +101,8 @@ def _default_tasks(loaded: LoadedModel, about: dict) -> tuple[list[str], list[st
 def results_file(opts: EvalOptions) -> Path:
     """Where the results go: --out, or the target's eval/results.json (written when it is a run); a
     link is followed, so the results replace the file it leads to and the link stays."""
-    path = Path(opts.out).expanduser() if opts.out else Path(opts.target).expanduser() / "eval" / "results.json"
+    default = "initial.json" if opts.initial else "results.json"  # the adapter as built never replaces the trained
+    path = Path(opts.out).expanduser() if opts.out else Path(opts.target).expanduser() / "eval" / default
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 

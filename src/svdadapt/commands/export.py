@@ -11,9 +11,14 @@ from ..adapters.peft_format import lora_on_original, write_peft_lora
 from ..atomic import atomic_directory, exclusive
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint
-from ..models import load_model
+from ..models import load_model, origin
 from ..options import Options, opt
 from ..runs import PEFT_WEIGHTS, Run, check_new_out, task_type_of
+
+ORIGINAL_NOTE = (
+    "the original model this adapter was exported against (svdadapt export --against-original): load it with "
+    "from_pretrained and pass the model and this folder to peft.PeftModel.from_pretrained"
+)  # where no hub id names it: never a path of the machine that wrote it
 
 
 @dataclass(kw_only=True)
@@ -70,10 +75,11 @@ def _export(opts: ExportOptions, run: Run, out: Path) -> ExportResult:
         write_peft_lora(
             tmp,
             lora_on_original(run.adapters()),
-            original.location,
+            origin(original)["hub_id"] or ORIGINAL_NOTE,
             fan_in_fan_out=bool(run.meta.get("conv1d")),
             task_type=task_type_of(original.model),
             dropout=run.meta.get("dropout", 0.0),
             modules_to_save=run.head_state() or None,
         )
+        original.tokenizer.save_pretrained(tmp)
     return ExportResult(out, opts.against_original)

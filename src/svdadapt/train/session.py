@@ -182,7 +182,7 @@ def run_training(
         "best": best,
         "history": history,
         "log": trainer.state.log_history,
-        "loss_curve": str(curve) if curve else None,
+        "loss_curve": curve.name if curve else None,  # in the run: no path of this machine
         "steps_this_session": len(timer.seconds),  # 0: a resumed checkpoint was already the end
         "train_seconds_per_step": sum(timer.seconds) / max(len(timer.seconds), 1),
         "step_seconds_median": statistics.median(timer.seconds) if timer.seconds else None,
