@@ -188,15 +188,22 @@ class Run:
             )
         return loaded
 
-    def load_adapted(self, device: str = "cpu", initial: bool = False):
-        """The run's model as it computes: the base with the adapter (``initial``: as built) injected
-        and any trained task head loaded, in eval mode."""
+    def load_adapted(
+        self, device: str = "cpu", initial: bool = False, adapters: AdapterSet | None = None, head: dict | None = None
+    ):
+        """The run's model as it computes: the base with the adapter (``initial``: as built; or
+        ``adapters``, e.g. one trained elsewhere) injected and any trained task head (``head``, else
+        the run's) loaded, in eval mode."""
         from .adapters.inject import inject
 
         loaded = self.load_base(device=device)
-        inject(loaded.model, self.adapters(initial=initial), dropout=self.meta.get("dropout", 0.0))
-        for name, state in ({} if initial else self.head_state()).items():  # a trained classification head
-            loaded.model.get_submodule(name).load_state_dict(state)
+        inject(loaded.model, adapters or self.adapters(initial=initial), dropout=self.meta.get("dropout", 0.0))
+        heads = {} if initial else head if head is not None else self.head_state()
+        for name, state in heads.items():  # a trained classification head
+            try:
+                loaded.model.get_submodule(name).load_state_dict(state)
+            except (AttributeError, RuntimeError) as exc:
+                raise SvdadaptError(f"the task head {name} does not fit this run's model ({exc}); {DAMAGED}") from None
         loaded.model.eval()
         return loaded
 

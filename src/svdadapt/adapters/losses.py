@@ -65,8 +65,13 @@ class Regularizer:
     weights: dict[str, float]
 
     def __call__(self, model: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
-        """(Σ weight · term, each term's value for the log)."""
-        terms = self.loss.terms(trainable_adapters(model))
+        """(Σ weight · term, each term's value for the log) over the model's trainable adapters."""
+        return self.over(trainable_adapters(model))
+
+    def over(self, adapters: list) -> tuple[torch.Tensor, dict[str, float]]:
+        """The same over ``adapters``: anything with ``lora_A.weight``, ``lora_B.weight`` and, for
+        losses that need it, ``lora_diag`` (svdadapt's layers, or views of PEFT's)."""
+        terms = self.loss.terms(adapters)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, {name: float(value.detach()) for name, value in terms.items()}
 

@@ -18,6 +18,7 @@ from ..evaluate.settings import EvalSettings
 from ..evaluate.suite import TASK_HELP, evaluate_model, is_causal_lm, precheck, split_list, task_kind
 from ..models import LoadedModel, load_model
 from ..options import Options, group, opt
+from ..peft_handle import adapter_option, chosen_adapter
 from ..runs import RUN_FILE, Run
 from .common import DEVICE_HELP
 
@@ -49,10 +50,13 @@ class EvalOptions(Options):
         False,
         "a run: evaluate its adapter as built (before training), not its current one (into RUN/eval/initial.json)",
     )
+    adapter: str | None = adapter_option()
     device: str | None = opt(None, DEVICE_HELP)
     out: str | None = opt(None, "results JSON file (default: RUN/eval/results.json for a run; none for a model)")
 
     def check(self) -> None:
+        if self.adapter and self.initial:
+            raise SvdadaptError("--initial evaluates the adapter as built; --adapter one trained elsewhere: give one")
         for spec in split_list(self.tasks):  # names, before any model loads (a recipe: before its first stage)
             task_kind(spec)
         for spec in split_list(self.perplexity):
@@ -69,14 +73,16 @@ class EvalResult:
         return f"{results_table(self.results)}\n{written}"
 
 
-def load_target(target: str, device: str, initial: bool = False) -> tuple[LoadedModel, dict]:
-    """The model to evaluate and what it is: a run (base + adapters + trained head) or a model."""
+def load_target(
+    target: str, device: str, initial: bool = False, adapter: str | None = None
+) -> tuple[LoadedModel, dict]:
+    """The model to evaluate and what it is: a run (base + adapters + trained head; ``adapter``: a
+    PEFT adapter trained elsewhere in place of its own) or a model."""
     path = Path(target).expanduser()
     if (path / RUN_FILE).is_file():
         run = Run.open(path)
-        if not initial:  # the adapter as built is there whatever became of a training
-            run.require_settled("evaluating it")
-        loaded = run.load_adapted(device=device, initial=initial)
+        adapters, head = (None, None) if initial else chosen_adapter(run, adapter, "evaluating it")
+        loaded = run.load_adapted(device=device, initial=initial, adapters=adapters, head=head)
         training = run.meta.get("training") or {}
         stage = "built" if initial else run.meta.get("stage")
         about = {"kind": "run", "path": path.resolve().name, "method": run.meta["method"], "stage": stage}
@@ -143,7 +149,7 @@ def _evaluate(opts: EvalOptions, out: Path | None, progress: bool) -> EvalResult
     started = time.monotonic()
     sources, tasks = split_list(opts.perplexity), split_list(opts.tasks)
     precheck(sources, tasks, opts.settings.lm_eval_include)
-    loaded, about = load_target(opts.target, backend.resolve_device(opts.device), opts.initial)
+    loaded, about = load_target(opts.target, backend.resolve_device(opts.device), opts.initial, opts.adapter)
     if not sources and not tasks:
         sources, tasks = _default_tasks(loaded, about)
     results = evaluate_model(loaded.model, loaded.tokenizer, sources, tasks, opts.settings, progress)

@@ -7,13 +7,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapters.peft_format import lora_on_original, write_peft_lora
+from ..adapters.peft_format import lora_on_base, lora_on_original, write_peft_lora
+from ..adapters.state import AdapterSet
 from ..atomic import atomic_directory, exclusive
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint
 from ..models import load_model, origin
 from ..options import Options, opt
-from ..runs import PEFT_WEIGHTS, Run, check_new_out, task_type_of
+from ..peft_handle import adapter_option, chosen_adapter
+from ..runs import PEFT_WEIGHTS, Run, adapter_base_name, check_new_out, task_type_of, tokenizer_files
 
 ORIGINAL_NOTE = (
     "the original model this adapter was exported against (svdadapt export --against-original): load it with "
@@ -32,6 +34,7 @@ class ExportOptions(Options):
         None, "the original model the run was built from (checked by fingerprint): write a LoRA for it; "
         "without it, the adapter for the run's own base (residual or truncated) is written",
     )  # fmt: skip
+    adapter: str | None = adapter_option()
 
 
 @dataclass
@@ -50,22 +53,31 @@ class ExportResult:
 def export(opts: ExportOptions, progress: bool = True) -> ExportResult:
     """Write the PEFT adapter to ``opts.out``."""
     run = Run.open(opts.run)
-    run.require_settled("exporting it")
+    adapters, head = chosen_adapter(run, opts.adapter, "exporting it")
     out = Path(opts.out).expanduser()
     with exclusive(out):
         check_new_out(out, "exported adapter")
-        return _export(opts, run, out)
+        return _export(opts, run, out, adapters or run.adapters(), run.head_state() if head is None else head)
 
 
-def _export(opts: ExportOptions, run: Run, out: Path) -> ExportResult:
-    if opts.against_original is None:
-        run.verify(PEFT_WEIGHTS, "PEFT adapter weights")
+def _export(opts: ExportOptions, run: Run, out: Path, adapters: AdapterSet, head: dict) -> ExportResult:
+    if opts.against_original is None:  # the adapter for the run's own base
+        if opts.adapter is None:
+            run.verify(PEFT_WEIGHTS, "PEFT adapter weights")
+            with atomic_directory(out) as tmp:
+                shutil.copytree(run.path / "adapter", tmp, dirs_exist_ok=True)
+            return ExportResult(out, None)
         with atomic_directory(out) as tmp:
-            shutil.copytree(run.path / "adapter", tmp, dirs_exist_ok=True)
+            write_peft_lora(
+                tmp, lora_on_base(adapters), adapter_base_name(run.meta), fan_in_fan_out=bool(run.meta.get("conv1d")),
+                task_type=run.meta.get("task_type"), dropout=run.meta.get("dropout", 0.0), modules_to_save=head or None,
+            )  # fmt: skip
+            for name in tokenizer_files(run.path / "adapter"):
+                shutil.copy2(run.path / "adapter" / name, tmp / name)
         return ExportResult(out, None)
-    head = run.meta.get("head", "auto")
-    extra = {"num_labels": run.meta["num_labels"]} if head == "seq-cls" else {}
-    original = load_model(opts.against_original, head=head, **extra)
+    kind = run.meta.get("head", "auto")
+    extra = {"num_labels": run.meta["num_labels"]} if kind == "seq-cls" else {}
+    original = load_model(opts.against_original, head=kind, **extra)
     if body_fingerprint(original.model) != run.meta["original"]["body_fingerprint"]:
         raise SvdadaptError(
             f"{opts.against_original} is not the model {run.path} was built from "
@@ -74,12 +86,12 @@ def _export(opts: ExportOptions, run: Run, out: Path) -> ExportResult:
     with atomic_directory(out) as tmp:
         write_peft_lora(
             tmp,
-            lora_on_original(run.adapters()),
+            lora_on_original(adapters),
             origin(original)["hub_id"] or ORIGINAL_NOTE,
             fan_in_fan_out=bool(run.meta.get("conv1d")),
             task_type=task_type_of(original.model),
             dropout=run.meta.get("dropout", 0.0),
-            modules_to_save=run.head_state() or None,
+            modules_to_save=head or None,
         )
         original.tokenizer.save_pretrained(tmp)
     return ExportResult(out, opts.against_original)

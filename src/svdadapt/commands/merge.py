@@ -8,6 +8,7 @@ from pathlib import Path
 from ..adapters.inject import merge_and_unload
 from ..atomic import atomic_directory, exclusive, require_finite, saved_pretrained
 from ..options import Options, opt
+from ..peft_handle import adapter_option, chosen_adapter
 from ..runs import Run, check_new_out
 
 
@@ -19,6 +20,7 @@ class MergeOptions(Options):
     run: str = opt(help="run directory (from svdadapt build or train)", positional=True)
     out: str = opt(help="directory for the merged model")
     device: str = opt("cpu", "device to merge on")
+    adapter: str | None = adapter_option()
 
 
 @dataclass
@@ -32,11 +34,11 @@ class MergeResult:
 def merge(opts: MergeOptions, progress: bool = True) -> MergeResult:
     """Write the run's model (base + adapter, float64 sums cast once, any trained head) to ``opts.out``."""
     run = Run.open(opts.run)
-    run.require_settled("merging it")
+    adapters, head = chosen_adapter(run, opts.adapter, "merging it")
     out = Path(opts.out).expanduser()
     with exclusive(out):
         check_new_out(out, "merged model")
-        loaded = run.load_adapted(device=opts.device)
+        loaded = run.load_adapted(device=opts.device, adapters=adapters, head=head)
         merge_and_unload(loaded.model)
         require_finite(dict(loaded.model.named_parameters()), f"the merged model of {run.path}")
         with atomic_directory(out) as tmp:
