@@ -7,7 +7,7 @@ from svdadapt import SvdadaptError, collect_covariances
 from svdadapt.assets import tiny_model
 from svdadapt.targets import find_targets
 
-from .conftest import padded_batches
+from ..conftest import padded_batches
 
 EXPECTED_SHARING = {
     "llama": [
