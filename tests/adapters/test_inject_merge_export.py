@@ -9,39 +9,14 @@ from transformers import AutoModel, AutoModelForCausalLM
 
 from svdadapt.adapters.inject import adapter_layers, inject, merge, unload, unmerge
 from svdadapt.adapters.peft_format import lora_on_original
-from svdadapt.commands import BuildOptions, ExportOptions, MergeOptions, build, export
+from svdadapt.commands import ExportOptions, MergeOptions, export
 from svdadapt.commands import merge as merge_run
 from svdadapt.runs import Run, update_run
 
+from ..helpers import F32, IDS, logits, make_run, rel
+
 RESIDUAL = ["pissa", "milora", "corda-ipa", "corda-kpa"]
 AUTO = {"llama": AutoModelForCausalLM, "gpt2": AutoModelForCausalLM, "bert": AutoModel}
-
-
-def make_run(tiny_dirs, text_file, out, kind="llama", method="corda-kpa", **extra):
-    values = dict(
-        model=str(tiny_dirs[kind]), method=method, rank=4, alpha=8.0, out=str(out), device="cpu",
-        data=str(text_file) if method.startswith("corda") else None, samples=8, seq_len=32, batch_size=4,
-    )  # fmt: skip
-    values.update(extra)
-    return build(BuildOptions.of(**values), progress=False).run
-
-
-def logits(model, ids):
-    with torch.no_grad():
-        out = model(input_ids=ids)
-    return out.logits if hasattr(out, "logits") else out.last_hidden_state
-
-
-def rel(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-# Two float32 computations of the same function (e.g. W_res·x + s·BA·x vs W·x): each rounds
-# differently, by ~1e-7 per operation, grown through two blocks to ~1e-5 of the logits' range.
-F32 = 3e-5
-
-
-IDS = torch.randint(3, 512, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])

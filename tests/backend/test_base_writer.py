@@ -16,7 +16,7 @@ from svdadapt.backend.pages import drop_file_pages, drop_mapped_pages, file_mapp
 from svdadapt.models import load_model
 from svdadapt.targets import find_targets
 
-from ..adapters.test_inject_merge_export import make_run
+from ..helpers import make_run
 
 LINUX = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 

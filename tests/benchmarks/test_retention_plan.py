@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "retention.py"
+from ..helpers import REPO
+
+SCRIPT = REPO / "benchmarks" / "retention.py"
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ import torch
 
 from svdadapt import SvdadaptError, collect_covariances
 from svdadapt.assets import tiny_model
-from svdadapt.targets import find_targets
 
-from ..conftest import padded_batches
+from ..helpers import captured_reference, padded_batches
 
 EXPECTED_SHARING = {
     "llama": [
@@ -23,27 +22,6 @@ EXPECTED_SHARING = {
     ],
     "gpt2": [],
 }
-
-
-def captured_reference(model, batches):
-    """{layer: (C, mean|x|)} in float64 from inputs captured with plain hooks, padding removed."""
-    targets = find_targets(model)
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
-    hooks = [
-        module.register_forward_pre_hook(lambda m, args, name=name: seen[name].append(args[0].detach().clone()))
-        for name, module in targets.items()
-    ]
-    with torch.no_grad():
-        for batch in batches:
-            model(**batch)
-    for h in hooks:
-        h.remove()
-    masks = [b["attention_mask"].bool() for b in batches]
-    reference = {}
-    for name, inputs in seen.items():
-        x = torch.cat([inp[mask] for inp, mask in zip(inputs, masks)]).double()  # (tokens, in)
-        reference[name] = (x.T @ x / x.shape[0], x.abs().mean(0))
-    return reference
 
 
 @pytest.mark.parametrize("kind", ["llama", "bert", "gpt2"])

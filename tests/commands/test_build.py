@@ -6,6 +6,8 @@ from safetensors.torch import load_file, save_file
 
 from svdadapt.cli import main
 
+from ..helpers import bad, run
+
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
@@ -23,21 +25,6 @@ def covs(tmp_path_factory, tiny_dirs, text_file):
             "--seq-len", "32", "--out", str(out), "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     return out
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def bad(capsys, *args):
-    code, _, err = run(capsys, *args)
-    # progress bars redraw with carriage returns; what remains of each line is what a terminal shows
-    lines = [line.split("\r")[-1] for line in err.strip().splitlines() if line.split("\r")[-1].strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("svdadapt: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def base(tiny_dirs, out, method="corda-kpa", **extra):

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from svdadapt import CovarianceStore
-from svdadapt.cli import main
+
+from ..helpers import bad, run
 
 
 @pytest.fixture(scope="module")
@@ -15,12 +16,6 @@ def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "news.txt"
     path.write_text(news_text()[:8000])
     return path
-
-
-def run(capsys, *args):
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_calibrate_writes_a_store_and_prints_a_summary(capsys, tiny_dirs, text_file, tmp_path):
@@ -44,14 +39,9 @@ def test_python_dash_m_works(tiny_dirs):
 
 
 def _bad(capsys, tmp_path, *args):
-    code, _, err = run(capsys, "calibrate", *args)
-    # progress bars redraw with carriage returns; what remains of each line is what a terminal shows
-    lines = [line.split("\r")[-1] for line in err.strip().splitlines() if line.split("\r")[-1].strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("svdadapt: error: "), err
-    assert "Traceback" not in err
+    line = bad(capsys, "calibrate", *args)
     assert not list(tmp_path.rglob("store.json")), "a failed run must not leave a complete-looking store"
-    return lines[0]
+    return line
 
 
 @pytest.fixture

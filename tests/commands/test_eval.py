@@ -9,19 +9,7 @@ import pytest
 from svdadapt.assets import save_tiny_model
 from svdadapt.cli import main
 
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def bad(capsys, *args):
-    code, _, err = run(capsys, *args)
-    lines = [line.split("\r")[-1] for line in err.strip().splitlines() if line.split("\r")[-1].strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("svdadapt: error: ") and "Traceback" not in err, err
-    return lines[0]
+from ..helpers import bad, run
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from svdadapt.models import load_model
 from svdadapt.store import CovarianceStore
 from svdadapt.targets import find_targets, weight_matrix
 
-from ..commands.test_build import bad
+from ..helpers import bad
 
 
 @pytest.fixture(scope="module")

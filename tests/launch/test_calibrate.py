@@ -10,7 +10,6 @@ each factor's largest entry (float32 storage, conditioning of the tiny model's c
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -20,18 +19,13 @@ from svdadapt import CovarianceStore
 from svdadapt.cli import main
 from svdadapt.runs import Run
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+from ..helpers import LAUNCH_ENV, calibrate_args
 
 
 def torchrun(*args, port: int) -> subprocess.CompletedProcess:
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
               "-m", "svdadapt", *map(str, args)]  # fmt: skip
-    return subprocess.run(launch, env=ENV, capture_output=True, text=True)
-
-
-def calibrate_args(tiny_dirs, text_file, out, *extra):
-    return ["calibrate", "--model", tiny_dirs["llama"], "--data", text_file, "--samples", "12", "--seq-len", "32",
-            "--batch-size", "2", "--device", "cpu", "--out", out, *extra]  # fmt: skip
+    return subprocess.run(launch, env=LAUNCH_ENV, capture_output=True, text=True)
 
 
 def test_two_processes_calibrate_the_store_one_process_does(tiny_dirs, text_file, tmp_path):

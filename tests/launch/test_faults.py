@@ -27,7 +27,9 @@ from svdadapt.cli import main
 from svdadapt.errors import SvdadaptError
 from svdadapt.runs import Run
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "SVDADAPT_PROCESS_TIMEOUT": "30"}
+from ..helpers import LAUNCH_ENV, calibrate_args
+
+ENV = {**LAUNCH_ENV, "SVDADAPT_PROCESS_TIMEOUT": "30"}
 TIMEOUT = 150  # seconds a launch may take at most (about 12 on two busy cores)
 
 # svdadapt's command line, except that the process of rank DIE_RANK kills itself (SIGKILL), or with
@@ -86,11 +88,6 @@ def error_lines(stderr: str) -> list[str]:
     assert not re.search(r'File "[^"]*/svdadapt/', stderr), stderr[-4000:]
     lines = [part for line in stderr.splitlines() for part in line.split("\r")]
     return [line for line in lines if line.startswith("svdadapt: error:")]
-
-
-def calibrate_args(tiny_dirs, text_file, out, *extra):
-    return ["calibrate", "--model", tiny_dirs["llama"], "--data", text_file, "--samples", "12", "--seq-len", "32",
-            "--batch-size", "2", "--device", "cpu", "--out", out, *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from svdadapt.runs import Run
 from svdadapt.store import CovarianceStore
 from svdadapt.targets import find_targets, weight_matrix
 
-F32 = 3e-5  # as tests/test_methods_table.py: two float32 computations of one function
+from ..helpers import F32  # two float32 computations of one function
 
 
 def batches(n: int, seed: int, lo: int = 3, hi: int = 512, pad: bool = True) -> list[dict[str, torch.Tensor]]:

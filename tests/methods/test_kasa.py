@@ -85,7 +85,7 @@ def test_same_factors_give_peft_layer_outputs_and_regularizer():
 def test_context_truncation_drops_other_components_and_unload_restores():
     from svdadapt import collect_covariances
 
-    from ..conftest import padded_batches
+    from ..helpers import padded_batches
 
     base = tiny_model("llama")
     store = collect_covariances(base, padded_batches())

@@ -27,7 +27,7 @@ from svdadapt.build import build_adapters, plan_layers, waves_from_store, waves_
 from svdadapt.methods import get_method
 from svdadapt.targets import find_targets, weight_matrix
 
-from ..conftest import padded_batches
+from ..helpers import padded_batches
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402

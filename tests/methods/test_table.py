@@ -25,27 +25,17 @@ from svdadapt.cli import main
 from svdadapt.commands import BuildOptions, ExportOptions, MergeOptions, TrainOptions, build, export, merge, train
 from svdadapt.methods import METHODS, TABLE, Base, get_method
 
-IDS = torch.randint(3, 512, (2, 24), generator=torch.Generator().manual_seed(0))
-F32 = 3e-5
+from ..helpers import F32, IDS, rel
+from ..helpers import logits as outputs
+
 ROWS = [m.name for m in TABLE]
 CAUSAL = {"llama", "gpt2"}  # trained on instructions; BERT on polarity classification, with a new head
-
-
-def outputs(model) -> torch.Tensor:
-    """Logits (or an encoder's last hidden states)."""
-    with torch.no_grad():
-        out = model(input_ids=IDS)
-    return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
 def body(model) -> torch.Tensor:
     """The last hidden states: what the adapters change, whatever head sits on top."""
     with torch.no_grad():
         return model(input_ids=IDS, output_hidden_states=True).hidden_states[-1]
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def _built(method: str, kind: str, tiny_dirs, text_file, out, **params):

@@ -11,7 +11,9 @@ from svdadapt import SvdadaptError
 from svdadapt.cli import main
 from svdadapt.pipeline import load_yaml_mapping, merge_mappings, parse_overrides, plan
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..helpers import REPO
+
+ROOT = REPO
 RECIPES = sorted(glob.glob(str(ROOT / "examples" / "*.yaml")) + glob.glob(str(ROOT / "examples/offline/*.yaml")))
 
 
@@ -103,7 +105,7 @@ def test_config_file_reads_yaml_1_1_switches_as_their_flags(capsys, tiny_dirs, t
     ("calibrate.data=missing.jsonl", "calibrate: data file missing.jsonl does not exist"),
 ])  # fmt: skip
 def test_a_recipe_with_a_misnamed_source_or_task_fails_before_its_first_stage(capsys, tmp_path, override, said):
-    recipe = Path(__file__).resolve().parents[2] / "examples" / "offline" / "corda-kpa-wiki.yaml"
+    recipe = REPO / "examples" / "offline" / "corda-kpa-wiki.yaml"
     assert main(["run", str(recipe), f"out={tmp_path / 'out'}", override]) == 2
     assert said in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing ran

@@ -17,6 +17,8 @@ from svdadapt.calibrate import capture
 from svdadapt.cli import main
 from svdadapt.pipeline.listing import listing
 
+from ..helpers import said
+
 TRAIN = {"task": "sft", "data": "polarity", "train_samples": 16, "eval_samples": 4, "max_length": 160}
 
 
@@ -30,11 +32,6 @@ def write_recipe(path, tiny_dirs, out, **stages):
 
 def fingerprint(path):
     return listing(path)
-
-
-def said(capsys):
-    captured = capsys.readouterr()
-    return captured.out, captured.err
 
 
 def test_a_rerun_keeps_what_is_done_and_redoes_what_changed(capsys, tiny_dirs, tmp_path):

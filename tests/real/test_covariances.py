@@ -7,7 +7,7 @@ from svdadapt import collect_covariances
 from svdadapt.data import make_batches, make_samples, resolve
 from svdadapt.models import load_model
 
-from ..calibrate.test_covariance import captured_reference
+from ..helpers import captured_reference
 
 pytestmark = pytest.mark.slow
 

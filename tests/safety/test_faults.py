@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from svdadapt.atomic import exclusive
 from svdadapt.cli import main
 
+from ..helpers import ok, one_line
+
 OPENED: list[str] = []
 RECORDING = {"on": False}
 
@@ -32,26 +33,6 @@ def _audit(event: str, args: tuple) -> None:
 
 
 sys.addaudithook(_audit)
-
-
-def one_line(capsys, *args, names=()) -> str:
-    """Run the CLI; it must fail with exit 2 and one line on stderr (progress bars aside) naming ``names``."""
-    code = main([str(a) for a in args])
-    err = capsys.readouterr().err
-    lines = [line.split("\r")[-1] for line in err.splitlines() if line.split("\r")[-1].strip()]
-    lines = [line for line in lines if not re.search(r"\d+%\|", line)]  # progress bars
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("svdadapt: error:"), err
-    assert "Traceback" not in err
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
-
-
-def ok(capsys, *args) -> str:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return out.out
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from svdadapt.atomic import exclusive
 from svdadapt.cli import main
 from svdadapt.errors import SvdadaptError
 
+from ..helpers import refused
+
 
 def tree(path: Path) -> dict[str, str]:
     """Every entry under ``path`` (links as links, not followed) with its size and mtime, or its target."""
@@ -26,13 +28,6 @@ def tree(path: Path) -> dict[str, str]:
             st = os.lstat(p)
             found[str(p.relative_to(path))] = os.readlink(p) if p.is_symlink() else f"{st.st_size}:{st.st_mtime_ns}"
     return found
-
-
-def refused(capsys, *args) -> str:
-    code = main([str(a) for a in args])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "Traceback" not in err, err
-    return err.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

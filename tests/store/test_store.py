@@ -9,7 +9,7 @@ from svdadapt import CovarianceStore, SvdadaptError, collect_covariances
 from svdadapt.assets import tiny_model
 from svdadapt.fingerprint import weights_fingerprint
 
-from ..conftest import padded_batches
+from ..helpers import padded_batches
 
 
 @pytest.fixture(scope="module")
