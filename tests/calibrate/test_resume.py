@@ -28,15 +28,6 @@ def calibrate(opts, progress=False):
     return calibrate_command(opts, progress=progress).store
 
 
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    from svdadapt.assets import news_text
-
-    path = tmp_path_factory.mktemp("text") / "news.txt"
-    path.write_text(news_text()[:20000])
-    return path
-
-
 def _assert_same(a: CovarianceStore, b: CovarianceStore):
     assert a.modules == b.modules
     assert a.num_tokens == b.num_tokens

@@ -10,18 +10,9 @@ from ..helpers import bad, run
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    from svdadapt.assets import news_text
-
-    path = tmp_path_factory.mktemp("data") / "news.txt"
-    path.write_text(news_text()[:8000])
-    return path
-
-
-@pytest.fixture(scope="module")
-def covs(tmp_path_factory, tiny_dirs, text_file):
+def covs(tmp_path_factory, tiny_dirs, short_text_file):
     out = tmp_path_factory.mktemp("covs") / "store"
-    args = ["calibrate", "--model", str(tiny_dirs["llama"]), "--data", str(text_file), "--samples", "4",
+    args = ["calibrate", "--model", str(tiny_dirs["llama"]), "--data", str(short_text_file), "--samples", "4",
             "--seq-len", "32", "--out", str(out), "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
     return out
@@ -73,9 +64,9 @@ def test_covariances_from_another_model(capsys, tiny_dirs, covs, tmp_path):
     assert "recalibrate on this model" in bad(capsys, *args)
 
 
-def test_covariances_missing_a_target(capsys, tiny_dirs, tmp_path, text_file):
+def test_covariances_missing_a_target(capsys, tiny_dirs, tmp_path, short_text_file):
     partial = tmp_path / "partial"
-    assert main(["calibrate", "--model", str(tiny_dirs["llama"]), "--data", str(text_file), "--samples", "2",
+    assert main(["calibrate", "--model", str(tiny_dirs["llama"]), "--data", str(short_text_file), "--samples", "2",
                  "--seq-len", "16", "--targets", "q_proj", "--out", str(partial), "--device", "cpu"]) == 0  # fmt: skip
     capsys.readouterr()
     msg = bad(capsys, *base(tiny_dirs, tmp_path / "o", covariances=partial))
@@ -108,10 +99,10 @@ def test_out_that_is_not_a_run(capsys, tiny_dirs, tmp_path):
     assert (foreign / "keep.txt").read_text() == "mine"
 
 
-def test_singular_covariance_is_damped_and_reported(capsys, tiny_dirs, tmp_path, text_file):
+def test_singular_covariance_is_damped_and_reported(capsys, tiny_dirs, tmp_path, short_text_file):
     """2 samples of 8 tokens: 16 tokens for 64- and 96-dim inputs, so every covariance is singular."""
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, *base(tiny_dirs, out, data=text_file, samples=2, seq_len=8))
+    code, stdout, err = run(capsys, *base(tiny_dirs, out, data=short_text_file, samples=2, seq_len=8))
     assert code == 0, err
     assert "λ = 0.01" in stdout
     from svdadapt.runs import Run

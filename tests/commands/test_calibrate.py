@@ -9,25 +9,16 @@ from svdadapt import CovarianceStore
 from ..helpers import bad, run
 
 
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    from svdadapt.assets import news_text
-
-    path = tmp_path_factory.mktemp("data") / "news.txt"
-    path.write_text(news_text()[:8000])
-    return path
-
-
-def test_calibrate_writes_a_store_and_prints_a_summary(capsys, tiny_dirs, text_file, tmp_path):
+def test_calibrate_writes_a_store_and_prints_a_summary(capsys, tiny_dirs, short_text_file, tmp_path):
     code, out, err = run(
-        capsys, "calibrate", "--model", str(tiny_dirs["gpt2"]), "--data", str(text_file), "--samples", "4",
+        capsys, "calibrate", "--model", str(tiny_dirs["gpt2"]), "--data", str(short_text_file), "--samples", "4",
         "--seq-len", "16", "--batch-size", "3", "--out", str(tmp_path / "s"), "--device", "cpu",
     )  # fmt: skip
     assert code == 0, err
     assert "8 in 8 covariance groups" in out
     store = CovarianceStore.load(tmp_path / "s")
     assert store.metadata["samples"] == 4 and store.num_tokens == 64
-    assert store.metadata["source"]["data"] == str(text_file)
+    assert store.metadata["source"]["data"] == str(short_text_file)
 
 
 def test_python_dash_m_works(tiny_dirs):
@@ -45,8 +36,8 @@ def _bad(capsys, tmp_path, *args):
 
 
 @pytest.fixture
-def base(tiny_dirs, text_file, tmp_path):
-    return ["--model", str(tiny_dirs["llama"]), "--data", str(text_file), "--samples", "2", "--seq-len", "16",
+def base(tiny_dirs, short_text_file, tmp_path):
+    return ["--model", str(tiny_dirs["llama"]), "--data", str(short_text_file), "--samples", "2", "--seq-len", "16",
             "--device", "cpu"]  # fmt: skip
 
 

@@ -30,18 +30,6 @@ def tree(path: Path) -> dict[str, str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def made(tiny_dirs, text_file, tmp_path_factory):
-    root = tmp_path_factory.mktemp("made")
-    model = tiny_dirs["llama"]
-    calibrate = ["calibrate", "--model", model, "--data", text_file, "--samples", "8", "--seq-len", "32",
-                 "--batch-size", "4", "--device", "cpu", "--out", root / "store"]  # fmt: skip
-    assert main([str(a) for a in calibrate]) == 0
-    build = ["build", "--model", model, "--method", "pissa", "--rank", "4", "--device", "cpu", "--out", root / "run"]
-    assert main([str(a) for a in build]) == 0
-    return {"model": Path(model), "store": root / "store", "run": root / "run", "text": text_file}
-
-
 TRAIN = ["--task", "sft", "--data", "polarity", "--train-samples", "4", "--eval-samples", "2", "--max-steps", "1",
          "--device", "cpu"]  # fmt: skip
 
