@@ -156,3 +156,13 @@ def test_finishing_with_a_target_never_written_is_an_error(tiny_dirs, tmp_path):
     loaded, streamed = _start(tiny_dirs["llama"], tmp_path)
     with pytest.raises(RuntimeError, match="never written"):
         streamed.finish(loaded.model, loaded.tokenizer)
+
+
+def test_freed_heap_memory_is_handed_back_on_glibc():
+    import platform
+    import sys
+
+    from svdadapt.backend.pages import release_freed_memory
+
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert release_freed_memory() is expected

@@ -124,22 +124,6 @@ def test_merge_and_export_refuse_bad_input(capsys, tiny_dirs, covs, tmp_path):
     assert "already exists" in bad(capsys, "merge", tmp_path / "run", "--out", tmp_path / "taken")
 
 
-def test_unknown_method_is_rejected_by_the_parser(capsys, tiny_dirs, tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        main(["build", "--model", str(tiny_dirs["llama"]), "--method", "dora", "--rank", "4", "--out", str(tmp_path)])
-    assert exc.value.code == 2
-    assert "invalid choice: 'dora'" in capsys.readouterr().err
-
-
-def test_usage_errors_are_one_line_too(capsys):
-    """argparse's errors (an unknown choice, a missing command) are one line that says where the usage is."""
-    for argv, said in ((["build", "--method", "corda_kpa"], "invalid choice: 'corda_kpa'"), ([], "required: COMMAND")):
-        with pytest.raises(SystemExit) as exc:
-            main(argv)
-        err = capsys.readouterr().err
-        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and said in err and "--help)" in err, err
-
-
 def test_the_summary_names_the_kind_of_base(capsys, tiny_dirs, tmp_path):
     for method, said in (("kasa", "base        truncated weights in"), ("pissa", "base        residual weights in"),
                          ("lora", "base        the original model, untouched")):  # fmt: skip

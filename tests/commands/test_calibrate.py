@@ -21,14 +21,6 @@ def test_calibrate_writes_a_store_and_prints_a_summary(capsys, tiny_dirs, short_
     assert store.metadata["source"]["data"] == str(short_text_file)
 
 
-def test_python_dash_m_works(tiny_dirs):
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "svdadapt", "calibrate", "--help"], capture_output=True, text=True)
-    assert done.returncode == 0 and "--accumulate-dtype" in done.stdout
-
-
 def _bad(capsys, tmp_path, *args):
     line = bad(capsys, "calibrate", *args)
     assert not list(tmp_path.rglob("store.json")), "a failed run must not leave a complete-looking store"

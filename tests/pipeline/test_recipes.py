@@ -1,4 +1,4 @@
-"""`svdadapt run recipe.yaml` and `--config`: every shipped recipe plans, a tiny pipeline runs."""
+"""`svdadapt run recipe.yaml`: every shipped recipe plans, a tiny pipeline runs (`--config` is in cli/)."""
 
 import glob
 import json
@@ -75,29 +75,6 @@ def test_a_whole_pipeline_runs_on_a_tiny_model(capsys, tiny_dirs, tmp_path):
     assert "news" in json.dumps(results)
 
 
-def test_config_file_supplies_flags(capsys, tiny_dirs, tmp_path):
-    config = tmp_path / "build.yaml"
-    config.write_text(yaml.safe_dump({"model": str(tiny_dirs["gpt2"]), "method": "pissa", "rank": 4, "device": "cpu"}))
-    assert main(["build", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["method"] == "pissa"
-    config.write_text(yaml.safe_dump({"methd": "pissa"}))
-    assert main(["build", "--config", str(config), "--out", str(tmp_path / "run2")]) == 2
-    assert "unknown key 'methd'" in capsys.readouterr().err
-
-
-def test_config_file_reads_yaml_1_1_switches_as_their_flags(capsys, tiny_dirs, text_file, tmp_path):
-    """`offload: off` (YAML 1.1's false) in a --config file is `--offload off`, as in a recipe."""
-    config = tmp_path / "calibrate.yaml"
-    config.write_text(f"model: {tiny_dirs['llama']}\ndata: {text_file}\nsamples: 4\nseq_len: 32\ndevice: cpu\n"
-                      "offload: on\n")  # fmt: skip
-    assert main(["calibrate", "--config", str(config), "--out", str(tmp_path / "on")]) == 0, capsys.readouterr().err
-    config.write_text(config.read_text().replace("offload: on", "offload: off"))
-    assert main(["calibrate", "--config", str(config), "--out", str(tmp_path / "off")]) == 0, capsys.readouterr().err
-    config.write_text(config.read_text().replace("offload: off", "offload: maybe"))
-    assert main(["calibrate", "--config", str(config), "--out", str(tmp_path / "bad")]) != 0
-    assert "offload" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("override, said", [
     ("eval.tasks=polarity-instruc", "eval: unknown task 'polarity-instruc'"),
     ("eval.perplexity=wiki-heldot", "eval: unknown data source 'wiki-heldot'"),
@@ -115,14 +92,3 @@ def test_a_number_where_text_is_read_is_taken_as_its_flag_would_take_it(tmp_path
     recipe = {"out": str(tmp_path / "o"), "model": "default", "compress": {"discard": 16, "covariances": "covs"}}
     (stage,) = plan(recipe, "r.yaml")
     assert stage.options.discard == "16"  # `discard: 16` in YAML, as `--discard 16`
-
-
-def test_ctrl_c_while_the_libraries_load_is_one_line(capsys, monkeypatch):
-    import svdadapt.cli as cli
-
-    def loading():
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli, "subcommands", loading)
-    assert main(["run", "r.yaml"]) == 130
-    assert capsys.readouterr().err.strip() == "svdadapt: interrupted"
