@@ -1,7 +1,7 @@
 """The launch object without launching: one process (it writes, its share is everything, every
 collective step is the identity), what a launcher's variables make of it before it joins, and the
 one check where a command is dispatched. Processes that really share work are launched in
-tests/test_launch_calibrate.py, tests/test_launch_faults.py and tests/test_train_launch.py."""
+tests/launch/ (test_calibrate.py, test_faults.py and test_train.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The GPU paths, run where a CUDA device is at hand (skipped elsewhere; their CPU-testable cores are
-in test_offload.py): offloaded and in-place calibration and builds on the GPU against the CPU's,
-and the bf16 workflow (build, `train --bf16`, merge, export) on the GPU.
+in tests/backend/test_offload.py): offloaded and in-place calibration and builds on the GPU against
+the CPU's, and the bf16 workflow (build, `train --bf16`, merge, export) on the GPU.
 
 Tolerances: the GPU sums float32 products in another order than the CPU (and cuBLAS may use other
 kernels): covariances agree to float32 rounding of sums over a few hundred tokens (rtol 1e-4); the

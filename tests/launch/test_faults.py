@@ -5,7 +5,7 @@ Every launch ends within its timeout (collectives wait SVDADAPT_PROCESS_TIMEOUT 
 surviving process says one `svdadapt: error:` line and shows no traceback of svdadapt's; what is
 left never reads as complete; `--resume`, with one process or two, writes the store an
 uninterrupted run writes (to float32 rounding: block sums are added in another order, see
-tests/test_launch_calibrate.py).
+tests/launch/test_calibrate.py).
 """
 
 from __future__ import annotations
