@@ -4,7 +4,7 @@ layer of the embedded SmolLM2 (all 30 blocks), given the same covariances.
 For each method and layer: ‖s·B·A − reference‖_F / ‖reference‖_F, where the reference is the SVD of
 W·C' in float64 (C' = C + 0.01·mean diag C · I, V = C'⁻¹Ĥ by a solve). Also the relative spectral
 gap at the rank cut, (σ_{k−r} − σ_{k−r+1}) / σ_1 for bottom-r, which says how well float32 can
-resolve the chosen components at all. Reuses the test suite's peer helpers (tests/test_peft_parity.py).
+resolve the chosen components at all. Reuses the test suite's peer helpers (tests/methods/test_peft_parity.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/ helpers
 
-from tests.test_peft_parity import float64_reference, ours, peft_model  # noqa: E402
+from tests.methods.test_peft_parity import float64_reference, ours, peft_model  # noqa: E402
 
 from svdadapt import collect_covariances  # noqa: E402
 from svdadapt.data import make_batches, make_samples, resolve  # noqa: E402

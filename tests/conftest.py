@@ -1,11 +1,11 @@
-"""Shared fixtures: tiny model directories, batches with padding, and the real embedded models."""
+"""Fixtures every folder uses: tiny model directories, a news text file, the real embedded SmolLM2.
+(Plain helpers are in helpers.py; a folder's own fixtures in its conftest.py; see README.md.)"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -17,22 +17,6 @@ def tiny_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     return {kind: save_tiny_model(kind, root / kind) for kind in TINY_KINDS}
-
-
-def padded_batches(vocab: int = 512, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Three batches of random tokens with right padding of varied lengths."""
-    gen = torch.Generator().manual_seed(seed)
-    lengths = [[12, 7, 12], [5, 12], [9]]
-    batches = []
-    for group in lengths:
-        longest = max(group)
-        ids = torch.randint(3, vocab, (len(group), longest), generator=gen)
-        mask = torch.zeros(len(group), longest, dtype=torch.long)
-        for row, n in enumerate(group):
-            mask[row, :n] = 1
-            ids[row, n:] = 0  # pad id
-        batches.append({"input_ids": ids, "attention_mask": mask})
-    return batches
 
 
 @pytest.fixture(scope="session")
