@@ -126,7 +126,7 @@ def test_merge_and_export_refuse_bad_input(capsys, tiny_dirs, covs, tmp_path):
 
 def test_the_summary_names_the_kind_of_base(capsys, tiny_dirs, tmp_path):
     for method, said in (("kasa", "base        truncated weights in"), ("pissa", "base        residual weights in"),
-                         ("lora", "base        the original model, untouched")):  # fmt: skip
+                         ("lora", "base        the original model (linked) in")):  # fmt: skip
         code, out, err = run(capsys, "build", "--model", tiny_dirs["llama"], "--method", method, "--rank", "2",
                              "--device", "cpu", "--out", tmp_path / method)  # fmt: skip
         assert code == 0 and said in out, (method, out, err)

@@ -69,7 +69,7 @@ def test_a_whole_pipeline_runs_on_a_tiny_model(capsys, tiny_dirs, tmp_path):
     out = tmp_path / "out"
     assert (out / "covariances" / "store.json").is_file()
     run = json.loads((out / "run" / "run.json").read_text())
-    assert run["stage"] == "trained" and run["calibration"]["covariances"] == str(out / "covariances")
+    assert run["stage"] == "trained" and run["calibration"]["covariances"] == "covariances"  # by name only
     assert (out / "merged" / "config.json").is_file() and (out / "exported" / "adapter_config.json").is_file()
     results = json.loads((out / "eval.json").read_text())
     assert "news" in json.dumps(results)

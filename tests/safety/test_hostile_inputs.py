@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,18 +32,6 @@ def one_line(capsys, *args) -> str:
     err = [line[line.index("svdadapt:") :] for line in lines if "svdadapt:" in line]
     assert code == 2 and len(err) == 1, err
     return err[0]
-
-
-@pytest.fixture(scope="module")
-def made(tiny_dirs, text_file, tmp_path_factory):
-    root = tmp_path_factory.mktemp("made")
-    model = tiny_dirs["llama"]
-    calibrate = ["calibrate", "--model", model, "--data", text_file, "--samples", "8", "--seq-len", "32",
-                 "--batch-size", "4", "--device", "cpu", "--out", root / "store"]  # fmt: skip
-    assert main([str(a) for a in calibrate]) == 0
-    build = ["build", "--model", model, "--method", "pissa", "--rank", "4", "--device", "cpu", "--out", root / "run"]
-    assert main([str(a) for a in build]) == 0
-    return {"model": Path(model), "store": root / "store", "run": root / "run", "text": text_file}
 
 
 # ------------------------------------------------------------------------------------------ non-finite results
