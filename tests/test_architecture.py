@@ -212,3 +212,36 @@ def test_the_console_starts_without_the_training_stack():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+README = PACKAGE.parent.parent / "README.md"
+README_LAYERS = {"top": "top", "commands": "commands", "domain": "domain", "back end": "backend", "errors": "errors"}
+
+
+def readme_layout() -> dict[str, str]:
+    """{module or package of svdadapt: layer} as the README's "Layout" block lists them."""
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("## Layout") :].split("```")[1]
+    listed, layer = {}, None
+    for line in block.splitlines():
+        if line.strip().startswith("──"):
+            layer = README_LAYERS[line.strip().strip("─ ")]
+        elif line.startswith("  ") and not line.startswith("   ") and layer is not None:
+            names = line.strip().split("  ")[0]
+            for name in (n.strip() for n in names.split(",")):
+                module = "svdadapt" if name == "__init__.py" else "svdadapt." + name.removesuffix(".py").rstrip("/")
+                assert module not in listed, f"the README lists {name} twice"
+                listed[module] = layer
+    return listed
+
+
+def test_the_readme_lists_every_file_of_the_package_under_the_layer_enforced_here():
+    listed = readme_layout()
+    top_level = {m.split(".")[1] if m != "svdadapt" else "" for m in MODULES}
+    actual = {"svdadapt." + name if name else "svdadapt" for name in top_level}
+    assert set(listed) == actual, f"missing from the README: {sorted(actual - set(listed))}; " \
+        f"not in the package: {sorted(set(listed) - actual)}"  # fmt: skip
+    for entry, layer in listed.items():
+        inside = [m for m in MODULES if m == entry or m.startswith(entry + ".")] if entry != "svdadapt" else [entry]
+        wrong = sorted(m for m in inside if _layer(m) != layer)
+        assert not wrong, f"the README puts {entry} in the {layer} layer; the test puts {wrong} elsewhere"
