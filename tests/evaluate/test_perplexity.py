@@ -55,7 +55,7 @@ def reference(model, tok, text, seq_len, bos, max_windows):
 @pytest.mark.parametrize("bos", [False, True])
 def test_perplexity_matches_a_float64_hand_computation(text_file, model64, bos):
     tok = bos_tokenizer() if bos else tiny_tokenizer()
-    windows = evaluation_windows(str(text_file), tok, SEQ_LEN, max_windows=5)
+    windows = evaluation_windows(str(text_file), tok, SEQ_LEN, max_windows=5, choice="first")
     assert windows.ids.shape == (5, SEQ_LEN)
     assert bool((windows.ids[:, 0] == tok.bos_token_id).all()) == bos
     result = perplexity(model64, windows, batch_size=2, progress=False)
@@ -77,7 +77,7 @@ def test_evaluate_model_on_an_in_memory_model(text_file, model64):
         model64,
         tok,
         [str(text_file), "news"],
-        settings=EvalSettings(seq_len=SEQ_LEN, max_windows=3, batch_size=2),
+        settings=EvalSettings(seq_len=SEQ_LEN, max_windows=3, batch_size=2, windows="first"),
         progress=False,
     )
     expected, _ = reference(model64, tok, text_file.read_text(), SEQ_LEN, False, 3)
@@ -88,3 +88,24 @@ def test_evaluate_model_on_an_in_memory_model(text_file, model64):
 def test_default_window_is_capped_at_the_model_limit(model64):
     results = evaluate_model(model64, tiny_tokenizer(), ["news"], settings=EvalSettings(max_windows=1), progress=False)
     assert results["perplexity"]["news"]["seq_len"] == 256  # the tiny model's positions, below 2048
+
+
+def test_capped_windows_spread_over_every_document_of_a_held_out_set():
+    """wiki-heldout is 24 articles: the first N windows come from its first article or two, spread
+    windows from every article a window starts in; uncapped, both choices are the same windows; each
+    window's NLL and document are recorded, and their mean is the reported NLL."""
+    from svdadapt.data import resolve
+
+    tok = tiny_tokenizer()
+    articles = len(resolve("wiki-heldout").documents)
+    spread = evaluation_windows("wiki-heldout", tok, 256, max_windows=2 * articles, choice="spread")
+    first = evaluation_windows("wiki-heldout", tok, 256, max_windows=2 * articles, choice="first")
+    every = evaluation_windows("wiki-heldout", tok, 256, choice="first").documents
+    assert set(spread.documents) == set(every) and len(set(every)) > articles * 3 // 4
+    assert len(set(first.documents)) < articles // 2
+    whole = [evaluation_windows("wiki-heldout", tok, 512, choice=c).ids for c in ("spread", "first")]
+    assert torch.equal(*whole)
+    result = perplexity(tiny_model("llama", seed=3), spread, batch_size=8, progress=False)
+    assert len(result.window_nll) == len(result.documents) == 2 * articles
+    assert math.isclose(sum(result.window_nll) / len(result.window_nll), result.nll, rel_tol=1e-12)
+    assert result.choice == "spread"

@@ -51,7 +51,7 @@ class CompressOptions(Options):
         "wiki-heldout", "text to measure perplexity on: wiki-heldout, news, wikitext2, ptb, or a .txt file",
         metavar="SOURCE",
     )  # fmt: skip
-    windows: WindowOptions = group(WindowOptions, defaults={"seq_len": 512, "batch_size": 1})
+    measure: WindowOptions = group(WindowOptions, defaults={"seq_len": 512, "batch_size": 1})
     targets: str | None = targets_option("compress")
     device: str | None = opt(None, DEVICE_HELP)
     placement: PlacementOptions = group(PlacementOptions)
@@ -106,7 +106,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
     check_out(out)
     device = backend.resolve_device(opts.device)
     loaded = load_model(opts.model, head="causal-lm", device=device, offload=opts.placement.offload_choice)
-    seq_len = resolve_seq_len(loaded.model, opts.windows)
+    seq_len = resolve_seq_len(loaded.model, opts.measure)
     identity = model_identity(loaded.model)
     modules = find_targets(loaded.model, opts.targets)
     if loaded.placement.offloaded and find_stack(loaded.model, list(modules)) is None:
@@ -118,7 +118,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
         store.check_covers(identity["fingerprint"], modules)
     for name, module in modules.items():  # fail before any long work starts
         as_float64(weight_matrix(module), name)
-    windows = evaluation_windows(opts.eval, loaded.tokenizer, seq_len, opts.windows.max_windows)
+    windows = evaluation_windows(opts.eval, loaded.tokenizer, seq_len, opts.measure.max_windows, opts.measure.windows)
     n_windows = windows.ids.shape[0]
     if progress:
         print(f"svdadapt: {len(modules)} target layers; {opts.eval}: {n_windows} windows × {seq_len} tokens")
@@ -129,13 +129,13 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
                        f"perplexity {point.perplexity:.4g}")  # fmt: skip
 
     sweep = run_sweep(
-        loaded.model, modules, names, discards, windows, store, opts.windows.batch_size, progress, on_point=report,
+        loaded.model, modules, names, discards, windows, store, opts.measure.batch_size, progress, on_point=report,
         placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir,
     )  # fmt: skip
     meta = {
         "model": {**identity, "name": loaded.name, "location": loaded.location},
         "covariances": None if store is None else {"path": str(store.path), **store.metadata.get("source", {})},
-        "eval": {"source": opts.eval, "seq_len": seq_len, "windows": n_windows},
+        "eval": {"source": opts.eval, "seq_len": seq_len, "windows": n_windows, "choice": windows.choice},
         "targets": len(modules),
         "decompositions": names,
         "discard": [d.text for d in discards],

@@ -73,8 +73,10 @@ class Source:
     bundled: Callable[[], Corpus] | None = None
 
 
-def _bundled_text(name: str, get: Callable[[], str]) -> Callable[[], Corpus]:
-    return lambda: Corpus(where=f"bundled {name}", documents=[get()])
+def _bundled_text(name: str, get: Callable[[], list[str]]) -> Callable[[], Corpus]:
+    """A bundled text as its documents (articles, news stories), which joined by blank lines are
+    the text itself."""
+    return lambda: Corpus(where=f"bundled {name}", documents=get())
 
 
 def _polarity(heldout: bool) -> Callable[[], Corpus]:
@@ -98,19 +100,19 @@ def _news_cloze(heldout: bool) -> Callable[[], Corpus]:
     return get
 
 
-def _wiki(heldout: bool) -> Callable[[], str]:
-    def get() -> str:
-        from ..assets import wiki_text
+def _wiki(heldout: bool) -> Callable[[], list[str]]:
+    def get() -> list[str]:
+        from ..assets import wiki_articles
 
-        return wiki_text(heldout=heldout)
+        return [a.text for a in wiki_articles() if a.heldout == heldout]
 
     return get
 
 
-def _news() -> str:
+def _news() -> list[str]:
     from ..assets import news_text
 
-    return news_text()
+    return news_text().split("\n\n")
 
 
 _HUB_ROWS = (

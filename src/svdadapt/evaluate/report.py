@@ -28,6 +28,7 @@ def results_table(results: dict) -> str:
         for source, r in results["perplexity"].items():
             lines.append(
                 f"  {source:<26} {r['perplexity']:>10.3f} {r['tokens']:>10,} {r['windows']:>5} × {r['seq_len']}"
+                f" {r.get('choice', '')}"
             )
     if results["tasks"]:
         lines.append("  task")

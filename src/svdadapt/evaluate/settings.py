@@ -17,6 +17,10 @@ class WindowOptions(Options):
         None, "tokens per perplexity window (unset: 2048, or the model's limit if lower)", check=at_least(2)
     )
     max_windows: int | None = opt(None, "evaluate at most this many windows per source (default: all)", check=POSITIVE)
+    windows: str = opt(
+        "spread", "which windows --max-windows keeps: spread (round robin over the documents, so every document "
+        "of a held-out set) or first (the first ones, as before)", choices=["spread", "first"],
+    )  # fmt: skip
     batch_size: int = opt(4, "windows or examples per forward pass", check=POSITIVE)
 
     def check_length(self, max_len: int | None, flag: str = "--seq-len") -> None:

@@ -105,9 +105,9 @@ def evaluate_model(
 ) -> dict:
     """Evaluate an in-memory model: ``{"perplexity": {source: {...}}, "tasks": {task: {metric: ...}}}``.
 
-    Perplexity is over non-overlapping windows of ``settings.seq_len`` tokens (the first
-    ``max_windows``); ``polarity-instruct`` is scored by label likelihood with ``template``;
-    ``limit`` caps the examples of each task.
+    Perplexity is over non-overlapping windows of ``settings.seq_len`` tokens (``max_windows`` of them
+    spread over the text, or the first, by ``settings.windows``); ``polarity-instruct`` is scored by
+    label likelihood with ``template``; ``limit`` caps the examples of each task.
     """
     from .classification import classification_metrics
     from .harness import lm_eval_tasks
@@ -120,7 +120,7 @@ def evaluate_model(
     length = resolve_seq_len(model, s) if sources else s.seq_len
     results: dict = {"perplexity": {}, "tasks": {}}
     for source in sources:
-        windows = evaluation_windows(source, tokenizer, length, s.max_windows)
+        windows = evaluation_windows(source, tokenizer, length, s.max_windows, s.windows)
         results["perplexity"][source] = perplexity(model, windows, s.batch_size, progress).as_dict()
     for spec in tasks:
         kind = task_kind(spec)
