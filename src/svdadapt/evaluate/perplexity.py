@@ -9,8 +9,9 @@ CorDA repository). PPL = exp(total NLL / predicted tokens).
 
 When ``max_windows`` caps the windows, ``spread`` (the default) takes them round robin over the
 documents they start in — the first window of every document, then the second, ... — so a held-out
-set of many documents is measured on all of them, not on its first; ``first`` takes the first ones. Each window records the document it starts in and its own mean NLL,
-for intervals over documents (e.g. a bootstrap).
+set of many documents is measured on all of them, not on its first; ``first`` takes the first ones.
+Each window records the document it starts in and its own mean NLL, for intervals over documents
+(e.g. a bootstrap).
 """
 
 from __future__ import annotations
