@@ -66,10 +66,16 @@ def _sft(opts: TaskOptions, tok, seed: int) -> TrainingData:
     samples = make_samples(corpus, tok, count + held, opts.max_length, seed, opts.template)
     if len(samples) < 2:
         raise SvdadaptError(f"{opts.data} gives {len(samples)} example(s); training needs at least 2")
-    cut = sum(len(s.input_ids) <= s.prompt_len for s in samples)  # the prompt alone fills --max-length
+    cut = sum(not s.responses() for s in samples)  # the prompt alone fills --max-length
     if cut:
         print(f"svdadapt: note: {cut} of {len(samples)} examples of {opts.data} have no response token within "
               f"--max-length {opts.max_length} and are left out; raise --max-length to keep them")  # fmt: skip
+    shortened = sum(bool(s.responses()) and s.lost > 0 for s in samples)
+    if shortened:
+        print(
+            f"svdadapt: note: {shortened} of {len(samples)} examples of {opts.data} lost response tokens to "
+            f"--max-length {opts.max_length} (a response cut, or later turns left out whole); raise it to keep them"
+        )
     random.Random(seed).shuffle(samples)
     held = min(held, len(samples) // 2)
     train_set = sft_features(samples[held:], opts.packing, opts.max_length)
