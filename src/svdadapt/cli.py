@@ -141,7 +141,7 @@ def _main(argv: list[str] | None) -> int:
 
 RESUMING = {  # what an interrupted command leaves to continue from
     "calibrate": " (continue it with --resume)",
-    "train": " (continue it with --resume if it ran with --save-checkpoints; else train again)",
+    "train": " (continue it with --resume if it ran with --save-checkpoints or --save-steps; else train again)",
     "compress": " (run it again: it starts over)",
     "run": " (continue the pipeline with --resume: finished stages are kept)",
 }

@@ -98,7 +98,7 @@ def prepare_data(opts: TaskOptions, task: ClassificationTask | None, tokenizer, 
 
 def nothing_to_resume(run_path: Path, opts: TrainingOptions) -> bool:
     """Whether ``--resume`` of a run trained to the end has nothing to continue: no checkpoint (it was
-    trained without --save-checkpoints), or the last one already at --max-steps."""
+    trained without checkpoints), or the last one already at --max-steps."""
     checkpoint = last_checkpoint(run_path)
     if checkpoint is None:
         return True
@@ -143,10 +143,12 @@ def run_training(
         lr_scheduler_type=opts.schedule,
         train_sampling_strategy="group_by_length" if opts.order == "length" else "random",
         logging_steps=opts.logging_steps,
-        eval_strategy="epoch",
+        eval_strategy="steps" if opts.eval_steps else "epoch",
+        eval_steps=opts.eval_steps,
         prediction_loss_only=metrics is None,  # SFT: the evaluation loss alone, no gathered logits
-        save_strategy="epoch" if opts.save_checkpoints else "no",
-        save_total_limit=2,
+        save_strategy=opts.save_strategy,
+        save_steps=opts.save_steps or 500,  # Trainer's default, unused unless saving by steps
+        save_total_limit=opts.save_total_limit,
         seed=seed,
         data_seed=seed,
         bf16=opts.bf16,
