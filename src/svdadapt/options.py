@@ -56,9 +56,9 @@ def check_positions(flag: str, length: int | None, limit: int | None) -> None:
 
 def opt(default: Any = MISSING, help: str = "", *, check: Check | None = None, **meta: Any) -> Any:
     """A dataclass field with CLI metadata (``help``, ``check``, ``choices``, ``flag``, ``positional``,
-    ``nargs``, ``const``, ``metavar``; ``how=True``: it says how the command runs or writes, not what
-    it makes, e.g. ``--offload``, ``--resume``; ``infinite=True``: a float that may be ±inf or nan,
-    which every other float option refuses)."""
+    ``nargs``, ``const``, ``metavar``; ``repeat=True``: a list flag given once per value; ``how=True``:
+    it says how the command runs or writes, not what it makes, e.g. ``--offload``, ``--resume``;
+    ``infinite=True``: a float that may be ±inf or nan, which every other float option refuses)."""
     return field(default=default, metadata={"help": help, "check": check, **meta})
 
 
@@ -265,6 +265,8 @@ def _add(parser: argparse.ArgumentParser, flat: FlatField) -> None:
         kwargs["help"] += f" (default: {default})"
     if meta.get("nargs"):  # e.g. "?": the bare flag means ``const``
         kwargs |= {"nargs": meta["nargs"], "const": meta.get("const")}
+    if meta.get("repeat"):  # --prompt A --prompt B: a list
+        kwargs["action"] = "append"
     parser.add_argument(
         flat.flag, dest=flat.dest, type=_converter(flat.type), default=default, required=required,
         metavar=meta.get("metavar"), **kwargs,
@@ -315,6 +317,8 @@ def _yaml_1_1(value: Any, flat: FlatField) -> Any:
         return "on" if value else "off"
     if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # a number where text is read (``discard: 16``), as its flag reads it
+    if base is list and isinstance(value, str):
+        return [value]  # one value of a list read once per value (``prompt: hello``)
     return value
 
 

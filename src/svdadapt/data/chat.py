@@ -55,8 +55,8 @@ class Conversation:
         return [(user, assistant) for user, assistant in pairs]
 
 
-def checked(messages: list[Message]) -> Conversation:
-    """The messages as a conversation, or :class:`RecordError` saying what is not understood."""
+def _check_turns(messages: list[Message]) -> None:
+    """Roles known, content non-empty text, a system message only first, a user turn first after it."""
     if not messages:
         raise RecordError("the conversation is empty")
     for number, m in enumerate(messages, 1):
@@ -71,8 +71,21 @@ def checked(messages: list[Message]) -> Conversation:
     turns = [m for m in messages if m.role != "system"]
     if not turns or turns[0].role != "user":
         raise RecordError("the conversation does not start with a user turn (after any system message)")
-    if not any(m.role == "assistant" for m in turns):
+
+
+def checked(messages: list[Message]) -> Conversation:
+    """The messages as a conversation to learn from, or :class:`RecordError` saying what is not understood."""
+    _check_turns(messages)
+    if not any(m.role == "assistant" for m in messages):
         raise RecordError("the conversation has no assistant turn to learn from")
+    return Conversation(tuple(messages))
+
+
+def to_continue(messages: list[Message]) -> Conversation:
+    """The messages as a conversation for a model to continue: it ends with a user turn."""
+    _check_turns(messages)
+    if messages[-1].role != "user":
+        raise RecordError("the conversation ends with an assistant turn; a model continues after a user turn")
     return Conversation(tuple(messages))
 
 
@@ -83,14 +96,19 @@ def _items(r: dict, field: str) -> list:
     return items
 
 
-def from_messages(r: dict) -> Conversation:
-    """A ``messages`` record (TRL/OpenAI)."""
+def messages_of(r: dict) -> list[Message]:
+    """The messages of a ``messages`` record (TRL/OpenAI), unchecked."""
     messages = []
     for number, item in enumerate(_items(r, "messages"), 1):
         if "role" not in item or "content" not in item:
             raise RecordError(f"message {number} has no 'role' and 'content'")
         messages.append(Message(str(item["role"]), item["content"]))
-    return checked(messages)
+    return messages
+
+
+def from_messages(r: dict) -> Conversation:
+    """A ``messages`` record (TRL/OpenAI) to learn from."""
+    return checked(messages_of(r))
 
 
 def from_sharegpt(r: dict) -> Conversation:
