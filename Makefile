@@ -25,9 +25,12 @@ $(VENV)/.test-installed: $(VENV)/.assets-installed
 quickstart: $(VENV)/.assets-installed
 	$(BIN)/svdadapt quickstart
 
+# Test workers (pytest-xdist): one per core by default; `make test JOBS=1` runs the suite in one process.
+JOBS ?= auto
+
 test: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests benchmarks

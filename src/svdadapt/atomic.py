@@ -199,8 +199,11 @@ def exclusive(target: Path | str) -> Iterator[None]:
     once with one line. Once the lock is held, what earlier writers that died left beside ``target``
     is removed. The lock is a hidden ``.NAME.lock`` file beside ``target`` that lives as long as the
     lock: the kernel drops it with its process however that ends, and a lock file whose holder
-    removed or replaced it in the meantime is not trusted (its inode is checked)."""
+    removed or replaced it in the meantime is not trusted (its inode is checked). Folders made for
+    the lock are removed after it when nothing was written into them (a failed writer leaves no
+    empty ``RUN/eval/``)."""
     target = Path(os.path.realpath(Path(target).expanduser()))  # two links to one folder: one lock
+    made = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]  # innermost first
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.parent / f".{target.name}.lock"
     while True:
@@ -231,3 +234,8 @@ def exclusive(target: Path | str) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)  # while still holding it
         os.close(fd)  # releases the lock
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty: what a writer put there stays
+            except OSError:
+                break

@@ -12,10 +12,10 @@ import os
 import re
 import sys
 
-from . import backend, errors
+from . import __version__, backend, errors
 from .backend import set_aside_live_objects
 from .errors import SvdadaptError
-from .options import add_options, from_namespace, yaml_values
+from .options import add_aliases, add_options, from_namespace, mapping_problems
 
 
 def subcommands() -> dict:
@@ -43,6 +43,7 @@ def build_parser(commands: dict) -> tuple[argparse.ArgumentParser, dict]:
         prog="svdadapt",
         description="Knowledge-aware, SVD-based parameter-efficient fine-tuning (CorDA, KaSA).",
     )
+    parser.add_argument("--version", action="version", version=f"svdadapt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subparsers = {}
     for name, command in commands.items():
@@ -50,6 +51,7 @@ def build_parser(commands: dict) -> tuple[argparse.ArgumentParser, dict]:
         summary_line = " ".join(doc.split("\n\n")[0].split())
         p = sub.add_parser(name, help=summary_line, description=summary_line)
         add_options(p, command.options)
+        add_aliases(p, command.options)  # --learning-rate for --module-lr, ... (hidden)
         p.add_argument("--config", metavar="YAML", help="read option values from a YAML mapping (flags override)")
         subparsers[name] = p
     return parser, subparsers
@@ -64,15 +66,15 @@ def _apply_config(argv: list[str], subparsers: dict, commands: dict) -> None:
         return  # argparse reports the missing value
     from .pipeline.recipe import load_yaml_mapping
 
-    values = {k.replace("-", "_"): v for k, v in load_yaml_mapping(argv[index + 1]).items()}
-    values = yaml_values(commands[argv[0]].options, values)  # e.g. `offload: off`, which YAML reads as false
+    values = {str(k).replace("-", "_"): v for k, v in load_yaml_mapping(argv[index + 1]).items() if k != "config"}
+    # aliases renamed, `offload: off` (which YAML reads as false) read as the flag reads it; every problem at once
+    values, problems = mapping_problems(commands[argv[0]].options, values, argv[index + 1], complete=False)
+    if problems:
+        raise errors.Problems(problems)
     parser = subparsers[argv[0]]
-    known = {a.dest: a for a in parser._actions}
-    unknown = sorted(set(values) - set(known) - {"config"})
-    if unknown:
-        raise errors.unknown("key", unknown[0], sorted(set(known) - {"help", "config"}), where=argv[index + 1])
-    for dest in values:
-        known[dest].required = False
+    for action in parser._actions:  # a flag the file gives is no longer required on the line
+        if action.dest in values:
+            action.required = False
     parser.set_defaults(**values)
 
 
@@ -141,7 +143,7 @@ def _main(argv: list[str] | None) -> int:
 
 RESUMING = {  # what an interrupted command leaves to continue from
     "calibrate": " (continue it with --resume)",
-    "train": " (continue it with --resume if it ran with --save-checkpoints; else train again)",
+    "train": " (continue it with --resume if it ran with --save-checkpoints or --save-steps; else train again)",
     "compress": " (run it again: it starts over)",
     "run": " (continue the pipeline with --resume: finished stages are kept)",
 }

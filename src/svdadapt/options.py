@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field
 from typing import Any
 
-from .errors import SvdadaptError, unknown
+from .aliases import aliases_of, renamed
+from .errors import Problems, SvdadaptError, closest, unknown
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,10 @@ def check_positions(flag: str, length: int | None, limit: int | None) -> None:
 
 def opt(default: Any = MISSING, help: str = "", *, check: Check | None = None, **meta: Any) -> Any:
     """A dataclass field with CLI metadata (``help``, ``check``, ``choices``, ``flag``, ``positional``,
-    ``nargs``, ``const``, ``metavar``; ``how=True``: it says how the command runs or writes, not what
-    it makes, e.g. ``--offload``, ``--resume``; ``infinite=True``: a float that may be ±inf or nan,
-    which every other float option refuses)."""
+    ``nargs``, ``const``, ``metavar``; ``repeat=True``: a list flag given once per value; ``listed=True``:
+    comma-separated text, which YAML may give as a list; ``how=True``:
+    it says how the command runs or writes, not what it makes, e.g. ``--offload``, ``--resume``;
+    ``infinite=True``: a float that may be ±inf or nan, which every other float option refuses)."""
     return field(default=default, metadata={"help": help, "check": check, **meta})
 
 
@@ -265,10 +267,22 @@ def _add(parser: argparse.ArgumentParser, flat: FlatField) -> None:
         kwargs["help"] += f" (default: {default})"
     if meta.get("nargs"):  # e.g. "?": the bare flag means ``const``
         kwargs |= {"nargs": meta["nargs"], "const": meta.get("const")}
+    if meta.get("repeat"):  # --prompt A --prompt B: a list
+        kwargs["action"] = "append"
     parser.add_argument(
         flat.flag, dest=flat.dest, type=_converter(flat.type), default=default, required=required,
         metavar=meta.get("metavar"), **kwargs,
     )  # fmt: skip
+
+
+def add_aliases(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Hidden flags for the aliases of ``cls``'s options (``--learning-rate`` for ``--module-lr``)."""
+    flats = {flat.dest: flat for flat in flat_fields(cls)}
+    for alias, dest in aliases_of(set(flats)).items():
+        if len(alias) > 1 and not flats[dest].field.metadata.get("positional"):
+            flag = "--" + alias.replace("_", "-")
+            converter = _converter(flats[dest].type)
+            parser.add_argument(flag, dest=dest, type=converter, help=argparse.SUPPRESS, default=argparse.SUPPRESS)
 
 
 def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
@@ -277,21 +291,42 @@ def from_namespace(cls: type, ns: argparse.Namespace) -> Any:
 
 
 def from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build ``cls`` from a mapping of flag names (``seq_len``, ``calib_samples``); unknown keys and
-    missing required ones are errors naming ``where``."""
-    flats = flat_fields(cls)
-    names = {flat.dest for flat in flats}
-    strangers = sorted(set(values) - names)
-    if strangers:
-        raise unknown("key", strangers[0], sorted(names), where=where)
-    missing = [flat.dest for flat in flats if flat.default is MISSING and flat.dest not in values]
-    if missing:
-        raise SvdadaptError(f"{where} needs {missing[0]!r}")
-    values = yaml_values(cls, values)
+    """Build ``cls`` from a mapping of flag names (``seq_len``, ``calib_samples``; the aliases of
+    :mod:`svdadapt.aliases` too); every unknown key, missing required one and bad value is said at
+    once, naming ``where`` (:class:`~svdadapt.errors.Problems`)."""
+    values, problems = mapping_problems(cls, values, where)
+    if problems:
+        raise Problems(problems)
     try:
         return _construct(cls, values)
     except SvdadaptError as exc:
-        raise SvdadaptError(f"{where}: {exc}") from None
+        raise Problems([f"{where}: {exc}"]) from None
+
+
+def mapping_problems(
+    cls: type, values: dict[str, Any], where: str, complete: bool = True
+) -> tuple[dict[str, Any], list[str]]:
+    """``values`` with aliases renamed and read as their flags read them, and every problem with them
+    on their own: unknown keys ("did you mean"), required keys missing, values of the wrong type or
+    range (what involves several options is checked once they are all good). ``complete``: the
+    mapping is all there is (not defaults for flags, which may give what is required)."""
+    flats = {flat.dest: flat for flat in flat_fields(cls)}
+    values, twice = renamed(values, set(flats))
+    strangers = sorted(set(values) - set(flats), key=str)
+    guessed = {closest(key, flats) for key in strangers}  # a misspelt required key is said once, as unknown
+    missing = [d for d, flat in flats.items() if flat.default is MISSING and d not in values and d not in guessed]
+    missing = missing if complete else []
+    values = yaml_values(cls, {k: v for k, v in values.items() if k in flats})
+    bad = []
+    for dest, value in values.items():
+        try:
+            _check_value(flats[dest], value)
+        except SvdadaptError as exc:
+            bad.append(f"{where}: {exc}")
+    problems = [f"{where}: {p}" for p in twice]
+    problems += [str(unknown("key", key, sorted(flats), where=where)) for key in strangers]
+    problems += [f"{where} needs {dest!r}" for dest in missing]
+    return values, problems + bad
 
 
 def yaml_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +350,10 @@ def _yaml_1_1(value: Any, flat: FlatField) -> Any:
         return "on" if value else "off"
     if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # a number where text is read (``discard: 16``), as its flag reads it
+    if base is str and isinstance(value, list) and flat.field.metadata.get("listed"):
+        return ",".join(map(str, value))  # a YAML list where comma-separated names are read (``targets: [q, v]``)
+    if base is list and isinstance(value, str):
+        return [value]  # one value of a list read once per value (``prompt: hello``)
     return value
 
 

@@ -87,6 +87,16 @@ class CovarianceStore:
     path: Path | None = None
     _tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        """One short line: where it lives, what it covers (the full record is ``metadata``)."""
+        where = f"{self.path.name!r}, " if self.path is not None else ""
+        model = self.metadata.get("model", {})
+        name = f"model={model.get('name')!r}, " if isinstance(model, dict) and model.get("name") else ""
+        return (
+            f"CovarianceStore({where}{name}{len(self.module_to_group)} layers in {len(self.groups)} groups, "
+            f"{self.num_tokens} tokens, {str(self.dtype).removeprefix('torch.')})"
+        )
+
     # ------------------------------------------------------------ building
     def add(self, group: FinishedGroup, shard: str = shard_name(0)) -> None:
         """Add one finished group (held in memory until :meth:`save`)."""

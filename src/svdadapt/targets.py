@@ -77,7 +77,7 @@ def targets_option(verb: str = "adapt") -> str | None:
     valid = Check(lambda text: _valid(parse_patterns(text) or []), "has a re: pattern that is no valid regex")
     return opt(
         None, f"layers to {verb}: name suffixes or re:REGEX, comma-separated (default: every linear layer in "
-        "the model's blocks, not the head)", check=valid,
+        "the model's blocks, not the head)", check=valid, listed=True,
     )  # fmt: skip
 
 

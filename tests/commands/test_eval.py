@@ -94,7 +94,8 @@ def test_bad_numbers_targets_and_outs(capsys, tiny_dirs, tmp_path):
     assert "neither an svdadapt run" in bad(capsys, "eval", tmp_path / "empty")
 
 
-def test_lm_eval_offline_is_one_line(capsys, tiny_dirs, tmp_path, offline):
+def test_lm_eval_offline_is_one_line(capsys, tiny_dirs, tmp_path, offline, monkeypatch):
+    monkeypatch.setattr("svdadapt.evaluate.harness.lm_eval_installed", lambda: True)  # installed, no hub
     out = tmp_path / "r.json"
     msg = bad(capsys, "eval", tiny_dirs["llama"], "--tasks", "lm-eval:gsm8k", "--out", out)
     assert "cannot reach the Hugging Face hub" in msg and "lm-eval task(s) gsm8k" in msg

@@ -339,7 +339,7 @@ def test_bad_recipes_and_flags_are_one_line(made, capsys, tmp_path):
     stages = "calibrate: {data: news}\nbuild: {method: pissa, rank: [1]}\n"
     recipe.write_text(f"model: {made['model']}\nout: {tmp_path / 'o'}\n{stages}")
     one_line(capsys, "run", recipe, names=["--rank must be an integer"])
-    one_line(capsys, "run", recipe, "calibrate.samples=abc", names=["--samples must be an integer"])
+    one_line(capsys, "run", recipe, "calibrate.samples=abc", "build.rank=4", names=["--samples must be an integer"])
     assert not (tmp_path / "o").exists()  # checked before the first stage ran
     one_line(capsys, "train", made["run"], *SFT, "--report-to", "no-such-tracker", names=["no-such-tracker"])
     latin = tmp_path / "latin.txt"

@@ -60,7 +60,7 @@ def blockwise_pass(
                 by_block.setdefault(stream.block_index(name), {})[name] = module
             last = max(by_block)
             todo = sum(1 for i in by_block if i >= start_block)
-            bar = tqdm(total=todo * stream.samples, desc="calibrating", unit="sample", disable=not settings.progress)
+            bar = SampleBar(stream.samples, todo, settings.progress)
             with bar:
                 for index in range(last + 1):
                     hooked = by_block.get(index) if index >= start_block else None
@@ -72,7 +72,30 @@ def blockwise_pass(
         model.train(was_training)
 
 
-def _block_sums(stream: BlockStream, index: int, hooked: dict, settings: PassSettings, sums_device, bar, label: str):
+class SampleBar:
+    """The progress bar of a block-wise pass, in samples: every sample goes through each of ``blocks``
+    blocks, so the bar stands at the samples' passes so far over ``blocks`` (whole ones), the block
+    running beside it."""
+
+    def __init__(self, samples: int, blocks: int, shown: bool) -> None:
+        self.bar = tqdm(total=samples, desc="calibrating", unit="sample", disable=not shown)
+        self.blocks, self.passes = max(blocks, 1), 0
+
+    def advance(self, samples: int, label: str) -> None:
+        self.passes += samples
+        self.bar.set_postfix_str(label, refresh=False)
+        self.bar.update(self.passes // self.blocks - self.bar.n)
+
+    def __enter__(self) -> SampleBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _block_sums(
+    stream: BlockStream, index: int, hooked: dict, settings: PassSettings, sums_device, bar: SampleBar, label: str
+):
     """Block ``index`` over every batch with its ``hooked`` targets summing their inputs; their
     finished groups (none without targets)."""
     capture = InputCapture(hooked, settings.accumulate_dtype, sums_device)
@@ -80,8 +103,7 @@ def _block_sums(stream: BlockStream, index: int, hooked: dict, settings: PassSet
     def after(record) -> None:
         capture.end_batch()
         if hooked:
-            bar.set_postfix_str(label)
-            bar.update(record.samples)
+            bar.advance(record.samples, label)
 
     with capture:
         stream.advance(index, before=lambda record: capture.begin_batch(record.mask), after=after)

@@ -24,6 +24,7 @@ from .common import Result
 from .compress import CompressOptions, CompressResult, compress
 from .evaluate import EvalOptions, EvalResult, evaluate, results_file
 from .export import ExportOptions, ExportResult, export
+from .generate import GenerateOptions, GenerateResult, generate
 from .merge import MergeOptions, MergeResult, merge
 from .spectra import SpectraOptions, SpectraResult, spectra
 from .train import TrainOptions, TrainResult, train
@@ -75,6 +76,7 @@ COMMANDS: dict[str, Command] = {
         Command("build", BuildOptions, build, hands_over=lambda o: _run(o.out), launchable=lambda _o: True),
         Command("merge", MergeOptions, merge),
         Command("export", ExportOptions, export),
+        Command("generate", GenerateOptions, generate),  # one process: streams to one terminal
         Command(
             "train",
             TrainOptions,
@@ -106,6 +108,8 @@ __all__ = [
     "EvalResult",
     "ExportOptions",
     "ExportResult",
+    "GenerateOptions",
+    "GenerateResult",
     "MergeOptions",
     "MergeResult",
     "Result",
@@ -118,6 +122,7 @@ __all__ = [
     "compress",
     "evaluate",
     "export",
+    "generate",
     "merge",
     "spectra",
     "train",

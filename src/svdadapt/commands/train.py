@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -83,8 +82,28 @@ class TrainResult:
     def summary(self) -> str:
         if self.resumed_finished:
             return f"{self.run.path} is trained to the end already; nothing to resume (without --resume: retrain)"
-        shown = {k: v for k, v in self.results.items() if k not in ("history", "log")}
-        return f"{json.dumps(shown)}\ntrained run: {self.run.path} (merge or export it like a built run)"
+        r = self.results
+        lines = [f"trained run: {self.run.path} (merge or export it like a built run)"]
+        if not r:  # another process of a launch: the writer's summary says it all
+            return lines[0]
+        resumed = f", {r['steps_this_session']} of them now" if r["steps_this_session"] != r["steps"] else ""
+        lines.append(f"  steps       {r['steps']}{resumed}, on {r['train_examples']} examples, in {r['seconds']:.1f} s")
+        last = next((e.get("task_loss", e["loss"]) for e in reversed(r["log"]) if "loss" in e), None)
+        shown = f"{last:.4f} at the last logged step, " if last is not None else ""
+        lines.append(f"  task loss   {shown}mean {r['train_loss']:.4f} over all steps (loss terms included)")
+        if r["history"]:
+            main, end, best = r["main_metric"], r["history"][-1], r["best"]
+            lines.append(f"  eval        {main} {_score(end, main)} at the end, on {r['eval_examples']} examples")
+            if best is not None and (best.get("step"), best["epoch"]) != (end.get("step"), end["epoch"]):
+                lines.append(f"  best        {main} {_score(best, main)}")
+        lines.append(f"  results     {self.run.path / 'train_results.json'}")
+        return "\n".join(lines)
+
+
+def _score(entry: dict, metric: str) -> str:
+    """``0.6123 (epoch 1, step 40)`` of a history entry or the best one."""
+    step = f", step {entry['step']}" if entry.get("step") is not None else ""
+    return f"{entry[metric]:.4f} (epoch {entry['epoch']}{step})"
 
 
 def written(opts: TrainOptions) -> str:

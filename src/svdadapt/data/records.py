@@ -1,4 +1,5 @@
-"""Records → documents or (prompt, response) examples, by schema: one table row per known format.
+"""Records → documents, (prompt, response) examples or whole conversations, by schema: one table row
+per known format.
 
 The same row serves a hub dataset and a local json/jsonl file of that dataset's schema, so local
 copies of the CorDA seed's files (MetaMathQA-395K.json, CodeFeedback .jsonl, ...) work as they are.
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SvdadaptError
+from .chat import Conversation, RecordError, from_messages, from_sharegpt
 
 
 @dataclass(frozen=True)
@@ -28,33 +30,21 @@ def _alpaca(r: dict) -> Example:
     return Example(prompt, str(r["output"]).strip())
 
 
-def _conversation(r: dict) -> Example:
-    turns = r.get("conversations") or r.get("conversation")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError("empty conversation")
-    first = turns[0]
-    if "human" in first:  # CorDA seed's WizardLM file: [{"human": ..., "assistant": ...}]
-        return Example(first["human"], first["assistant"])
-    users = [t["value"] for t in turns if t.get("from") in ("human", "user")]
-    bots = [t["value"] for t in turns if t.get("from") in ("gpt", "assistant")]
-    if not users or not bots:
-        raise ValueError("conversation without a human and an assistant turn")
-    return Example(users[0], bots[0])
-
-
 @dataclass(frozen=True)
 class ExampleFormat:
     name: str
     fields: tuple[str, ...]  # all must be present in a record
-    to_example: Callable[[dict], Example]
+    to_example: Callable[[dict], Example | Conversation]
+    strict: bool = False  # a record not understood is refused (chat), not skipped with a note
 
 
-EXAMPLE_FORMATS = (
+EXAMPLE_FORMATS = (  # chat formats first: a record mixing them with another schema is refused, not read as that one
+    ExampleFormat("messages", ("messages",), from_messages, strict=True),
+    ExampleFormat("wizardlm", ("conversations",), from_sharegpt, strict=True),
+    ExampleFormat("wizardlm-seed", ("conversation",), from_sharegpt, strict=True),
     ExampleFormat("alpaca", ("instruction", "output"), _alpaca),
     ExampleFormat("metamath", ("query", "response"), lambda r: Example(r["query"], r["response"])),
     ExampleFormat("codefeedback", ("query", "answer"), lambda r: Example(r["query"], r["answer"])),
-    ExampleFormat("wizardlm", ("conversations",), _conversation),
-    ExampleFormat("wizardlm-seed", ("conversation",), _conversation),
 )
 TEXT_FIELDS = ("text", "question", "sentence", "content")
 
@@ -114,7 +104,31 @@ def texts_of(rows: Sequence[dict], field: str, where: str) -> list[str]:
     return texts
 
 
-def examples_of(rows: Sequence[dict], fmt: ExampleFormat, where: str) -> list[Example]:
+def _strict(r: dict, fmt: ExampleFormat, where: str, number: int) -> Example | Conversation:
+    """A chat record read whole, or one line naming it: it holds another schema's fields too, or
+    something :mod:`.chat` does not understand."""
+    place = f"record {number} of {where}"
+    if not isinstance(r, dict) or any(f not in r for f in fmt.fields):
+        raise SvdadaptError(
+            f"{place} has no {'/'.join(fmt.fields)} field, as the first record has; one schema per file"
+        )
+    mixed = next((o for o in EXAMPLE_FORMATS if o.fields != fmt.fields and all(f in r for f in o.fields)), None)
+    if mixed is not None:
+        also = "/".join(mixed.fields)
+        raise SvdadaptError(f"{place} mixes schemas ({'/'.join(fmt.fields)} and {also}); keep one per record")
+    try:
+        return fmt.to_example(r)
+    except RecordError as exc:
+        raise SvdadaptError(f"{place}: {exc}") from None
+
+
+def examples_of(
+    rows: Sequence[dict], fmt: ExampleFormat, where: str, numbers: Sequence[int] | None = None
+) -> list[Example | Conversation]:
+    """The rows as examples (``numbers``: their 1-based numbers in the source, for messages)."""
+    if fmt.strict:
+        numbers = range(1, len(rows) + 1) if numbers is None else numbers
+        return [_strict(r, fmt, where, number) for r, number in zip(rows, numbers)]
     out: list[Example] = []
     bad = 0
     for r in rows:

@@ -3,7 +3,9 @@
 Text corpora are tokenized once and cut into random windows of exactly ``seq_len`` tokens (the
 CorDA seed's random windows, drawn in tokens rather than characters). Instruction corpora give one
 example per sample, rendered with a template and cut at ``seq_len``; ``prompt_len`` marks where
-the response starts.
+the response starts. A conversation gives one sample of all its turns, ``spans`` marking each
+assistant turn's tokens; cut at ``seq_len``, it keeps whole leading turns (only a first response
+too long for ``seq_len`` by itself is cut within, as a single response is).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import random
 from dataclasses import dataclass
 
 import torch
+from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from .. import backend
 from ..errors import SvdadaptError
+from .chat import Conversation
 from .sources import Corpus
 from .templates import get_template
 
@@ -38,7 +42,38 @@ def check_affordable(count: int, seq_len: int, where: str) -> None:
 @dataclass
 class Sample:
     input_ids: list[int]
-    prompt_len: int = 0  # tokens before the response (0 for plain text)
+    prompt_len: int = 0  # tokens before the (first) response (0 for plain text)
+    spans: tuple[tuple[int, int], ...] | None = None  # [start, end) of each response (None: prompt_len to the end)
+    lost: int = 0  # response tokens left out to fit seq_len
+
+    def responses(self) -> tuple[tuple[int, int], ...]:
+        """[start, end) of the tokens of every response (the whole sample for plain text), in order."""
+        if self.spans is not None:
+            return self.spans
+        return ((self.prompt_len, len(self.input_ids)),) if self.prompt_len < len(self.input_ids) else ()
+
+
+def fit(segments: list[tuple[list[int], bool]], seq_len: int, whole_turns: bool) -> Sample:
+    """Tokenized segments (ids, is a response) as one sample of at most ``seq_len`` tokens: cut at
+    ``seq_len`` (an example), or (``whole_turns``, a conversation) whole leading segments up to the
+    end of the last response that fits, a first response longer than what is left cut within."""
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for part, labelled in segments:
+        room = seq_len - len(ids)
+        if len(part) > room and whole_turns and spans:
+            ids = ids[: spans[-1][1]]  # the turns after the last response that fits are left out whole
+            break
+        start = len(ids)
+        ids += part[:room]
+        if labelled and len(ids) > start:
+            spans.append((start, len(ids)))
+        if len(part) > room:
+            break
+    total = sum(len(part) for part, labelled in segments if labelled)
+    kept = sum(end - start for start, end in spans)
+    prompt_len = spans[0][0] if spans else len(ids)
+    return Sample(ids, prompt_len, tuple(spans) if whole_turns else None, total - kept)
 
 
 def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -102,18 +137,20 @@ def example_samples(
     seed: int,
     template: str | None = None,
 ) -> list[Sample]:
-    """``num_samples`` distinct examples (all of them if fewer), rendered and tokenized."""
+    """``num_samples`` distinct examples (all of them if fewer), rendered and tokenized; a
+    conversation whole, each assistant turn a response."""
     tmpl = get_template(template, tokenizer)
     check_affordable(min(num_samples, len(corpus)), seq_len, corpus.where)
     rng = random.Random(seed)
     indices = rng.sample(range(len(corpus)), min(num_samples, len(corpus)))
     samples = []
-    for example in corpus.examples(indices):
-        prompt, response = tmpl.render(example, tokenizer)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-        ids = (prompt_ids + response_ids)[:seq_len]
-        samples.append(Sample(ids, min(len(prompt_ids), len(ids))))
+    for index, item in zip(indices, corpus.examples(indices)):
+        try:
+            segments = tmpl.segments(item, tokenizer)
+        except TemplateError as exc:  # the chat template's own refusal, e.g. "roles must alternate"
+            raise SvdadaptError(f"record {index + 1} of {corpus.where}: the chat template refuses it ({exc})") from None
+        tokenized = [(tokenizer(text, add_special_tokens=False)["input_ids"], labelled) for text, labelled in segments]
+        samples.append(fit(tokenized, seq_len, whole_turns=isinstance(item, Conversation)))
     return samples
 
 

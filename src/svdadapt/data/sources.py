@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import SvdadaptError, unknown
 from ..hub import require_hub
+from .chat import Conversation
 from .records import (
     EXAMPLE_FORMATS,
     Example,
@@ -58,8 +59,10 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.documents if self.documents is not None else self.rows)
 
-    def examples(self, indices: Sequence[int]) -> list[Example]:
-        return examples_of([self.rows[i] for i in indices], self.example_format, self.where)
+    def examples(self, indices: Sequence[int]) -> list[Example | Conversation]:
+        """The examples at ``indices`` (a chat record is a whole :class:`Conversation`)."""
+        rows = [self.rows[i] for i in indices]
+        return examples_of(rows, self.example_format, self.where, [i + 1 for i in indices])
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,15 @@ def _format(name: str) -> ExampleFormat:
     return next(f for f in EXAMPLE_FORMATS if f.name == name)
 
 
+def _chat_layout(rows: Sequence[dict], fmt: ExampleFormat) -> ExampleFormat:
+    """A named source's chat format, or the chat layout its local copy's first record has (the CorDA
+    seed's WizardLM file holds ``conversation`` pairs where the hub has ``conversations``)."""
+    first = rows[0] if len(rows) else {}
+    if not fmt.strict or all(f in first for f in fmt.fields):
+        return fmt
+    return next((f for f in EXAMPLE_FORMATS if f.strict and all(k in first for k in f.fields)), fmt)
+
+
 def _corpus_from_rows(rows: Sequence[dict], where: str, schema: str | None, fields: FieldOptions) -> Corpus:
     if fields.text_field:
         return Corpus(where, documents=texts_of(rows, fields.text_field, where))
@@ -160,7 +172,7 @@ def _corpus_from_rows(rows: Sequence[dict], where: str, schema: str | None, fiel
     if isinstance(found, ExampleFormat):
         return Corpus(where, rows=rows, example_format=found)
     if any(f.name == found for f in EXAMPLE_FORMATS):
-        return Corpus(where, rows=rows, example_format=_format(found))
+        return Corpus(where, rows=rows, example_format=_chat_layout(rows, _format(found)))
     return Corpus(where, documents=texts_of(rows, found, where))
 
 

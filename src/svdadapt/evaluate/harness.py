@@ -4,6 +4,7 @@ model already in memory (a merged model, or a run's base with its adapters injec
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 
@@ -27,10 +28,21 @@ def _import_lm_eval():
     return lm_eval, HFLM, TaskManager
 
 
+def lm_eval_installed() -> bool:
+    """Whether lm-evaluation-harness can be imported (found without importing it: seconds)."""
+    try:
+        return importlib.util.find_spec("lm_eval") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_harness(names: Sequence[str], include_path: str | None = None):
-    """The hub first (the tasks' data comes from it), then lm-eval's installation: one-line errors.
-    Tasks of an --lm-eval-include directory may read local files: without the hub they run offline
-    (datasets and the hub client told so), and a task that needs the hub after all fails in one line."""
+    """lm-eval's installation first (no hub helps without it), then the hub (the tasks' data comes
+    from it): one-line errors. Tasks of an --lm-eval-include directory may read local files: without
+    the hub they run offline (datasets and the hub client told so), and a task that needs the hub
+    after all fails in one line."""
+    if not lm_eval_installed():
+        _import_lm_eval()  # says to install it
     listed = ", ".join(names)
     if include_path is not None and not offline_requested() and not hub_reachable():
         os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"

@@ -5,6 +5,7 @@ outputs checked against each other. The whole recipe is checked before its first
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from .. import errors
@@ -22,15 +23,15 @@ STAGE_OUT = {
 
 
 def plan(recipe: dict[str, Any], where: str) -> list[Stage]:
-    """The stages to run, in order, each with its options checked."""
-    unknown = sorted(set(recipe) - set(STAGES) - set(SHARED) - {"out", "description"})
-    if unknown:
-        raise errors.unknown("recipe key", unknown[0], [*STAGES, *SHARED, "out"], where=where)
+    """The stages to run, in order, each with its options checked: every unknown key and bad value of
+    the recipe said at once (:class:`~svdadapt.errors.Problems`)."""
+    unknown = sorted(set(recipe) - set(STAGES) - set(SHARED) - {"out", "description"}, key=str)
+    problems = [str(errors.unknown("recipe key", k, [*STAGES, *SHARED, "out"], where=where)) for k in unknown]
     if "out" not in recipe:
-        raise SvdadaptError(f"{where} has no `out` key (the pipeline's directory)")
+        raise errors.Problems([*problems, f"{where} has no `out` key (the pipeline's directory)"])
     present = [s for s in STAGES if s in recipe]
     if not present:
-        raise SvdadaptError(f"{where} names no stage ({', '.join(STAGES)})")
+        raise errors.Problems([*problems, f"{where} names no stage ({', '.join(STAGES)})"])
     out = pipeline_dir(recipe, where)
     handed = {"target": str(recipe["model"])} if "model" in recipe else {}
     stages = []
@@ -45,11 +46,28 @@ def plan(recipe: dict[str, Any], where: str) -> list[Stage]:
         chained = _chained(handed, values, names)
         if "run" in chained or "run" in values:  # a stage handed a run names no model of its own to build
             values = {k: v for k, v in values.items() if not (k == "model" and k not in own)}
-        stage = Stage.of(name, command, {**values, **chained}, where)
+        try:
+            stage = Stage.of(name, command, {**values, **chained}, where)
+        except errors.Problems as exc:  # said with the other stages' problems; later stages still get its output
+            problems += exc.problems
+            handed.update(_handed_anyway(command, {**values, **chained}))
+            continue
         handed.update(stage.hands_over)
         stages.append(stage)
+    if problems:
+        raise errors.Problems(problems)
     _check_outputs(stages, out, where)
     return stages
+
+
+def _handed_anyway(command, values: dict[str, Any]) -> dict[str, str]:
+    """What a stage whose options have problems would hand over, read from its values as given (so the
+    stages after it are checked as they would run, not for want of its output)."""
+    given = SimpleNamespace(**{**{flat.dest: flat.default for flat in flat_fields(command.options)}, **values})
+    try:
+        return {k: v for k, v in command.hands_over(given).items() if isinstance(v, str)}
+    except (AttributeError, TypeError):
+        return {}
 
 
 def _chained(handed: dict[str, str], values: dict[str, Any], names: set[str]) -> dict[str, str]:

@@ -29,13 +29,16 @@ def classification_features(
 
 
 def sft_features(samples: Sequence[Sample], packing: bool, max_length: int) -> list[dict]:
-    """Causal-LM features with the loss on response tokens only (all tokens for plain text).
+    """Causal-LM features with the loss on response tokens only (every assistant turn of a
+    conversation; all tokens for plain text).
 
     ``packing`` concatenates examples into rows of ``max_length`` tokens (fewer pad tokens; the
     examples then attend to their predecessors in the row, as packed SFT usually does)."""
     items = []
     for s in samples:
-        labels = [IGNORE] * s.prompt_len + s.input_ids[s.prompt_len :]
+        labels = [IGNORE] * len(s.input_ids)
+        for start, end in s.responses():
+            labels[start:end] = s.input_ids[start:end]
         items.append((list(s.input_ids), labels))
     if packing:
         packed, ids, labels = [], [], []

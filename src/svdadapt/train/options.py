@@ -61,11 +61,26 @@ class TrainingOptions(Options):
     fp16: bool = opt(False, "train in float16 mixed precision (CUDA)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass to save memory")
     logging_steps: int = opt(10, "optimizer steps between log lines", check=POSITIVE)
+    eval_steps: int | None = opt(None, "evaluate every N optimizer steps (default: after every epoch)", check=POSITIVE)
     save_checkpoints: bool = opt(
         False, "keep a resumable checkpoint after every epoch (trainable tensors only)", how=True
     )
-    resume: bool = opt(False, "continue from the newest checkpoint in OUT/checkpoints", how=True)
+    save_steps: int | None = opt(
+        None, "keep a resumable checkpoint every N optimizer steps (in place of every epoch; implies checkpoints)",
+        check=POSITIVE, how=True,
+    )  # fmt: skip
+    save_total_limit: int = opt(2, "checkpoints kept (the newest)", check=POSITIVE, how=True)
+    resume: bool = opt(False, "continue from the newest complete checkpoint in OUT/checkpoints", how=True)
     report_to: str = opt("none", "trackers for Trainer: none, tensorboard, wandb, ... (comma-separated)", how=True)
+
+    @property
+    def save_strategy(self) -> str:
+        """Trainer's: every --save-steps steps, every epoch (--save-checkpoints), or never."""
+        return "steps" if self.save_steps else "epoch" if self.save_checkpoints else "no"
+
+    @property
+    def keeps_checkpoints(self) -> bool:
+        return self.save_strategy != "no"
 
     def check(self) -> None:
         if self.bf16 and self.fp16:

@@ -66,10 +66,16 @@ def _sft(opts: TaskOptions, tok, seed: int) -> TrainingData:
     samples = make_samples(corpus, tok, count + held, opts.max_length, seed, opts.template)
     if len(samples) < 2:
         raise SvdadaptError(f"{opts.data} gives {len(samples)} example(s); training needs at least 2")
-    cut = sum(len(s.input_ids) <= s.prompt_len for s in samples)  # the prompt alone fills --max-length
+    cut = sum(not s.responses() for s in samples)  # the prompt alone fills --max-length
     if cut:
         print(f"svdadapt: note: {cut} of {len(samples)} examples of {opts.data} have no response token within "
               f"--max-length {opts.max_length} and are left out; raise --max-length to keep them")  # fmt: skip
+    shortened = sum(bool(s.responses()) and s.lost > 0 for s in samples)
+    if shortened:
+        print(
+            f"svdadapt: note: {shortened} of {len(samples)} examples of {opts.data} lost response tokens to "
+            f"--max-length {opts.max_length} (a response cut, or later turns left out whole); raise it to keep them"
+        )
     random.Random(seed).shuffle(samples)
     held = min(held, len(samples) // 2)
     train_set = sft_features(samples[held:], opts.packing, opts.max_length)
@@ -92,7 +98,7 @@ def prepare_data(opts: TaskOptions, task: ClassificationTask | None, tokenizer, 
 
 def nothing_to_resume(run_path: Path, opts: TrainingOptions) -> bool:
     """Whether ``--resume`` of a run trained to the end has nothing to continue: no checkpoint (it was
-    trained without --save-checkpoints), or the last one already at --max-steps."""
+    trained without checkpoints), or the last one already at --max-steps."""
     checkpoint = last_checkpoint(run_path)
     if checkpoint is None:
         return True
@@ -137,10 +143,12 @@ def run_training(
         lr_scheduler_type=opts.schedule,
         train_sampling_strategy="group_by_length" if opts.order == "length" else "random",
         logging_steps=opts.logging_steps,
-        eval_strategy="epoch",
+        eval_strategy="steps" if opts.eval_steps else "epoch",
+        eval_steps=opts.eval_steps,
         prediction_loss_only=metrics is None,  # SFT: the evaluation loss alone, no gathered logits
-        save_strategy="epoch" if opts.save_checkpoints else "no",
-        save_total_limit=2,
+        save_strategy=opts.save_strategy,
+        save_steps=opts.save_steps or 500,  # Trainer's default, unused unless saving by steps
+        save_total_limit=opts.save_total_limit,
         seed=seed,
         data_seed=seed,
         bf16=opts.bf16,

@@ -191,17 +191,17 @@ def epoch_history(log_history: list[dict], main_metric: str, higher_is_better: b
             continue
         metrics = {k.removeprefix("eval_"): v for k, v in entry.items() if k.startswith("eval_")}
         epoch = max(math.ceil((entry.get("epoch") or 0) - 1e-9) - 1, 0)
-        history.append({"epoch": epoch, "train_loss": train_loss, **metrics})
+        history.append({"epoch": epoch, "step": entry.get("step"), "train_loss": train_loss, **metrics})
         score = metrics.get(main_metric)
         better = best is None or (score > best[main_metric] if higher_is_better else score < best[main_metric])
         if score is not None and better:
-            best = {"epoch": epoch, main_metric: score, "metrics": metrics}
+            best = {"epoch": epoch, "step": entry.get("step"), main_metric: score, "metrics": metrics}
     return history, best
 
 
 class EpochLine(TrainerCallback):
     """Log the training loss at the end of every epoch, and after each evaluation print the KaSA
-    seed's line (with the best so far, read from the whole log)."""
+    seed's line (with the best so far, read from the whole log; evaluated by steps, the step too)."""
 
     def __init__(self, main_metric: str, higher_is_better: bool = True) -> None:
         self.main_metric = main_metric
@@ -211,11 +211,11 @@ class EpochLine(TrainerCallback):
         control.should_log = True  # every epoch's line has its own training loss
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        history, best = epoch_history([*state.log_history, metrics or {}], self.main_metric, self.higher)
+        latest_entry = {**(metrics or {}), "step": state.global_step}
+        history, best = epoch_history([*state.log_history, latest_entry], self.main_metric, self.higher)
         latest = history[-1]
-        shown = {k: v for k, v in latest.items() if k not in (*TIMING, "train_loss")}
+        shown = {k: v for k, v in latest.items() if k not in (*TIMING, "train_loss", "step")}
         best_score = best[self.main_metric] if best else float("nan")
-        print(
-            f"epoch {latest['epoch']}: {shown} , current_best_{self.main_metric}: {best_score} "
-            f"train_loss: {latest['train_loss']}"
-        )
+        by_steps = args.eval_strategy == "steps"  # --eval-steps: the step too
+        when = f"step {latest['step']} (epoch {latest['epoch']})" if by_steps else f"epoch {latest['epoch']}"
+        print(f"{when}: {shown} , current_best_{self.main_metric}: {best_score} train_loss: {latest['train_loss']}")
