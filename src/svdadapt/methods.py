@@ -11,6 +11,7 @@
 | kasa-context | context SVD of W·C | bottom-r | W − U_r S_r V_rᵀ | lora | ✓  | kasa | truncation, beta, gamma |
 | eva          | PCA of the inputs† | top-r    | W                | eva  | –  | –    | rho, freeze_a           |
 | lora-null    | W·N·Nᵀ‡            | top-r    | W − s·B·A        | svd  | –  | –    | freeze_a                |
+| cloq         | none (C for init)§ | –        | Q(W)             | cloq | –  | –    | –                       |
 
 Inits: ``lora`` A Kaiming, B = 0 (and ΔΣ ~ N(0, 1)); ``svd`` A = √S Vᵀ, B = U √S; ``eva`` A = top-r Vᵀ
 of Σ, B = 0.
@@ -18,7 +19,13 @@ of Σ, B = 0.
 ``truncation: context``, a named variant.) s = α/r is the LoRA scaling. († Σ = C − μμᵀ, the inputs'
 covariance about their mean, as PEFT's EVA; ranks redistributed across layers by explained variance
 up to ρ·r each.) (‡ N: the r smallest eigenvectors of C, the inputs' null space, as many as the rank,
-as LoRA-Null's reference code; all of W·N·Nᵀ is taken.)
+as LoRA-Null's reference code; all of W·N·Nᵀ is taken.) (§ CLoQ, arXiv 2501.18475: on the quantized
+base Q(W), A and B are the closed-form minimiser of ‖(W − Q − s·B·A)·X‖ given C = XᵀX/n; the row
+builds only with ``--quantize``, its init is ``quantized_init``, applied by the quantization step.)
+
+Any row builds on a quantized base with ``--quantize`` (a build option, not a row): the base is
+the row's frozen base quantized (plain), or LoftQ-style refined from the row's factors
+(``--quant-iters``); see :mod:`svdadapt.build.quantized`.
 
 **A row owns its parameters** (:class:`Param`): each declares its name (its ``--flag`` and YAML key),
 type, default, check and help, and when it is read — ``build`` (it shapes the run: recorded in
@@ -52,6 +59,7 @@ from .ranks import RANK_ALLOCATIONS
 __all__ = ["METHODS", "TABLE", "Base", "Method", "Param", "Take", "get_method", "register_method"]
 
 STAGES = ("build", "train")
+QUANTIZED_INITS = {None: None, "cloq": "covariance"}  # a quantized init → the statistic it reads
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ class Method:
     loss: str | None = None  # key of LOSSES: a training loss term added to the task's
     ranks: str | None = None  # key of RANK_ALLOCATIONS: ranks spread across layers (by its ρ) before init
     params: tuple[Param, ...] = ()  # the row's own parameters
+    quantized_init: str | None = None  # "cloq": the init is the quantization step's (needs --quantize and C)
     values: dict[str, Any] = field(default_factory=dict, hash=False)  # the row's values where not the default
 
     def __post_init__(self) -> None:
@@ -151,6 +160,10 @@ class Method:
             if not set(loss.weights.values()) <= train:
                 return f"loss {self.loss} is weighted by {', '.join(loss.weights.values())}: declare them as the " \
                        "row's train parameters"  # fmt: skip
+        if self.quantized_init not in QUANTIZED_INITS:
+            return f"quantized_init {self.quantized_init!r} is not one of {', '.join(map(str, QUANTIZED_INITS))}"
+        if self.quantized_init is not None and (self.base is not Base.ORIGINAL or self.diag):
+            return "a quantized init replaces the adapter on Q(W): its row leaves the original base, without ΔΣ"
         if self.ranks is not None and (self.ranks not in RANK_ALLOCATIONS or self.take is None):
             return f"ranks {self.ranks!r} must be one of {', '.join(RANK_ALLOCATIONS)}, with components to compare"
         return self._params_inconsistency(init)
@@ -241,8 +254,10 @@ class Method:
     # ------------------------------------------------------------------ what it does
     @property
     def needs(self) -> str | None:
-        """The calibration statistic this method's decomposition needs, if any."""
-        return DECOMPOSITIONS[self.decomposition].needs if self.decomposition else None
+        """The calibration statistic this method's decomposition (or its quantized init) needs, if any."""
+        if self.decomposition:
+            return DECOMPOSITIONS[self.decomposition].needs
+        return QUANTIZED_INITS[self.quantized_init]
 
     @property
     def changes_base(self) -> bool:
@@ -253,7 +268,7 @@ class Method:
     def original_at_init(self) -> bool:
         """Whether the adapted model at init is the original model itself (the untouched weight and
         an adapter that adds nothing), so that evaluating it again shows nothing new."""
-        return self.base is Base.ORIGINAL
+        return self.base is Base.ORIGINAL and self.quantized_init is None
 
 
 KASA = Method(
@@ -279,6 +294,8 @@ TABLE = (
     ),
     Method("lora-null", "LoRA-Null: adapter from W on the inputs' null space", "svd", "null", Take.TOP, Base.RESIDUAL,
            params=(FREEZE_A,)),
+    Method("cloq", "CLoQ: on the quantized W, A and B minimising the error on the calibration inputs (--quantize)",
+           "lora", quantized_init="cloq"),
 )  # fmt: skip
 METHODS: dict[str, Method] = {method.name: method for method in TABLE}
 

@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .backend import Placement, collection_paused, place, resolve_device
+from .backend import Placement, collection_paused, place, prepare_quantized, quantized_load_kwargs, resolve_device
 from .errors import SvdadaptError, unknown
 from .files import check_safetensors, first_line, inside, read_json
 from .fingerprint import model_identity
@@ -218,7 +218,8 @@ def load_model(
     head = head_for(location, head)
     if head not in HEADS:
         raise unknown("model head", head, HEADS)
-    placement = place(location, device, offload)
+    quantized = quantized_load_kwargs(location, device)  # a 4-/8-bit base: loaded onto its device as it loads
+    placement = place(location, device, False if quantized else offload)
     if dtype is None:
         dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
     if offload is None and placement.offloaded:
@@ -231,6 +232,7 @@ def load_model(
                 use_safetensors=True,
                 trust_remote_code=False,
                 output_loading_info=True,
+                **quantized,
                 **model_kwargs,
             )
     except LOAD_ERRORS as exc:
@@ -239,7 +241,10 @@ def load_model(
     tokenizer = load_tokenizer(location)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # sequence classification needs it
-    model.to(placement.home)
+    if quantized:
+        prepare_quantized(model)  # the AVX512-BF16 repack trap closed before any forward
+    else:
+        model.to(placement.home)
     model.eval()
     if placement.offloaded:
         placement.watch(location)

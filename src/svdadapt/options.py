@@ -48,6 +48,10 @@ def at_least(n: int) -> Check:
     return Check(lambda v: v >= n, f"must be at least {n}")
 
 
+def between(low: int, high: int) -> Check:
+    return Check(lambda v: low <= v <= high, f"must be between {low} and {high}")
+
+
 def check_positions(flag: str, length: int | None, limit: int | None) -> None:
     """Refuse a window length (``flag``'s value) beyond the model's positions (``limit``, once known;
     None when the model does not say)."""

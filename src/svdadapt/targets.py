@@ -47,7 +47,10 @@ def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
 
 
 def in_out_features(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of a linear-like layer."""
+    """(in_features, out_features) of a linear-like layer (a 4-bit layer's weight is packed: its
+    declared features count)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
     out_f, in_f = weight_matrix(module).shape
     return in_f, out_f
 

@@ -24,6 +24,11 @@ what this face exports, never the modules behind it:
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
   or saved). Memory goes back to the OS in one place, ``pages.py``, which placement and the base
   writer both use.
+- 4-bit and 8-bit bases (``quantized.py``, bitsandbytes): ``require_bitsandbytes``, ``check_kernels``,
+  ``write_quantized_checkpoint`` (a float checkpoint saved as a standard quantized one),
+  ``quantized_load_kwargs`` and ``prepare_quantized`` (loading one on CPU or CUDA, the AVX512-BF16
+  repack trap closed), ``quantization_of`` (what a checkpoint's config says), ``is_quantized_layer``,
+  ``dequantized_weight`` and ``dequantize_model`` (a quantized layer or model as float32).
 - the garbage collector (``collector.py``): ``collection_paused``, ``set_aside_live_objects``.
 """
 
@@ -38,6 +43,18 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .kernels import Backend, on
     from .placement import Placement, free_memory, on_compute, place
     from .processes import Launch, launch
+    from .quantized import (
+        QUANT_KINDS,
+        check_kernels,
+        dequantize_model,
+        dequantized_weight,
+        is_quantized_layer,
+        prepare_quantized,
+        quantization_of,
+        quantized_load_kwargs,
+        require_bitsandbytes,
+        write_quantized_checkpoint,
+    )
     from .scheduling import LayerJob, LayerPool
     from .signals import stop_on_sigterm
 
@@ -49,6 +66,16 @@ __all__ = [
     "LayerPool",
     "Launch",
     "Placement",
+    "QUANT_KINDS",
+    "check_kernels",
+    "dequantize_model",
+    "dequantized_weight",
+    "is_quantized_layer",
+    "prepare_quantized",
+    "quantization_of",
+    "quantized_load_kwargs",
+    "require_bitsandbytes",
+    "write_quantized_checkpoint",
     "collection_paused",
     "free_memory",
     "launch",

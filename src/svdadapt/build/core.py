@@ -23,6 +23,7 @@ from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 from .allocate import allocate_ranks
 from .plan import LayerPlan
+from .quantized import Quantization, quantizable, quantize_layer
 from .waves import Unit, decompose_waves
 
 
@@ -60,6 +61,8 @@ def build_adapters(
     launch: backend.Launch | None = None,
     compute: torch.device | str | None = None,
     release: Callable[[torch.Tensor], None] | None = None,
+    quantization: Quantization | None = None,
+    errors: dict[str, dict] | None = None,
 ) -> AdapterSet:
     """Initialise every planned layer's adapter. New base weights (out, in) go to
     ``put_base(name, module, W)`` (e.g. a run's base writer), by default into the model in place.
@@ -70,7 +73,10 @@ def build_adapters(
 
     In one process (``launch``'s default) each layer's base is written by the job that decomposed
     it; in a launch of several the layers are shared out, and only the writer computes new bases:
-    its own layers', then the others' from the adapters they hand back."""
+    its own layers', then the others' from the adapters they hand back.
+
+    With ``quantization`` every layer bitsandbytes quantizes gets a quantized base and the adapter
+    chosen for it (:mod:`svdadapt.build.quantized`), its errors going into ``errors`` by layer."""
     put_base = put_base or (lambda _name, module, W: set_weight_matrix(module, W))
     launch = launch or backend.Launch()
     if method.ranks is not None:  # ranks that depend on every layer's spectrum: decided first
@@ -86,9 +92,18 @@ def build_adapters(
     built: dict[str, LayerAdapter] = {}
     written: set[str] = set()
 
+    statistics: dict[str, torch.Tensor | None] = {}  # the quantized init's input statistic, until written
+
     def write(name: str, adapter: LayerAdapter) -> LayerAdapter:
         module = plan[name].module
-        new_base = base_without(weight_matrix(module).to(device), adapter) if launch.writer else None
+        W = weight_matrix(module).to(device)  # (out, in)
+        new_base = base_without(W, adapter) if launch.writer else None
+        statistic = statistics.pop(name, None)
+        if launch.writer and quantization is not None and quantizable(module):
+            quantized = quantize_layer(quantization, method, W, new_base, adapter, statistic)
+            new_base, adapter = quantized.base.to(device), quantized.adapter
+            if errors is not None:
+                errors[name] = {"error": quantized.error, "weighted_error": quantized.weighted_error}
         if new_base is not None:
             require_finite({name: new_base}, "the new base")
             put_base(name, module, new_base)  # layers are distinct: safe from parallel workers
@@ -97,8 +112,10 @@ def build_adapters(
         written.add(name)
         return adapter.to(home)
 
-    def job(name: str, decompose: Decomposer | None) -> backend.LayerJob[LayerAdapter]:
+    def job(name: str, decompose: Decomposer | None, statistic: torch.Tensor | None) -> backend.LayerJob[LayerAdapter]:
         p = plan[name]
+        if quantization is not None and quantization.needs_statistic:
+            statistics[name] = statistic
 
         def run() -> LayerAdapter:
             adapter = _build_layer(method, name, p, decompose, randoms[name], adapter_dtype(p.module), device)

@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import backend
 from ..calibrate import accumulate_dtype_option
 from ..data.options import DataOptions
 from ..errors import SvdadaptError
 from ..method_options import given, method_params
 from ..methods import METHODS, Method, get_method
-from ..options import FRACTION, POSITIVE, Options, group, opt
+from ..options import FRACTION, POSITIVE, Options, between, group, opt
 from ..store import covariances_option
 from ..targets import targets_option
 from .plan import parse_assignments
+
+MAX_QUANT_ITERS = 100  # LoftQ uses 1–5; beyond this the alternation has long stopped moving
 
 
 @dataclass(kw_only=True)
@@ -30,12 +33,22 @@ class AdapterOptions(Options):
     params: Any = group(method_params("build"))  # the method row's own: --truncation, --rho, --freeze-a, ...
     covariances: str | None = covariances_option("the methods whose decomposition needs one")
     accumulate_dtype: str = accumulate_dtype_option("on-the-fly covariance sums")
+    quantize: str | None = opt(
+        None, "write the run's base quantized by bitsandbytes (nf4, fp4: 4-bit; int8): the method's frozen base "
+        "quantized, saved as a standard transformers quantized checkpoint (needs svdadapt[quant])",
+        choices=backend.QUANT_KINDS,
+    )  # fmt: skip
+    quant_iters: int = opt(
+        0, "with --quantize: rounds of LoftQ-style alternation from the method's own factors (0: quantize the "
+        "method's base as it is)", check=between(0, MAX_QUANT_ITERS),
+    )  # fmt: skip
 
     def check(self) -> None:
         parse_assignments(self.rank_pattern, "--rank-pattern", int)  # the syntax, before any model loads
         parse_assignments(self.alpha_pattern, "--alpha-pattern", float)
         if self.method is not None:
             self.row()  # a parameter the method does not have, or out of range
+            check_quantization(self)
 
     def row(self) -> Method:
         """The method's row configured with its parameters given here (derived once)."""
@@ -43,6 +56,25 @@ class AdapterOptions(Options):
         if getattr(self, "_row", (None, None))[0] != key:
             self._row = (key, get_method(self.method, **given(self.params)))
         return self._row[1]
+
+
+def check_quantization(adapter: AdapterOptions) -> None:
+    """--quantize and --quant-iters fit the method and bitsandbytes is here (one line otherwise)."""
+    method = adapter.row()
+    if adapter.quantize is None:
+        if adapter.quant_iters:
+            raise SvdadaptError("--quant-iters refines a quantized base: give --quantize nf4|fp4|int8 too")
+        if method.quantized_init is not None:
+            raise SvdadaptError(
+                f"{method.name} initialises the adapter on a quantized base: give --quantize nf4|fp4|int8"
+            )
+        return
+    if adapter.quant_iters and method.diag:
+        raise SvdadaptError(
+            f"--quant-iters cannot refine {method.name}: its adapter B·diag(ΔΣ)·A starts at zero on its truncated "
+            "base; quantize that base as it is (leave --quant-iters out)"
+        )
+    backend.require_bitsandbytes(f"--quantize {adapter.quantize}")
 
 
 def check_statistics(adapter: AdapterOptions, calibration: DataOptions, data_flag: str) -> None:

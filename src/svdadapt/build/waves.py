@@ -63,18 +63,18 @@ def _stored(store: CovarianceStore, name: str, needs: str) -> torch.Tensor:
 
 def decompose_waves(
     waves: Iterable[list[Unit]], row: Decomposition | None, wanted: Container[str], device: torch.device,
-    job: Callable[[str, Decomposer | None], backend.LayerJob[T]], pool,
+    job: Callable[[str, Decomposer | None, torch.Tensor | None], backend.LayerJob[T]], pool,
 ) -> Iterator[dict[str, T]]:  # fmt: skip
     """Drive the layer pool over ``waves``: for each wave, the ``job`` of every wanted layer of every
-    unit, given the unit's decomposer (its statistic on ``device``, by ``row``; None without one), run
-    on ``pool``; yields each wave's results by layer. The one loop of every pass that decomposes
-    layers wave by wave (building adapters, compression)."""
+    unit, given the unit's decomposer (its statistic on ``device``, by ``row``; None without one) and
+    that statistic, run on ``pool``; yields each wave's results by layer. The one loop of every pass
+    that decomposes layers wave by wave (building adapters, compression)."""
     for wave in waves:  # the wave source may run model forwards: full threads there
         jobs = []
         for unit in wave:
             statistic = unit.statistic.to(device) if unit.statistic is not None else None
             decompose = unit.decompose or (decomposer(row, statistic, unit.names[0]) if row else None)
-            jobs += [job(name, decompose) for name in unit.names if name in wanted]
+            jobs += [job(name, decompose, statistic) for name in unit.names if name in wanted]
         yield dict(pool.map(jobs))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from .. import backend
 from ..atomic import atomic_directory, exclusive
 from ..build import build_adapters, plan_layers, waves_from_store, waves_on_the_fly, waves_without_statistics
 from ..build.options import AdapterOptions, check_statistics
+from ..build.quantized import Quantization, quantizable
 from ..calibrate import DTYPES
 from ..data.options import DataOptions
 from ..decompose import check_finite
@@ -21,7 +23,7 @@ from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
 from ..methods import Base
 from ..models import PlacementOptions, load_model, max_positions, origin
 from ..options import POSITIVE, SEED, Options, group, opt
-from ..runs import Run, check_run_out, mixed_conv1d, write_run_files
+from ..runs import Run, check_run_out, mixed_conv1d, tokenizer_files, write_run_files
 from ..store import CovarianceStore
 from ..targets import find_targets, stored_weight, weight_matrix
 from .common import DEVICE_HELP, MODEL_HELP
@@ -74,6 +76,14 @@ class BuildResult:
             f"  base        {base}",
             f"  adapter     {run.path / 'adapter'} (stock PEFT LoRA)",
         ]
+        quant = meta.get("quantization")
+        if quant:
+            weighted = quant.get("mean_weighted_error")
+            on_inputs = f", {weighted:.4f} on the calibration inputs" if weighted is not None else ""
+            how = quant["how"] + (f" ({quant['iters']} rounds)" if quant["how"] == "refine" else "")
+            lines.append(
+                f"  quantized   {quant['kind']} base, {how}: mean relative error {quant['mean_error']:.4f}{on_inputs}"
+            )
         if dampings:
             lines.append(f"  damping     λ = {', '.join(f'{d:g}' for d in dampings)} · mean(diag C)")
         lines.append(f"  time        {meta['build_seconds']:.1f} s")
@@ -107,6 +117,37 @@ def _statistics(opts: BuildOptions, loaded, method, plan, fingerprint: str, prog
     return waves, opts.calibration.source_spec(opts.seed)
 
 
+def _quantized_base(directory: Path, quantization: Quantization, plan, errors: dict, head: str) -> tuple[str, dict]:
+    """Turn the float base written into ``directory`` (its targets already the dequantized values)
+    into a bitsandbytes checkpoint in place; the quantized base's fingerprint and what run.json
+    records of the quantization (kind, how, per-layer errors, the layers left float)."""
+    float_dir = directory.with_name("base.float")
+    directory.rename(float_dir)
+    float_layers = backend.write_quantized_checkpoint(float_dir, directory, quantization.kind)
+    for name in tokenizer_files(float_dir):
+        shutil.copy2(float_dir / name, directory / name)
+    shutil.rmtree(float_dir)
+    float_targets = [n for n, p in plan.items() if not quantizable(p.module)]
+    if float_layers:
+        kinds = sorted({type(p.module).__name__ for n, p in plan.items() if n in float_targets}) or ["linear"]
+        print(
+            f"svdadapt: note: bitsandbytes leaves {len(float_layers)} layer(s) float ({', '.join(kinds)}; e.g. "
+            f"{float_layers[0]}): they stay float in the base"
+        )
+    loaded = load_model(str(directory), head=head)
+    fingerprint = weights_fingerprint(loaded.model)
+    values = [e["error"] for e in errors.values()]
+    weighted = [e["weighted_error"] for e in errors.values() if e["weighted_error"] is not None]
+    record = {
+        **quantization.record(),
+        "float_layers": float_layers,
+        "mean_error": sum(values) / len(values) if values else None,
+        "mean_weighted_error": sum(weighted) / len(weighted) if weighted else None,
+        "layers": errors,
+    }
+    return fingerprint, record
+
+
 def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
     """Run a build as the CLI does: the run is written to ``opts.out``. Under a launcher each process
     calibrates its share of the batches (sums added up across processes) and decomposes its share of
@@ -132,11 +173,17 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
     if opts.head == "seq-cls":
         head_kwargs["num_labels"] = opts.num_labels
         torch.manual_seed(opts.seed)  # the new head's initial weights become part of the run's base
+    if backend.quantization_of(Path(opts.model).expanduser()) is not None:
+        raise SvdadaptError(
+            f"--model {opts.model} is a quantized checkpoint; build from the float original (a run's quantized base "
+            "comes from --quantize)"
+        )
+    quantization = Quantization.of(method, adapter.quantize, adapter.quant_iters)
     loaded = load_model(opts.model, head=opts.head, device=device, offload=opts.placement.offload_choice, **head_kwargs)
     compute = backend.on(device).decomposition_device(loaded.placement.compute)
     modules = find_targets(loaded.model, adapter.targets)
     plan = plan_layers(modules, adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
-    changed = method.changes_base or opts.head == "seq-cls"  # a new head lives in the base
+    changed = method.changes_base or opts.head == "seq-cls" or quantization is not None  # a new head lives in the base
     keys = [f"{n}.weight" for n in plan]
     base = backend.open_base_writer(loaded.model, loaded.location, keys, changed and writer)
     for name, layer in plan.items():  # fail before any long work starts
@@ -155,13 +202,17 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
         def put_base(name: str, module, matrix) -> None:
             base.put(f"{name}.weight", module.weight, stored_weight(module, matrix))
 
+        errors: dict[str, dict] = {}
         adapters = build_adapters(
             method, plan, waves, seed=opts.seed, progress=progress, put_base=put_base, launch=launch, compute=compute,
-            release=base.release,
+            release=base.release, quantization=quantization, errors=errors,
         )  # fmt: skip
         mixed_conv1d(adapters)
         base.finish(loaded.model, loaded.tokenizer)
-        base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
+        if quantization is None:
+            base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
+        else:
+            base_fingerprint, quantized = _quantized_base(tmp / "base", quantization, plan, errors, opts.head)
         meta = {
             "stage": "built",
             **method.record(),
@@ -173,6 +224,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
             "num_labels": opts.num_labels,
             "original": original,
             "calibration": calibration,
+            "quantization": quantized if quantization is not None else None,
             "build_seconds": round(time.monotonic() - started, 2),
         }
         meta = write_run_files(tmp, meta, adapters, adapters, loaded.model, loaded.tokenizer, changed, base_fingerprint)

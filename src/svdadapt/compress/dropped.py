@@ -57,7 +57,7 @@ def decompose_bottom(
     device = next(iter(modules.values())).weight.device if modules else torch.device("cpu")
     device = backend.on(compute or device).decomposition_device(compute or device)
 
-    def job(name: str, decompose: Decomposer) -> backend.LayerJob[Dropped]:
+    def job(name: str, decompose: Decomposer, _statistic: torch.Tensor | None) -> backend.LayerJob[Dropped]:
         def run() -> Dropped:
             W = weight_matrix(modules[name]).to(device)  # (out, in)
             f = decompose(W, name, (Take.BOTTOM, r_max[name]))

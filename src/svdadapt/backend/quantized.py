@@ -1,0 +1,197 @@
+"""4-bit and 8-bit bases through bitsandbytes: the one place that knows its layers, its config and
+its traps.
+
+- :func:`require_bitsandbytes`: the module, or one line saying how to install it.
+- :func:`write_quantized_checkpoint`: a float checkpoint directory (whose target weights are already
+  the dequantized values bitsandbytes stores, so it quantizes them to the same codes) loaded with
+  ``BitsAndBytesConfig`` on CPU and saved as a standard transformers quantized checkpoint
+  (``quantization_config`` in ``config.json``). Returns the linear-like layers it leaves float.
+- :func:`quantized_load_kwargs` / :func:`prepare_quantized`: what ``from_pretrained`` needs for such
+  a checkpoint on CPU or CUDA, and what every loaded model needs afterwards: the **AVX512-BF16
+  repack trap** closed. bitsandbytes' CPU ``Linear4bit`` repacks its weight in place during an
+  eval-mode forward without gradients (on CPUs with AVX512-BF16); afterwards backward silently
+  drops the gradients that flow through the base. ``support_avx512bf16_for_cpu = False`` on every
+  ``Linear4bit`` keeps the weight as stored.
+- :func:`is_quantized_layer`, :func:`dequantized_weight`, :func:`dequantize_model`: a quantized
+  layer's values as an (out, in) float32 matrix, and a whole model made float (merging).
+- :func:`quantization_of`: the kind a checkpoint directory's ``config.json`` says, or None.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SvdadaptError
+
+QUANT_KINDS = ("nf4", "fp4", "int8")
+INSTALL = "pip install 'svdadapt[quant]' (bitsandbytes==0.50.2)"
+
+
+def require_bitsandbytes(doing: str):
+    """The bitsandbytes module, or one line: ``doing`` needs it and how to install it."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise SvdadaptError(f"{doing} needs bitsandbytes, which is not installed: {INSTALL}") from None
+    return bitsandbytes
+
+
+def check_kernels(device: torch.device | str, doing: str) -> None:
+    """One line when this bitsandbytes cannot run 4-bit layers on ``device`` (a build without its CPU
+    kernels, or no CUDA one): a tiny quantize, dequantize and product there, before any model loads."""
+    bnb = require_bitsandbytes(doing)
+    try:
+        import bitsandbytes.functional as functional
+
+        W = torch.linspace(-1, 1, 64 * 2, device=device).reshape(2, 64)  # (out, in)
+        packed, state = functional.quantize_4bit(W, blocksize=64, quant_type="nf4")
+        values = functional.dequantize_4bit(packed, state)  # (2, 64)
+        if not torch.isfinite(values).all():
+            raise RuntimeError("non-finite values")
+    except Exception as exc:  # what a missing kernel raises differs between versions and devices
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SvdadaptError(
+            f"{doing} needs bitsandbytes' 4-bit kernels on {torch.device(device).type}, and bitsandbytes "
+            f"{getattr(bnb, '__version__', '?')} here has none ({first[:160]}); install bitsandbytes>=0.48 with its "
+            "CPU kernels (svdadapt[quant]), or use a CUDA device"
+        ) from None
+
+
+def bnb_config(kind: str):
+    """transformers' ``BitsAndBytesConfig`` for ``kind``: NF4/FP4 blocks of 64 computing in float32
+    (no double quantization: the stored codes are the values svdadapt chose), or LLM.int8."""
+    require_bitsandbytes(f"--quantize {kind}")
+    from transformers import BitsAndBytesConfig
+
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if kind not in ("nf4", "fp4"):
+        raise SvdadaptError(f"--quantize {kind} is not one of {', '.join(QUANT_KINDS)}")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind, bnb_4bit_compute_dtype=torch.float32)
+
+
+def quantization_of(location: str | Path) -> str | None:
+    """The kind of quantization a local checkpoint's ``config.json`` records (``nf4``, ``fp4``,
+    ``int8``, or the method's name for another scheme), or None for a float checkpoint."""
+    path = Path(location) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(quant, dict):
+        return None
+    if quant.get("quant_method") != "bitsandbytes":
+        return str(quant.get("quant_method") or "unknown")
+    if quant.get("load_in_8bit"):
+        return "int8"
+    return str(quant.get("bnb_4bit_quant_type") or "fp4")
+
+
+def is_quantized_layer(module: nn.Module) -> bool:
+    """A bitsandbytes ``Linear4bit`` or ``Linear8bitLt`` (without importing bitsandbytes)."""
+    return type(module).__name__ in ("Linear4bit", "Linear8bitLt", "LinearNF4", "LinearFP4")
+
+
+def quantized_load_kwargs(location: str | Path, device: torch.device | str) -> dict:
+    """Extra ``from_pretrained`` arguments for the checkpoint at ``location``: for a bitsandbytes one,
+    the kernels checked and every module placed on ``device`` as it loads; else none."""
+    kind = quantization_of(location)
+    if kind is None:
+        return {}
+    if kind not in QUANT_KINDS:
+        raise SvdadaptError(f"{location} is quantized by {kind}; svdadapt loads bitsandbytes nf4/fp4/int8 bases only")
+    doing = f"loading the {kind} base {location}"
+    require_bitsandbytes(doing)
+    if kind != "int8":
+        check_kernels(device, doing)
+    return {"device_map": {"": str(torch.device(device))}}
+
+
+def prepare_quantized(model: nn.Module) -> int:
+    """Close the AVX512-BF16 repack trap on every ``Linear4bit`` of ``model`` (see the module
+    docstring); returns how many quantized layers it has."""
+    count = 0
+    for module in model.modules():
+        if is_quantized_layer(module):
+            count += 1
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+    return count
+
+
+@torch.no_grad()
+def dequantized_weight(module: nn.Module) -> torch.Tensor:
+    """A bitsandbytes layer's weight as the (out, in) float32 matrix it computes with."""
+    import bitsandbytes.functional as functional
+
+    weight = module.weight
+    if type(module).__name__ == "Linear8bitLt":
+        scale = weight.SCB if getattr(weight, "SCB", None) is not None else module.state.SCB  # (out,)
+        return weight.data.to(torch.float32) * (scale.to(torch.float32)[:, None] / 127.0)  # (out, in)
+    state = weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):  # repacked before the trap was closed: undo
+        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        state = weight.quant_state
+    return functional.dequantize_4bit(weight.data, state).to(torch.float32).reshape(state.shape)  # (out, in)
+
+
+@torch.no_grad()
+def dequantize_model(model: nn.Module) -> list[str]:
+    """Replace every bitsandbytes layer of ``model`` by an ``nn.Linear`` holding its dequantized
+    float32 weight and drop the model's quantization record, so it saves as a float checkpoint.
+    Returns the layers replaced."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if not is_quantized_layer(module):
+            continue
+        W = dequantized_weight(module)  # (out, in)
+        linear = nn.Linear(W.shape[1], W.shape[0], bias=module.bias is not None, device=W.device, dtype=W.dtype)
+        linear.weight.copy_(W)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias.to(W.dtype))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+        replaced.append(name)
+    for attr in ("quantization_config",):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    for attr in ("is_quantized", "is_loaded_in_4bit", "is_loaded_in_8bit", "hf_quantizer", "quantization_method"):
+        if attr in vars(model):
+            delattr(model, attr)
+    return replaced
+
+
+def write_quantized_checkpoint(source: Path, out: Path, kind: str) -> list[str]:
+    """Load the float checkpoint ``source`` with bitsandbytes ``kind`` on CPU (float32) and save it to
+    ``out`` as a standard quantized checkpoint; returns the linear-like layers left float (those
+    bitsandbytes does not quantize, e.g. GPT-2's Conv1D; the output head stays float by design)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = bnb_config(kind)
+    if kind != "int8":
+        check_kernels("cpu", f"--quantize {kind}")
+    archs = getattr(AutoConfig.from_pretrained(source), "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        auto = AutoModelForCausalLM
+    elif any(a.endswith("ForSequenceClassification") for a in archs):
+        auto = AutoModelForSequenceClassification
+    else:
+        auto = AutoModel
+    model = auto.from_pretrained(
+        source, quantization_config=config, device_map={"": "cpu"}, dtype=torch.float32, use_safetensors=True,
+        trust_remote_code=False,
+    )  # fmt: skip
+    prepare_quantized(model)
+    model.save_pretrained(out, safe_serialization=True)
+    head = model.get_output_embeddings()
+    return [
+        name for name, m in model.named_modules()
+        if type(m).__name__ in ("Linear", "Conv1D") and m is not head
+    ]  # fmt: skip

@@ -1,0 +1,97 @@
+"""A quantized base as a parameter of the build: each layer's frozen base quantized, the adapter
+chosen for it.
+
+Per layer, after the method row's init: the weight the row's base and adapter represent at init
+(W itself; a truncating row's truncated W) goes with the row's factors (B, A) to
+:func:`svdadapt.quantize.quantized_factors`:
+
+- ``plain``: the row's base quantized as it is (QPiSSA, QCorDA, ...; for lora/eva, B = 0: QLoRA);
+- ``refine`` (``--quant-iters K``): LoftQ-style alternation from the row's own factors;
+- ``cloq`` (the ``cloq`` row): CLoQ's closed form from the layer's input covariance.
+
+It returns the dequantized base Q (exactly the values bitsandbytes stores, so saving it and letting
+bitsandbytes quantize it reproduces those codes) and the adapter's new B, A. The adapter records
+B, A as what it took from the base (W ≈ Q + s·B·A), as residual rows do.
+
+Only ``nn.Linear`` layers are quantized by bitsandbytes; other linear-like targets (GPT-2's Conv1D)
+keep the row's float base and adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..adapters.init import Base
+from ..adapters.state import LayerAdapter
+from ..methods import Method
+from ..quantize import quantized_factors
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a build quantizes its base: ``kind`` (nf4, fp4, int8), ``how`` (plain, refine, cloq) and
+    the rounds of refinement."""
+
+    kind: str
+    how: str
+    iters: int
+
+    @staticmethod
+    def of(method: Method, kind: str | None, iters: int) -> Quantization | None:
+        """The quantization a build of ``method`` with ``--quantize kind --quant-iters iters`` makes."""
+        if kind is None:
+            return None
+        how = method.quantized_init or ("refine" if iters > 0 else "plain")
+        return Quantization(kind, how, iters)
+
+    @property
+    def needs_statistic(self) -> bool:
+        return self.how == "cloq"
+
+    def record(self) -> dict:
+        return {"kind": self.kind, "how": self.how, "iters": self.iters}
+
+
+def quantizable(module: nn.Module) -> bool:
+    """Whether bitsandbytes quantizes this layer when the base loads (``nn.Linear`` exactly)."""
+    return type(module) is nn.Linear
+
+
+@dataclass
+class QuantizedBase:
+    """One layer's quantized base (out, in), its adapter and the errors of Ŵ = Q + s·B·A against the
+    weight it stands for: relative Frobenius, and weighted by the inputs where C was given."""
+
+    base: torch.Tensor
+    adapter: LayerAdapter
+    error: float
+    weighted_error: float | None
+
+
+def quantize_layer(
+    quantization: Quantization,
+    method: Method,
+    W: torch.Tensor,
+    base: torch.Tensor | None,
+    adapter: LayerAdapter,
+    covariance: torch.Tensor | None,
+) -> QuantizedBase:
+    """The layer's quantized base and adapter. ``W`` (out, in): the original weight; ``base``: the
+    row's float base (None: W); ``covariance``: the layer's input C (in, in), for cloq."""
+    target = (base if method.base is Base.TRUNCATED and base is not None else W).detach()  # (out, in): at init
+    layer = quantized_factors(
+        target, adapter.B, adapter.A, adapter.scaling, quantization.kind, how=quantization.how,
+        iters=quantization.iters, covariance=covariance,
+    )  # fmt: skip
+    B, A = layer.b.to(adapter.B.dtype), layer.a.to(adapter.A.dtype)  # (out, r), (r, in)
+    if method.base is Base.TRUNCATED:  # B = 0 stays 0: what the base dropped is still the dropped components
+        new = replace(adapter, A=A, B=B)
+    elif bool(B.abs().max() > 0):  # W ≈ Q + s·B·A: unloading puts s·B·A back
+        new = replace(adapter, A=A, B=B, base_P=B.clone(), base_Q=A.clone(), base_scaling=adapter.scaling)
+    else:  # QLoRA: the adapter adds nothing at init, the base is Q(W)
+        new = replace(adapter, A=A, B=B, base_P=None, base_Q=None)
+    weighted = None if layer.weighted_error is None else float(layer.weighted_error)
+    return QuantizedBase(layer.base, new, float(layer.error), weighted)
