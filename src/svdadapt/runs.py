@@ -149,6 +149,12 @@ class Run:
         return recorded if isinstance(recorded, bool) else (self.path / "base").is_dir()
 
     @property
+    def quantization(self) -> dict | None:
+        """What run.json records of a quantized base (kind, how, iters, per-layer errors), or None."""
+        recorded = self.meta.get("quantization")
+        return recorded if isinstance(recorded, dict) else None
+
+    @property
     def base_location(self) -> str:
         """Where the frozen base lives: ``RUN/base`` (every run written since runs travel whole; older
         runs that kept the original as their base name where it was)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import backend
+from ..errors import SvdadaptError
 from ..linalg import add_low_rank
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 from .state import LayerAdapter, low_rank_delta
@@ -116,7 +118,10 @@ class AdapterLinear(nn.Module):
 
     @torch.no_grad()
     def merge(self, names: list[str] | None = None) -> None:
-        """Fold adapters into the base weight (float64 sum, cast once)."""
+        """Fold adapters into the base weight (float64 sum, cast once); a quantized base cannot take
+        them (dequantize it first, as ``svdadapt merge`` does)."""
+        if backend.is_quantized_layer(self.base_layer):
+            raise SvdadaptError("cannot merge an adapter into a quantized layer: dequantize the base first")
         for name in names or self.active:
             if name in self.merged:
                 continue

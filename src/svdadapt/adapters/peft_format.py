@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_json, write_safetensors
+from ..decompose import factorize, identity_context
 from ..errors import SvdadaptError
+from ..factors import Take
 from ..files import load_tensors, read_json
 from .state import AdapterSet
 
@@ -131,3 +133,15 @@ def lora_on_original(adapters: AdapterSet) -> dict[str, LoraFactors]:
             A = torch.cat([A.double(), a.base_Q.double()], dim=0).to(A.dtype)  # (r + q, in)
         layers[name] = LoraFactors(A.contiguous(), B.contiguous(), a.scaling * A.shape[0])  # keeps alpha/r = s
     return layers
+
+
+def nearest_lora(D: torch.Tensor, rank: int, scaling: float, dtype: torch.dtype) -> tuple[LoraFactors, float]:
+    """The best rank-``rank`` LoRA (Eckart–Young, float64 SVD) for a weight difference D (out, in),
+    at LoRA scaling ``scaling``, and what it leaves, ‖D − s·B·A‖_F."""
+    D = D.to(torch.float64)
+    rank = min(rank, *D.shape)
+    top = factorize(D, lambda _: identity_context(), "difference", want=(Take.TOP, rank))
+    half = (top.S / scaling).clamp_min(0).sqrt()  # (k,)
+    B, A = top.U * half, half[:, None] * top.V.T  # (out, k), (k, in)
+    left = float((D - scaling * (B @ A)).norm())
+    return LoraFactors(A.to(dtype).contiguous(), B.to(dtype).contiguous(), scaling * rank), left

@@ -27,7 +27,8 @@ what this face exports, never the modules behind it:
 - 4-bit and 8-bit bases (``quantized.py``, bitsandbytes): ``require_bitsandbytes``, ``check_kernels``,
   ``write_quantized_checkpoint`` (a float checkpoint saved as a standard quantized one),
   ``quantized_load_kwargs`` and ``prepare_quantized`` (loading one on CPU or CUDA, the AVX512-BF16
-  repack trap closed), ``quantization_of`` (what a checkpoint's config says), ``is_quantized_layer``,
+  repack trap closed), ``adapters_attached`` (while a Trainer is made: a quantized model with svdadapt's
+  adapters is not "purely quantized"), ``quantization_of`` (what a checkpoint's config says), ``is_quantized_layer``,
   ``dequantized_weight`` and ``dequantize_model`` (a quantized layer or model as float32).
 - the garbage collector (``collector.py``): ``collection_paused``, ``set_aside_live_objects``.
 """
@@ -45,6 +46,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .processes import Launch, launch
     from .quantized import (
         QUANT_KINDS,
+        adapters_attached,
         check_kernels,
         dequantize_model,
         dequantized_weight,
@@ -67,6 +69,7 @@ __all__ = [
     "Launch",
     "Placement",
     "QUANT_KINDS",
+    "adapters_attached",
     "check_kernels",
     "dequantize_model",
     "dequantized_weight",

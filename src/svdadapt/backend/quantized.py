@@ -12,6 +12,8 @@ its traps.
   eval-mode forward without gradients (on CPUs with AVX512-BF16); afterwards backward silently
   drops the gradients that flow through the base. ``support_avx512bf16_for_cpu = False`` on every
   ``Linear4bit`` keeps the weight as stored.
+- :func:`adapters_attached`: while a ``Trainer`` is made, a quantized model with svdadapt's adapters
+  passes transformers' "purely quantized" check.
 - :func:`is_quantized_layer`, :func:`dequantized_weight`, :func:`dequantize_model`: a quantized
   layer's values as an (out, in) float32 matrix, and a whole model made float (merging).
 - :func:`quantization_of`: the kind a checkpoint directory's ``config.json`` says, or None.
@@ -19,7 +21,9 @@ its traps.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -124,6 +128,21 @@ def prepare_quantized(model: nn.Module) -> int:
     return count
 
 
+@contextlib.contextmanager
+def adapters_attached(model: nn.Module) -> Iterator[None]:
+    """While a trainer is made: tell transformers that a quantized ``model`` carries trainable
+    adapters (svdadapt's own, not PEFT's), so that its Trainer does not refuse it as "purely
+    quantized"; the mark goes afterwards (saving would otherwise look for PEFT adapters)."""
+    marked = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
+    if marked:
+        model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        if marked:
+            model._hf_peft_config_loaded = False
+
+
 @torch.no_grad()
 def dequantized_weight(module: nn.Module) -> torch.Tensor:
     """A bitsandbytes layer's weight as the (out, in) float32 matrix it computes with."""
@@ -159,12 +178,9 @@ def dequantize_model(model: nn.Module) -> list[str]:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, linear)
         replaced.append(name)
-    for attr in ("quantization_config",):
-        if hasattr(model.config, attr):
-            delattr(model.config, attr)
-    for attr in ("is_quantized", "is_loaded_in_4bit", "is_loaded_in_8bit", "hf_quantizer", "quantization_method"):
-        if attr in vars(model):
-            delattr(model, attr)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # transformers' own record: config, conversions, flags
+        quantizer.remove_quantization_config(model)
     return replaced
 
 

@@ -7,15 +7,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapters.peft_format import lora_on_base, lora_on_original, write_peft_lora
+import torch
+
+from .. import backend
+from ..adapters.peft_format import LoraFactors, lora_on_base, lora_on_original, nearest_lora, write_peft_lora
 from ..adapters.state import AdapterSet
-from ..atomic import atomic_directory, exclusive
+from ..atomic import atomic_directory, exclusive, write_json
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint
 from ..models import load_model, origin
 from ..options import Options, opt
 from ..peft_handle import adapter_option, chosen_adapter
 from ..runs import PEFT_WEIGHTS, Run, adapter_base_name, check_new_out, task_type_of, tokenizer_files
+from ..targets import weight_matrix
 
 ORIGINAL_NOTE = (
     "the original model this adapter was exported against (svdadapt export --against-original): load it with "
@@ -26,7 +30,9 @@ ORIGINAL_NOTE = (
 @dataclass(kw_only=True)
 class ExportOptions(Options):
     """Write a run's adapter as a stock PEFT LoRA that applies to the untouched original model (rank
-    2r for residual and KaSA runs), so the run's outputs are reproduced without its residual base."""
+    2r for residual and KaSA runs), so the run's outputs are reproduced without its residual base. On
+    a quantized run W_q + s·B·A − W is no longer of rank 2r: the best rank-2r approximation is
+    written and its measured relative error said."""
 
     run: str = opt(help="run directory (from svdadapt build or train)", positional=True)
     out: str = opt(help="directory for the PEFT adapter")
@@ -41,13 +47,21 @@ class ExportOptions(Options):
 class ExportResult:
     out: Path
     against_original: str | None
+    approximation: dict | None = None  # a quantized run's: what the rank-2r LoRA leaves, by layer
 
     def summary(self) -> str:
         target = "the original model" if self.against_original else "the run's base"
-        return (
-            f"PEFT LoRA for {target}: {self.out}\n"
-            f"  load it with PeftModel.from_pretrained(<{target}>, {str(self.out)!r})"
-        )
+        lines = [f"PEFT LoRA for {target}: {self.out}"]
+        if self.approximation:
+            weight = [e["of_weight"] for e in self.approximation.values()]
+            difference = [e["of_difference"] for e in self.approximation.values()]
+            lines.append(
+                "  approximate: the quantized base makes D = W_q + s·B·A − W full rank; the best rank-2r LoRA "
+                f"leaves {sum(difference) / len(difference):.3f} of D (mean ‖D − D_2r‖/‖D‖), the exported weights "
+                f"differ from the run's by {sum(weight) / len(weight):.4f} (mean, max {max(weight):.4f}, relative)"
+            )
+        lines.append(f"  load it with PeftModel.from_pretrained(<{target}>, {str(self.out)!r})")
+        return "\n".join(lines)
 
 
 def export(opts: ExportOptions, progress: bool = True) -> ExportResult:
@@ -83,10 +97,15 @@ def _export(opts: ExportOptions, run: Run, out: Path, adapters: AdapterSet, head
             f"{opts.against_original} is not the model {run.path} was built from "
             f"({run.meta['original']['name']}); pass that model to --against-original"
         )
+    approximation = None
+    if run.quantization is not None:
+        layers, approximation = _nearest_on_original(run, adapters, original.model)
+    else:
+        layers = lora_on_original(adapters)
     with atomic_directory(out) as tmp:
         write_peft_lora(
             tmp,
-            lora_on_original(adapters),
+            layers,
             origin(original)["hub_id"] or ORIGINAL_NOTE,
             fan_in_fan_out=bool(run.meta.get("conv1d")),
             task_type=task_type_of(original.model),
@@ -94,4 +113,31 @@ def _export(opts: ExportOptions, run: Run, out: Path, adapters: AdapterSet, head
             modules_to_save=head or None,
         )
         original.tokenizer.save_pretrained(tmp)
-    return ExportResult(out, opts.against_original)
+        if approximation is not None:
+            write_json(tmp / APPROXIMATION_FILE, {"rank": "2r", "layers": approximation})
+    return ExportResult(out, opts.against_original, approximation)
+
+
+APPROXIMATION_FILE = "svdadapt_approximation.json"  # beside an export of a quantized run: what it leaves out
+
+
+@torch.no_grad()
+def _nearest_on_original(run: Run, adapters: AdapterSet, original) -> tuple[dict[str, LoraFactors], dict[str, dict]]:
+    """A quantized run as LoRAs on the original: per layer the best rank-2r approximation of
+    D = W_q + s·B·diag·A − W (the run's weight minus the original's), and what it leaves relative to
+    D (``of_difference``) and to the run's weight W_q + s·B·diag·A (``of_weight``)."""
+    base = run.load_base().model
+    layers, errors = {}, {}
+    for name, adapter in adapters.layers.items():
+        module = base.get_submodule(name)
+        quantized = backend.is_quantized_layer(module)
+        W_base = backend.dequantized_weight(module) if quantized else weight_matrix(module)  # (out, in)
+        W = weight_matrix(original.get_submodule(name))  # (out, in)
+        run_weight = W_base.double() + adapter.delta()  # (out, in) float64
+        D = run_weight - W.double()  # (out, in)
+        layers[name], left = nearest_lora(D, 2 * adapter.rank, adapter.scaling, adapter.A.dtype)
+        errors[name] = {
+            "of_difference": left / max(float(D.norm()), 1e-300),
+            "of_weight": left / float(run_weight.norm()),
+        }
+    return layers, errors

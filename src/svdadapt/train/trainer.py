@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .. import backend
 from ..adapters.losses import Regularizer
 from ..atomic import write_json, write_safetensors
 from ..errors import SvdadaptError
@@ -32,7 +33,10 @@ class SvdadaptTrainer(Trainer):
         head_prefixes: tuple[str, ...] = (),
         **kwargs,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        with backend.adapters_attached(kwargs.get("model", args[0] if args else None)):
+            super().__init__(
+                *args, **kwargs
+            )  # a quantized base with svdadapt's adapters is no "purely quantized" model
         self.regularizer = regularizer
         self.resumed_loss_sum = 0.0  # what the checkpoint resumed from had summed
         self.module_lr, self.head_lr = module_lr, head_lr
