@@ -25,7 +25,8 @@ what this face exports, never the modules behind it:
   or saved). Memory goes back to the OS in one place, ``pages.py``, which placement and the base
   writer both use.
 - 4-bit and 8-bit bases (``quantized.py``, bitsandbytes): ``require_bitsandbytes``, ``check_kernels``,
-  ``write_quantized_checkpoint`` (a float checkpoint saved as a standard quantized one),
+  ``write_quantized_checkpoint`` (a float checkpoint saved as a standard quantized one, the layers
+  ``kept_float`` names left float; ``quantizable``: a layer bitsandbytes quantizes exactly),
   ``quantized_load_kwargs`` and ``prepare_quantized`` (loading one on CPU or CUDA, the AVX512-BF16
   repack trap closed), ``adapters_attached`` (while a Trainer is made: a quantized model with svdadapt's
   adapters is not "purely quantized"), ``quantization_of`` (what a checkpoint's config says), ``is_quantized_layer``,
@@ -51,7 +52,9 @@ with collection_paused():  # torch: many long-lived objects, no garbage
         dequantize_model,
         dequantized_weight,
         is_quantized_layer,
+        kept_float,
         prepare_quantized,
+        quantizable,
         quantization_of,
         quantized_load_kwargs,
         require_bitsandbytes,
@@ -74,7 +77,9 @@ __all__ = [
     "dequantize_model",
     "dequantized_weight",
     "is_quantized_layer",
+    "kept_float",
     "prepare_quantized",
+    "quantizable",
     "quantization_of",
     "quantized_load_kwargs",
     "require_bitsandbytes",

@@ -5,7 +5,8 @@ its traps.
 - :func:`write_quantized_checkpoint`: a float checkpoint directory (whose target weights are already
   the dequantized values bitsandbytes stores, so it quantizes them to the same codes) loaded with
   ``BitsAndBytesConfig`` on CPU and saved as a standard transformers quantized checkpoint
-  (``quantization_config`` in ``config.json``). Returns the linear-like layers it leaves float.
+  (``quantization_config`` in ``config.json``), the layers :func:`kept_float` names left float;
+  :func:`quantizable`: whether a layer is quantized (and computed with exactly what is stored).
 - :func:`quantized_load_kwargs` / :func:`prepare_quantized`: what ``from_pretrained`` needs for such
   a checkpoint on CPU or CUDA, and what every loaded model needs afterwards: the **AVX512-BF16
   repack trap** closed. bitsandbytes' CPU ``Linear4bit`` repacks its weight in place during an
@@ -184,13 +185,41 @@ def dequantize_model(model: nn.Module) -> list[str]:
     return replaced
 
 
-def write_quantized_checkpoint(source: Path, out: Path, kind: str) -> list[str]:
-    """Load the float checkpoint ``source`` with bitsandbytes ``kind`` on CPU (float32) and save it to
-    ``out`` as a standard quantized checkpoint; returns the linear-like layers left float (those
-    bitsandbytes does not quantize, e.g. GPT-2's Conv1D; the output head stays float by design)."""
+BLOCK = 64  # bitsandbytes' 4-bit block along the flattened weight
+
+
+def quantizable(module: nn.Module, kind: str) -> bool:
+    """Whether bitsandbytes quantizes ``module`` as ``kind`` and computes with what it stores: an
+    ``nn.Linear`` (not GPT-2's Conv1D), and for 4-bit one whose rows are whole blocks of 64 (its CPU
+    kernel misreads blocks that cross rows; every width of real models is a multiple of 64)."""
+    if type(module) is not nn.Linear:
+        return False
+    return kind == "int8" or module.in_features % BLOCK == 0
+
+
+def kept_float(model: nn.Module, kind: str) -> dict[str, str]:
+    """The linear-like layers of ``model`` that a ``kind`` base keeps float, with why: the output
+    head (as QLoRA), and those :func:`quantizable` refuses."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    kept = {}
+    for name, module in model.named_modules():
+        if module is head and head is not None:
+            kept[name] = "the output head"
+        elif type(module).__name__ == "Conv1D":
+            kept[name] = "Conv1D"
+        elif type(module) is nn.Linear and not quantizable(module, kind):
+            kept[name] = f"in_features {module.in_features} not a multiple of {BLOCK}"
+    return kept
+
+
+def write_quantized_checkpoint(source: Path, out: Path, kind: str, keep_float: list[str]) -> None:
+    """Load the float checkpoint ``source`` with bitsandbytes ``kind`` on CPU (float32), the layers
+    ``keep_float`` (names, see :func:`kept_float`) left float, and save it to ``out`` as a standard
+    quantized checkpoint."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = bnb_config(kind)
+    config.llm_int8_skip_modules = list(keep_float)  # 4-bit too: transformers' modules_to_not_convert
     if kind != "int8":
         check_kernels("cpu", f"--quantize {kind}")
     archs = getattr(AutoConfig.from_pretrained(source), "architectures", None) or []
@@ -206,8 +235,3 @@ def write_quantized_checkpoint(source: Path, out: Path, kind: str) -> list[str]:
     )  # fmt: skip
     prepare_quantized(model)
     model.save_pretrained(out, safe_serialization=True)
-    head = model.get_output_embeddings()
-    return [
-        name for name, m in model.named_modules()
-        if type(m).__name__ in ("Linear", "Conv1D") and m is not head
-    ]  # fmt: skip

@@ -23,7 +23,7 @@ from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 from .allocate import allocate_ranks
 from .plan import LayerPlan
-from .quantized import Quantization, quantizable, quantize_layer
+from .quantized import Quantization, quantize_layer
 from .waves import Unit, decompose_waves
 
 
@@ -99,7 +99,7 @@ def build_adapters(
         W = weight_matrix(module).to(device)  # (out, in)
         new_base = base_without(W, adapter) if launch.writer else None
         statistic = statistics.pop(name, None)
-        if launch.writer and quantization is not None and quantizable(module):
+        if launch.writer and quantization is not None and backend.quantizable(module, quantization.kind):
             quantized = quantize_layer(quantization, method, W, new_base, adapter, statistic)
             new_base, adapter = quantized.base.to(device), quantized.adapter
             if errors is not None:

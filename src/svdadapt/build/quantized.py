@@ -13,8 +13,8 @@ It returns the dequantized base Q (exactly the values bitsandbytes stores, so sa
 bitsandbytes quantize it reproduces those codes) and the adapter's new B, A. The adapter records
 B, A as what it took from the base (W ≈ Q + s·B·A), as residual rows do.
 
-Only ``nn.Linear`` layers are quantized by bitsandbytes; other linear-like targets (GPT-2's Conv1D)
-keep the row's float base and adapter.
+Layers bitsandbytes does not quantize (``backend.quantizable``: GPT-2's Conv1D, 4-bit layers whose
+rows are not whole blocks of 64) keep the row's float base and adapter.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
 
 from ..adapters.init import Base
 from ..adapters.state import LayerAdapter
@@ -44,8 +43,9 @@ class Quantization:
         """The quantization a build of ``method`` with ``--quantize kind --quant-iters iters`` makes."""
         if kind is None:
             return None
-        how = method.quantized_init or ("refine" if iters > 0 else "plain")
-        return Quantization(kind, how, iters)
+        if method.quantized_init is not None:  # its closed form is one round; more rounds refine it
+            return Quantization(kind, method.quantized_init, max(iters, 1))
+        return Quantization(kind, "refine" if iters > 0 else "plain", iters)
 
     @property
     def needs_statistic(self) -> bool:
@@ -53,11 +53,6 @@ class Quantization:
 
     def record(self) -> dict:
         return {"kind": self.kind, "how": self.how, "iters": self.iters}
-
-
-def quantizable(module: nn.Module) -> bool:
-    """Whether bitsandbytes quantizes this layer when the base loads (``nn.Linear`` exactly)."""
-    return type(module) is nn.Linear
 
 
 @dataclass

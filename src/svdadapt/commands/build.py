@@ -14,7 +14,7 @@ from .. import backend
 from ..atomic import atomic_directory, exclusive
 from ..build import build_adapters, plan_layers, waves_from_store, waves_on_the_fly, waves_without_statistics
 from ..build.options import AdapterOptions, check_statistics
-from ..build.quantized import Quantization, quantizable
+from ..build.quantized import Quantization
 from ..calibrate import DTYPES
 from ..data.options import DataOptions
 from ..decompose import check_finite
@@ -117,35 +117,41 @@ def _statistics(opts: BuildOptions, loaded, method, plan, fingerprint: str, prog
     return waves, opts.calibration.source_spec(opts.seed)
 
 
-def _quantized_base(directory: Path, quantization: Quantization, plan, errors: dict, head: str) -> tuple[str, dict]:
-    """Turn the float base written into ``directory`` (its targets already the dequantized values)
-    into a bitsandbytes checkpoint in place; the quantized base's fingerprint and what run.json
-    records of the quantization (kind, how, per-layer errors, the layers left float)."""
+def _quantized_base(directory: Path, quantization: Quantization, keep_float: dict[str, str], errors: dict,
+                    head: str) -> tuple[str, dict]:  # fmt: skip
+    """Turn the float base written into ``directory`` (its quantized layers already the dequantized
+    values) into a bitsandbytes checkpoint in place, the layers ``keep_float`` names left float; the
+    quantized base's fingerprint and what run.json records of the quantization (kind, how, per-layer
+    errors, the layers left float)."""
     float_dir = directory.with_name("base.float")
     directory.rename(float_dir)
-    float_layers = backend.write_quantized_checkpoint(float_dir, directory, quantization.kind)
+    backend.write_quantized_checkpoint(float_dir, directory, quantization.kind, list(keep_float))
     for name in tokenizer_files(float_dir):
         shutil.copy2(float_dir / name, directory / name)
     shutil.rmtree(float_dir)
-    float_targets = [n for n, p in plan.items() if not quantizable(p.module)]
-    if float_layers:
-        kinds = sorted({type(p.module).__name__ for n, p in plan.items() if n in float_targets}) or ["linear"]
-        print(
-            f"svdadapt: note: bitsandbytes leaves {len(float_layers)} layer(s) float ({', '.join(kinds)}; e.g. "
-            f"{float_layers[0]}): they stay float in the base"
-        )
     loaded = load_model(str(directory), head=head)
     fingerprint = weights_fingerprint(loaded.model)
     values = [e["error"] for e in errors.values()]
     weighted = [e["weighted_error"] for e in errors.values() if e["weighted_error"] is not None]
     record = {
         **quantization.record(),
-        "float_layers": float_layers,
+        "float_layers": keep_float,
         "mean_error": sum(values) / len(values) if values else None,
         "mean_weighted_error": sum(weighted) / len(weighted) if weighted else None,
         "layers": errors,
     }
     return fingerprint, record
+
+
+def _say_kept_float(keep_float: dict[str, str]) -> None:
+    """One note for the layers a quantized base keeps float, by reason (the output head aside)."""
+    reasons: dict[str, list[str]] = {}
+    for name, why in keep_float.items():
+        if why != "the output head":
+            reasons.setdefault(why, []).append(name)
+    if reasons:
+        parts = [f"{len(names)} ({why}, e.g. {names[0]})" for why, names in reasons.items()]
+        print(f"svdadapt: note: bitsandbytes cannot quantize these layers, which stay float: {'; '.join(parts)}")
 
 
 def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
@@ -183,6 +189,8 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
     compute = backend.on(device).decomposition_device(loaded.placement.compute)
     modules = find_targets(loaded.model, adapter.targets)
     plan = plan_layers(modules, adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
+    keep_float = backend.kept_float(loaded.model, quantization.kind) if quantization is not None else {}
+    _say_kept_float(keep_float)
     changed = method.changes_base or opts.head == "seq-cls" or quantization is not None  # a new head lives in the base
     keys = [f"{n}.weight" for n in plan]
     base = backend.open_base_writer(loaded.model, loaded.location, keys, changed and writer)
@@ -212,7 +220,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
         if quantization is None:
             base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
         else:
-            base_fingerprint, quantized = _quantized_base(tmp / "base", quantization, plan, errors, opts.head)
+            base_fingerprint, quantized = _quantized_base(tmp / "base", quantization, keep_float, errors, opts.head)
         meta = {
             "stage": "built",
             **method.record(),
