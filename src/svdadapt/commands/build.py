@@ -192,7 +192,10 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
     keep_float = backend.kept_float(loaded.model, quantization.kind) if quantization is not None else {}
     _say_kept_float(keep_float)
     changed = method.changes_base or opts.head == "seq-cls" or quantization is not None  # a new head lives in the base
-    keys = [f"{n}.weight" for n in plan]
+    keys = [  # the weights the build rewrites: a quantized base of an untouched-base row rewrites those it quantizes
+        f"{n}.weight" for n, p in plan.items()
+        if method.changes_base or quantization is None or backend.quantizable(p.module, quantization.kind)
+    ]  # fmt: skip
     base = backend.open_base_writer(loaded.model, loaded.location, keys, changed and writer)
     for name, layer in plan.items():  # fail before any long work starts
         check_finite(weight_matrix(layer.module), name)
