@@ -18,7 +18,7 @@ from svdadapt import backend  # noqa: E402
 from svdadapt.commands import CalibrateOptions, calibrate  # noqa: E402
 from svdadapt.quantize import quantize_dequantize  # noqa: E402
 
-from ..helpers import IDS, logits, make_run, rel  # noqa: E402
+from ..helpers import logits, make_run, rel  # noqa: E402
 
 RESIDUAL_ROWS = ["pissa", "milora", "corda-ipa", "corda-kpa", "lora-null", "kasa"]
 QLORA_ROWS = ["lora", "eva"]
@@ -121,15 +121,15 @@ def test_fp4_and_int8_bases_load_and_reproduce(kind, tiny_dirs, text_file, store
 def test_cloq_lowers_the_error_on_the_calibration_inputs(tiny_dirs, text_file, store, tmp_path):
     """CLoQ chooses B, A for the inputs: its input-weighted error is below QLoRA's plain one on
     every quantized layer (the optimum itself is tested in tests/quantize)."""
-    from svdadapt.store import CovarianceStore
     from svdadapt.quantize import weighted_error
+    from svdadapt.store import CovarianceStore
 
     cloq = _quantized_run(tiny_dirs, text_file, store, tmp_path / "cloq", "cloq", quantize="nf4")
     qlora = _quantized_run(tiny_dirs, text_file, store, tmp_path / "qlora", "lora", quantize="nf4")
     original = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"])
     covariances = CovarianceStore.load(store)
     assert cloq.quantization["mean_weighted_error"] is not None
-    for name, adapter in cloq.adapters().layers.items():
+    for name in cloq.adapters().layers:
         if name.endswith("down_proj"):
             continue
         W = original.get_submodule(name).weight.double()  # (out, in)
