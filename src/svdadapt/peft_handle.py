@@ -79,6 +79,11 @@ def peft_model(run: Run | str | Path, device: str = "cpu", trainable: bool = Tru
 
         if run.meta.get("conv1d"):
             raise SvdadaptError(f"{run.path}: PEFT's KaSA takes nn.Linear layers only; train this run with svdadapt")
+        if run.quantization is not None:
+            raise SvdadaptError(
+                f"{run.path}: PEFT's KaSA variant cannot wrap a quantized base (it would truncate it again); "
+                "train this run with svdadapt train"
+            )
         config = LoraConfig.from_pretrained(str(run.path / "adapter"))
         config.inference_mode = not trainable
         values = row.stage_values("train")

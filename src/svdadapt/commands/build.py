@@ -77,7 +77,9 @@ class BuildResult:
             f"  adapter     {run.path / 'adapter'} (stock PEFT LoRA)",
         ]
         quant = meta.get("quantization")
-        if quant:
+        if quant and quant.get("mean_error") is None:
+            lines.append(f"  quantized   {quant['kind']} base: no layer here is one bitsandbytes quantizes")
+        elif quant:
             weighted = quant.get("mean_weighted_error")
             on_inputs = f", {weighted:.4f} on the calibration inputs" if weighted is not None else ""
             how = quant["how"] + (f" ({quant['iters']} rounds)" if quant["how"] == "refine" else "")
