@@ -46,7 +46,9 @@ def built(method: str, tiny_dirs, text_file, out, **params):
     return update_run(run, adapters, stage="trained")
 
 
-@pytest.mark.parametrize("method", [m.name for m in TABLE])
+@pytest.mark.parametrize(
+    "method", [m.name for m in TABLE if m.quantized_init is None]
+)  # cloq: tests/commands/test_quantized.py
 def test_every_rows_handle_computes_what_svdadapt_computes(method, tiny_dirs, text_file, tmp_path):
     run = built(method, tiny_dirs, text_file, tmp_path / "run")
     handle = peft_model(run)

@@ -71,7 +71,9 @@ def trained_stand_in(run: Path) -> None:
     update_run(opened, adapters, stage="trained")
 
 
-@pytest.mark.parametrize("method", [m.name for m in TABLE])
+@pytest.mark.parametrize(
+    "method", [m.name for m in TABLE if m.quantized_init is None]
+)  # cloq: tests/build/test_quantized.py
 def test_a_moved_run_loads_in_stock_peft_from_anywhere(method, tiny_dirs, text_file, tmp_path):
     args = ["build", "--model", str(tiny_dirs["llama"]), "--method", method, "--rank", "4", "--alpha", "8",
             "--out", str(tmp_path / "built"), "--device", "cpu"]  # fmt: skip

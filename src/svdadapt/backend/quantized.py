@@ -61,8 +61,8 @@ def check_kernels(device: torch.device | str, doing: str) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SvdadaptError(
             f"{doing} needs bitsandbytes' 4-bit kernels on {torch.device(device).type}, and bitsandbytes "
-            f"{getattr(bnb, '__version__', '?')} here has none ({first[:160]}); install bitsandbytes>=0.48 with its "
-            "CPU kernels (svdadapt[quant]), or use a CUDA device"
+            f"{getattr(bnb, '__version__', '?')} here has none ({first[:160]}); "
+            "CPU kernels: svdadapt[quant] pins bitsandbytes==0.50.2, which has them; or use a CUDA device"
         ) from None
 
 
