@@ -67,10 +67,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
-    from machine import describe, line
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from machine import describe, line
     from svdadapt.models import load_model, resolve_location
     from svdadapt.runs import Run
 
@@ -120,7 +120,8 @@ def main() -> None:
             continue
         print(f"{name:12s} {f['mean_weight_error']:10.4f} {f['logits_vs_float']:9.4f} {f['perplexity']:7.2f} "
               f"{f['merged_vs_4bit_run']:9.1e} {f['export_vs_4bit_run']:12.4f} {f['export_vs_float']:14.4f} "
-              f"{f['export_perplexity']:10.2f} {f['export_left_of_weight']:9.4f} {f['export_left_of_difference']:9.3f}")  # fmt: skip
+              f"{f['export_perplexity']:10.2f} {f['export_left_of_weight']:9.4f} "
+              f"{f['export_left_of_difference']:9.3f}")  # fmt: skip
     if args.json:
         payload = {"machine": describe(), "settings": vars(args), "figures": figures}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
