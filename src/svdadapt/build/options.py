@@ -40,7 +40,7 @@ class AdapterOptions(Options):
     )  # fmt: skip
     quant_iters: int = opt(
         0, "with --quantize: rounds of LoftQ-style alternation from the method's own factors (0: quantize the "
-        "method's base as it is)", check=between(0, MAX_QUANT_ITERS),
+        "method's base as it is; cloq: rounds of its closed form, at least 1)", check=between(0, MAX_QUANT_ITERS),
     )  # fmt: skip
 
     def check(self) -> None:

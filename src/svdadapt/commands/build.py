@@ -187,6 +187,8 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
             "comes from --quantize)"
         )
     quantization = Quantization.of(method, adapter.quantize, adapter.quant_iters)
+    if quantization is not None:  # float32 on every device: the base written holds exactly the values chosen
+        head_kwargs["dtype"] = torch.float32
     loaded = load_model(opts.model, head=opts.head, device=device, offload=opts.placement.offload_choice, **head_kwargs)
     compute = backend.on(device).decomposition_device(loaded.placement.compute)
     modules = find_targets(loaded.model, adapter.targets)
