@@ -19,7 +19,15 @@ from transformers import (
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .backend import Placement, collection_paused, place, prepare_quantized, quantized_load_kwargs, resolve_device
+from .backend import (
+    Placement,
+    collection_paused,
+    place,
+    prepare_quantized,
+    quantization_of,
+    quantized_load_kwargs,
+    resolve_device,
+)
 from .errors import SvdadaptError, unknown
 from .files import check_safetensors, first_line, inside, read_json
 from .fingerprint import model_identity
@@ -174,6 +182,17 @@ def resolve_location(spec: str) -> str:
     if not isinstance(cached, str):
         require_hub(f"model {spec!r}", "pass a local model directory, `default` or `default-encoder`")
     return spec
+
+
+def require_float(spec: str, doing: str) -> None:
+    """One line when ``spec`` names a local quantized checkpoint (a 4-bit run's base): ``doing`` needs
+    the float weights."""
+    path = Path(spec).expanduser()
+    if _looks_like_path(spec) and path.is_dir() and quantization_of(path) is not None:
+        raise SvdadaptError(
+            f"{spec} is a quantized checkpoint ({quantization_of(path)}); {doing} needs the float weights: pass the "
+            "float original (a run's quantized base comes from build --quantize)"
+        )
 
 
 def head_for(location: str, head: str) -> str:

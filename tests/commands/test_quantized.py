@@ -197,4 +197,9 @@ def test_a_layer_kind_bitsandbytes_cannot_quantize_stays_float_said_once(capsys,
 def test_commands_that_cannot_use_a_quantized_base_say_why(capsys, runs, tiny_dirs, tmp_path):
     line = bad(capsys, "build", "--model", runs["q"].path / "base", "--method", "pissa", "--rank", "4", "--device",
                "cpu", "--out", tmp_path / "run")  # fmt: skip
-    assert "is a quantized checkpoint; build from the float original" in line
+    assert "is a quantized checkpoint (nf4); building a run needs the float weights: pass the float original" in line
+    base = runs["q"].path / "base"
+    line = bad(capsys, "calibrate", "--model", base, "--data", "news", "--samples", "2", "--out", tmp_path / "store")
+    assert "calibrating (for a build) needs the float weights" in line
+    line = bad(capsys, "compress", "--model", base, "--decomposition", "plain", "--out", tmp_path / "compressed")
+    assert "compressing needs the float weights" in line

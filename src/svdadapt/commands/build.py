@@ -21,7 +21,7 @@ from ..decompose import check_finite
 from ..errors import SvdadaptError
 from ..fingerprint import body_fingerprint, model_identity, weights_fingerprint
 from ..methods import Base
-from ..models import PlacementOptions, load_model, max_positions, origin
+from ..models import PlacementOptions, load_model, max_positions, origin, require_float
 from ..options import POSITIVE, SEED, Options, group, opt
 from ..runs import Run, check_run_out, mixed_conv1d, tokenizer_files, write_run_files
 from ..store import CovarianceStore
@@ -181,11 +181,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
     if opts.head == "seq-cls":
         head_kwargs["num_labels"] = opts.num_labels
         torch.manual_seed(opts.seed)  # the new head's initial weights become part of the run's base
-    if backend.quantization_of(Path(opts.model).expanduser()) is not None:
-        raise SvdadaptError(
-            f"--model {opts.model} is a quantized checkpoint; build from the float original (a run's quantized base "
-            "comes from --quantize)"
-        )
+    require_float(opts.model, "building a run")
     quantization = Quantization.of(method, adapter.quantize, adapter.quant_iters)
     if quantization is not None:  # float32 on every device: the base written holds exactly the values chosen
         head_kwargs["dtype"] = torch.float32

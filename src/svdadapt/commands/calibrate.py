@@ -14,7 +14,7 @@ from ..calibrate.engine import resolve_mode
 from ..calibrate.partial import PARTIAL, PartialRun, check_out_dir
 from ..data import samples_digest
 from ..data.options import DataOptions
-from ..models import PlacementOptions, describe_model, load_model, max_positions
+from ..models import PlacementOptions, describe_model, load_model, max_positions, require_float
 from ..options import POSITIVE, SEED, Options, group, opt
 from ..store import METADATA_FILE, CovarianceStore
 from ..targets import find_targets, targets_option
@@ -94,6 +94,7 @@ def _calibrate(
     writer = launch.writer
     if writer:
         check_out_dir(out, opts.resume)
+    require_float(opts.model, "calibrating (for a build)")
     loaded = load_model(opts.model, device=device, offload=opts.placement.offload_choice)
     opts.source.check_length(max_positions(loaded.model))
     targets = find_targets(loaded.model, opts.targets)

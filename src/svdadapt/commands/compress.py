@@ -19,7 +19,7 @@ from ..evaluate import evaluation_windows
 from ..evaluate.settings import WindowOptions
 from ..evaluate.suite import resolve_seq_len
 from ..fingerprint import model_identity
-from ..models import PlacementOptions, load_model
+from ..models import PlacementOptions, load_model, require_float
 from ..options import Options, group, opt
 from ..store import CovarianceStore, covariances_option
 from ..streaming import find_stack
@@ -105,6 +105,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
     store = _store(opts, names)
     check_out(out)
     device = backend.resolve_device(opts.device)
+    require_float(opts.model, "compressing")
     loaded = load_model(opts.model, head="causal-lm", device=device, offload=opts.placement.offload_choice)
     seq_len = resolve_seq_len(loaded.model, opts.measure)
     identity = model_identity(loaded.model)
