@@ -6,6 +6,9 @@ accuracy claims stay on real models; these only measure time and memory.
     python benchmarks/synthetic.py --shape llama-1.1b --dtype float32 --out /tmp/llama-1.1b
 
 Tensors are generated and written one shard at a time (at most ``--shard-gib`` of them in memory).
+``--spectrum α`` gives each 2-D weight singular values ∝ i^-α (random singular vectors, the same
+Frobenius norm as the i.i.d. draw) instead of i.i.d. N(0, 0.02²)'s flat spectrum: a decaying
+spectrum as trained weights have (benchmarks/quantize.py uses α = 0.6 on ``llama-small``).
 """
 
 from __future__ import annotations
@@ -21,20 +24,27 @@ SHAPES = {
                        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),
     "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "llama-small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                        num_key_value_heads=4, vocab_size=512, max_position_embeddings=512),
     "llama-tiny": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=512, max_position_embeddings=256),
 }  # fmt: skip
 
 
-def write_model(shape: str, out: Path, dtype: str = "float32", shard_gib: float = 2.0, seed: int = 0) -> Path:
-    """Write a Llama model of ``shape`` with random weights to ``out`` (created); returns ``out``."""
+def write_model(
+    shape: str, out: Path, dtype: str = "float32", shard_gib: float = 2.0, seed: int = 0, layers: int | None = None,
+    spectrum: float = 0.0,
+) -> Path:  # fmt: skip
+    """Write a Llama model of ``shape`` (``layers`` blocks if given) with random weights to ``out``
+    (created); ``spectrum`` α > 0: linear weights with singular values ∝ i^-α. Returns ``out``."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from svdadapt.assets import tiny_tokenizer
 
-    config = LlamaConfig(**SHAPES[shape], tie_word_embeddings=False, dtype=dtype)
+    sizes = SHAPES[shape] | ({"num_hidden_layers": layers} if layers else {})
+    config = LlamaConfig(**sizes, tie_word_embeddings=False, dtype=dtype)
     out.mkdir(parents=True, exist_ok=False)
     with torch.device("meta"):
         names = {k: (tuple(v.shape), "norm" in k) for k, v in LlamaForCausalLM(config).state_dict().items()}
@@ -57,6 +67,8 @@ def write_model(shape: str, out: Path, dtype: str = "float32", shard_gib: float 
         for key in keys:
             tensor_shape, norm = names[key]
             value = torch.ones(tensor_shape) if norm else torch.randn(tensor_shape, generator=generator) * 0.02
+            if spectrum > 0 and len(tensor_shape) == 2 and ".layers." in key:
+                value = with_spectrum(value, spectrum)
             tensors[key] = value.to(torch_dtype)
             weight_map[key] = file
             total += tensors[key].numel() * torch_dtype.itemsize
@@ -70,6 +82,16 @@ def write_model(shape: str, out: Path, dtype: str = "float32", shard_gib: float 
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.save_pretrained(out)
     return out
+
+
+def with_spectrum(W, alpha: float):
+    """W's singular vectors with singular values ∝ i^-α, at W's Frobenius norm (out, in)."""
+    import torch
+
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    decay = torch.arange(1, S.shape[0] + 1, dtype=torch.float64) ** -alpha  # (k,)
+    decay *= S.norm() / decay.norm()
+    return ((U * decay) @ Vh).to(W.dtype)
 
 
 def parameters(shape: str) -> int:
@@ -87,9 +109,11 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--shard-gib", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, help="blocks (default: the shape's)")
+    parser.add_argument("--spectrum", type=float, default=0.0, help="singular values ∝ i^-SPECTRUM (0: i.i.d.)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    write_model(args.shape, args.out, args.dtype, args.shard_gib, args.seed)
+    write_model(args.shape, args.out, args.dtype, args.shard_gib, args.seed, args.layers, args.spectrum)
     print(f"{args.shape}: {parameters(args.shape) / 1e9:.2f} B parameters ({args.dtype}) in {args.out}")
 
 

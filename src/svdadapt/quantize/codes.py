@@ -1,10 +1,11 @@
 """The values bitsandbytes stores for a float weight: NF4 / FP4 (blocks of 64 along the flattened
 weight, absmax per block) and LLM.int8 (absmax per row of the float16 weight).
 
-:func:`quantize_dequantize` returns the values a layer loaded with ``BitsAndBytesConfig(load_in_4bit=True,
-bnb_4bit_quant_type=kind)`` (or ``load_in_8bit=True``) from a float32 checkpoint stores, as float32; it is idempotent, so writing its output as a float checkpoint and letting bitsandbytes
-quantize it again on load gives the same codes. bitsandbytes is imported only when called.
-:func:`nf4_reference` is the same NF4 in plain torch (the 16 code values, nearest code), the oracle
+:func:`quantize_dequantize` returns the values a layer loaded with
+``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=kind)`` (or ``load_in_8bit=True``) from a
+float32 checkpoint stores, as float32; it is idempotent, so writing its output as a float checkpoint
+and letting bitsandbytes quantize it again on load gives the same codes. bitsandbytes is imported
+only when called. :func:`nf4_reference` is the same NF4 in plain torch (the 16 code values, nearest code), the oracle
 the tests hold bitsandbytes to.
 
 The 4-bit codes are decoded here (code value × its block's absmax, in float32, as bitsandbytes'

@@ -63,10 +63,12 @@ def quantized_factors(
     covariance: torch.Tensor | InputRoot | None = None,
     block: int = BLOCK,
     damping: float = DEFAULT_DAMPING,
+    root: InputRoot | None = None,
 ) -> QuantizedLayer:
-    """Q, B, A for one layer (see the module's docstring). ``covariance`` is C (in, in), or its
-    :func:`input_root` shared by the layers reading one input; ``cloq`` needs it, the others use it
-    only to report the weighted error (which then needs C itself)."""
+    """Q, B, A for one layer (see the module's docstring). ``covariance`` is C (in, in), or only its
+    :func:`input_root`; ``cloq`` needs one, the others use C only to report the weighted error. Pass
+    C and ``root=input_root(C)`` to share one eigendecomposition between the layers reading one input
+    and still score and report on C itself."""
     if how not in HOWS:
         raise unknown("quantized init", how, HOWS)
     require(0 <= iters <= MAX_ITERS, f"quantization rounds must be between 0 and {MAX_ITERS}, got {iters}")
@@ -78,7 +80,7 @@ def quantized_factors(
         require(all_finite(t), f"the layer's {name} has non-finite values")
     W64, B64, A64 = (t.detach().to("cpu", torch.float64) for t in (W, B, A))
     C = covariance if isinstance(covariance, torch.Tensor) else None
-    root = covariance if isinstance(covariance, InputRoot) else None
+    root = covariance if isinstance(covariance, InputRoot) else root
     if how == "cloq":
         require(covariance is not None, "cloq needs the calibration covariance of the layer's input")
         root = root or input_root(C, damping)
