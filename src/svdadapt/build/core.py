@@ -23,7 +23,7 @@ from ..methods import Method
 from ..targets import in_out_features, set_weight_matrix, weight_matrix
 from .allocate import allocate_ranks
 from .plan import LayerPlan
-from .quantized import Quantization, quantize_layer
+from .quantized import Quantization, SharedInputs, quantize_layer
 from .waves import Unit, decompose_waves
 
 
@@ -92,15 +92,15 @@ def build_adapters(
     built: dict[str, LayerAdapter] = {}
     written: set[str] = set()
 
-    statistics: dict[str, torch.Tensor | None] = {}  # the quantized init's input statistic, until written
+    inputs = SharedInputs()  # the quantized init's input covariances, until each layer is written
 
     def write(name: str, adapter: LayerAdapter) -> LayerAdapter:
         module = plan[name].module
         W = weight_matrix(module).to(device)  # (out, in)
         new_base = base_without(W, adapter) if launch.writer else None
-        statistic = statistics.pop(name, None)
+        covariance, root = inputs.take(name)
         if launch.writer and quantization is not None and backend.quantizable(module, quantization.kind):
-            quantized = quantize_layer(quantization, method, W, new_base, adapter, statistic)
+            quantized = quantize_layer(quantization, method, W, new_base, adapter, covariance, root)
             new_base, adapter = quantized.base.to(device), quantized.adapter
             if errors is not None:
                 errors[name] = {"error": quantized.error, "weighted_error": quantized.weighted_error}
@@ -115,7 +115,7 @@ def build_adapters(
     def job(name: str, decompose: Decomposer | None, statistic: torch.Tensor | None) -> backend.LayerJob[LayerAdapter]:
         p = plan[name]
         if quantization is not None and quantization.needs_statistic:
-            statistics[name] = statistic
+            inputs.hold(name, statistic)
 
         def run() -> LayerAdapter:
             adapter = _build_layer(method, name, p, decompose, randoms[name], adapter_dtype(p.module), device)

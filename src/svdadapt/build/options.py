@@ -12,11 +12,10 @@ from ..errors import SvdadaptError
 from ..method_options import given, method_params
 from ..methods import METHODS, Method, get_method
 from ..options import FRACTION, POSITIVE, Options, between, group, opt
+from ..quantize import MAX_ITERS
 from ..store import covariances_option
 from ..targets import targets_option
 from .plan import parse_assignments
-
-MAX_QUANT_ITERS = 100  # LoftQ uses 1–5; beyond this the alternation has long stopped moving
 
 
 @dataclass(kw_only=True)
@@ -40,7 +39,7 @@ class AdapterOptions(Options):
     )  # fmt: skip
     quant_iters: int = opt(
         0, "with --quantize: rounds of LoftQ-style alternation from the method's own factors (0: quantize the "
-        "method's base as it is; cloq: rounds of its closed form, at least 1)", check=between(0, MAX_QUANT_ITERS),
+        "method's base as it is; cloq: rounds of its closed form, at least 1)", check=between(0, MAX_ITERS),
     )  # fmt: skip
 
     def check(self) -> None:

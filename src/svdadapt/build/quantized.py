@@ -19,6 +19,7 @@ rows are not whole blocks of 64) keep the row's float base and adapter.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from ..adapters.init import Base
 from ..adapters.state import LayerAdapter
 from ..methods import Method
-from ..quantize import quantized_factors
+from ..quantize import InputRoot, input_root, quantized_factors
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,40 @@ class QuantizedBase:
     weighted_error: float | None
 
 
+class SharedInputs:
+    """The layers' input covariances C until each layer is quantized, with the root R of C (C' = R Rᵀ,
+    one float64 eigendecomposition) made once for the layers that read one input and dropped when
+    the last of them is done; safe from parallel workers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, torch.Tensor] = {}  # layer → its unit's C
+        self._roots: dict[int, InputRoot] = {}  # id(C) → R
+        self._waiting: dict[int, int] = {}  # id(C) → layers not yet quantized
+
+    def hold(self, name: str, covariance: torch.Tensor | None) -> None:
+        if covariance is None:
+            return
+        with self._lock:
+            self._held[name] = covariance
+            self._waiting[id(covariance)] = self._waiting.get(id(covariance), 0) + 1
+
+    def take(self, name: str) -> tuple[torch.Tensor | None, InputRoot | None]:
+        """Layer ``name``'s C and R (None, None when it holds none)."""
+        with self._lock:
+            C = self._held.pop(name, None)
+            if C is None:
+                return None, None
+            key = id(C)
+            if key not in self._roots:
+                self._roots[key] = input_root(C)
+            root = self._roots[key]
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key], self._roots[key]
+            return C, root
+
+
 def quantize_layer(
     quantization: Quantization,
     method: Method,
@@ -73,13 +108,15 @@ def quantize_layer(
     base: torch.Tensor | None,
     adapter: LayerAdapter,
     covariance: torch.Tensor | None,
+    root: InputRoot | None = None,
 ) -> QuantizedBase:
     """The layer's quantized base and adapter. ``W`` (out, in): the original weight; ``base``: the
-    row's float base (None: W); ``covariance``: the layer's input C (in, in), for cloq."""
+    row's float base (None: W); ``covariance``: the layer's input C (in, in), for cloq, with its
+    ``root`` shared by the layers reading that input."""
     target = (base if method.base is Base.TRUNCATED and base is not None else W).detach()  # (out, in): at init
     layer = quantized_factors(
         target, adapter.B, adapter.A, adapter.scaling, quantization.kind, how=quantization.how,
-        iters=quantization.iters, covariance=covariance,
+        iters=quantization.iters, covariance=covariance, root=root,
     )  # fmt: skip
     B, A = layer.b.to(adapter.B.dtype), layer.a.to(adapter.A.dtype)  # (out, r), (r, in)
     if method.base is Base.TRUNCATED:  # B = 0 stays 0: what the base dropped is still the dropped components
