@@ -11,7 +11,7 @@ calibrated once on wiki, here 32 × 256 tokens, reused from ``--work``); the spe
 share of ‖W‖² in its top r singular values, which is what a residual base takes off the grid.
 
     python benchmarks/quantize.py [--model default] [--rank 16] [--kind nf4] [--rounds 5] [--json FILE]
-    python benchmarks/quantize.py --synthetic llama-small --blocks 4   # synthetic, power-law spectrum
+    python benchmarks/quantize.py --synthetic llama-small --synthetic-blocks 4   # power-law spectrum
 """
 
 from __future__ import annotations
@@ -73,10 +73,11 @@ def prepare_model(args, work: Path) -> tuple[str, str]:
         return args.model, f"{args.model} (float32 weights dequantized from its GGUF Q4_1 file)"
     import synthetic
 
-    directory = work / f"{args.synthetic}-{args.blocks}-spectrum{args.spectrum:g}"
+    blocks = args.synthetic_blocks
+    directory = work / f"{args.synthetic}-{blocks}-spectrum{args.spectrum:g}"
     if not directory.exists():
-        synthetic.write_model(args.synthetic, directory, layers=args.blocks, spectrum=args.spectrum)
-    return str(directory), f"synthetic {args.synthetic}, {args.blocks} blocks, singular values ∝ i^-{args.spectrum:g}"
+        synthetic.write_model(args.synthetic, directory, layers=blocks, spectrum=args.spectrum)
+    return str(directory), f"synthetic {args.synthetic}, {blocks} blocks, singular values ∝ i^-{args.spectrum:g}"
 
 
 def covariances(model: str, work: Path, samples: int, seq_len: int) -> Path:
@@ -139,14 +140,19 @@ def run(args) -> dict:
     store = CovarianceStore.load(store_dir)
     loaded = load_model(model_spec)
     model, tokenizer = loaded.model, loaded.tokenizer
-    targets = find_targets(model)
+    every = find_targets(model)
+    blocks = sorted({block_of(n) for n in every})
+    wanted = blocks if args.blocks == "all" else [int(b) for b in args.blocks.split(",")]
+    targets = {n: m for n, m in every.items() if block_of(n) in wanted}
+    whole = set(wanted) >= set(blocks)  # perplexity only means the 4-bit model when every block is quantized
     plan = plan_layers(targets, args.rank, None)
     originals = {name: module.weight.detach().clone() for name, module in targets.items()}  # (out, in) float32
     windows = evaluation_windows("wiki-heldout", tokenizer, args.eval_seq_len, args.eval_windows)
     started = time.monotonic()
-    float_ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity
+    float_ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity if whole else None
     seconds = time.monotonic() - started
-    log(f"float perplexity {float_ppl:.3f} ({len(windows.ids)} × {args.eval_seq_len} tokens, {seconds:.0f} s)")
+    if whole:
+        log(f"float perplexity {float_ppl:.3f} ({len(windows.ids)} × {args.eval_seq_len} tokens, {seconds:.0f} s)")
     spectrum = {name: top_energy(W, args.rank) for name, W in originals.items()}
     grid = statistics.mean(grid_check(W) for W in list(originals.values())[:7])
 
@@ -159,13 +165,15 @@ def run(args) -> dict:
     groups: dict[str, list[str]] = {}
     for name in plan:
         groups.setdefault(store.group_key(name), []).append(name)
-    rows = []
+    rows, roots = [], {}
     for variant in chosen:
         started = time.monotonic()
         layers = []
-        for members in groups.values():
+        for key, members in groups.items():
             C = store.covariance(members[0]).to(torch.float64)  # (in, in), shared by the group
-            root = input_root(C) if variant.how == "cloq" else None
+            if variant.how == "cloq" and key not in roots:  # one eigendecomposition per input, for every cloq init
+                roots[key] = input_root(C)
+            root = roots.get(key)
             for name in members:
                 adapter = factors[variant.method][name]
                 t = time.monotonic()
@@ -180,7 +188,7 @@ def run(args) -> dict:
                                "weighted_error": layer.weighted_error, "round_kept": layer.rounds,
                                "seconds": time.monotonic() - t})  # fmt: skip
         quantize_seconds = time.monotonic() - started
-        ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity
+        ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity if whole else None
         with torch.no_grad():
             for name, module in targets.items():
                 module.weight.copy_(originals[name])
@@ -188,11 +196,13 @@ def run(args) -> dict:
                "quantize_seconds": quantize_seconds}  # fmt: skip
         rows.append(row)
         log(f"{variant.label}: weighted {mean(layers, 'weighted_error'):.4f}, relative {mean(layers, 'error'):.4f}, "
-            f"PPL {ppl:.3f}, {quantize_seconds:.0f} s")  # fmt: skip
+            f"PPL {ppl}, {quantize_seconds:.0f} s")  # fmt: skip
     return {
         "model": described, "rank": args.rank, "alpha": args.rank, "kind": args.kind, "block": 64,
-        "rounds": args.rounds, "calibration": f"wiki, {args.samples} × {args.seq_len} tokens ({store_dir.name})",
-        "evaluation": f"wiki-heldout, {len(windows.ids)} spread windows of {args.eval_seq_len} tokens",
+        "rounds": args.rounds, "blocks": wanted, "of_blocks": len(blocks),
+        "calibration": f"wiki, {args.samples} × {args.seq_len} tokens ({store_dir.name})",
+        "evaluation": f"wiki-heldout, {len(windows.ids)} spread windows of {args.eval_seq_len} tokens" if whole
+                      else "no perplexity (only some blocks quantized; --blocks all)",
         "float_perplexity": float_ppl, "distinct_values_per_32_block": grid,
         "spectrum": {k: statistics.mean(v for n, v in spectrum.items() if kind_of(n) == k) for k in kinds(spectrum)},
         "rows": rows, "threads": torch.get_num_threads(),
@@ -211,9 +221,10 @@ def table(result: dict) -> str:
     rows = result["rows"]
     names = kinds(r["layer"] for r in rows[0]["layers"])
     lines = [
-        f"{result['model']}; r = {result['rank']}, α = r, {result['kind']} blocks of 64, {result['rounds']} rounds "
-        f"where refined; calibration {result['calibration']}; {result['evaluation']}; float PPL "
-        f"{result['float_perplexity']:.3f}",
+        f"{result['model']}; blocks {','.join(map(str, result['blocks']))} of {result['of_blocks']}; r = "
+        f"{result['rank']}, α = r, {result['kind']} blocks of 64, {result['rounds']} rounds where refined; "
+        f"calibration {result['calibration']}; {result['evaluation']}"
+        + (f"; float PPL {result['float_perplexity']:.3f}" if result["float_perplexity"] else ""),
         "",
     ]
     for key, title in (("weighted_error", "input-weighted error"), ("error", "relative Frobenius error")):
@@ -226,8 +237,13 @@ def table(result: dict) -> str:
         lines.append("")
     lines.append(f"{'init':22s} {'PPL':>8s} {'ΔPPL %':>8s} {'build s':>8s} {'quant s':>8s}")
     for row in rows:
-        change = 100 * (row["perplexity"] / result["float_perplexity"] - 1)
-        lines.append(f"{row['label']:22s} {row['perplexity']:8.3f} {change:+8.2f} {row['build_seconds']:8.1f} "
+        ppl, change = "–", "–"
+        if row["perplexity"] is not None:
+            ppl, change = (
+                f"{row['perplexity']:.3f}",
+                f"{100 * (row['perplexity'] / result['float_perplexity'] - 1):+.2f}",
+            )
+        lines.append(f"{row['label']:22s} {ppl:>8s} {change:>8s} {row['build_seconds']:8.1f} "
                      f"{row['quantize_seconds']:8.1f}")  # fmt: skip
     lines.append("")
     lines.append("share of ‖W‖² in the top r singular values: "
@@ -258,7 +274,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model to measure (default: the embedded SmolLM2)")
     parser.add_argument("--synthetic", help="measure a synthetic model of this shape (benchmarks/synthetic.py)")
-    parser.add_argument("--blocks", type=int, default=4, help="blocks of the synthetic model")
+    parser.add_argument("--blocks", default="all", help="blocks to quantize and measure, e.g. 0,10,20,29 (perplexity "
+                        "only with all)")  # fmt: skip
+    parser.add_argument("--synthetic-blocks", type=int, default=4, help="blocks of the synthetic model")
     parser.add_argument("--spectrum", type=float, default=0.6, help="synthetic singular values ∝ i^-SPECTRUM")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--kind", default="nf4", choices=["nf4", "fp4", "int8"])
