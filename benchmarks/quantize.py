@@ -50,7 +50,6 @@ def variants(rounds: int) -> list[Variant]:
         Variant("CLoQ", "lora", "cloq", 1),
         Variant("CLoQ + refine", "lora", "cloq", rounds),
         Variant("QPiSSA + CLoQ", "pissa", "cloq", rounds),
-        Variant("QCorDA-IPA + CLoQ", "corda-ipa", "cloq", rounds),
     ]
 
 
@@ -142,7 +141,10 @@ def run(args) -> dict:
     model, tokenizer = loaded.model, loaded.tokenizer
     every = find_targets(model)
     blocks = sorted({block_of(n) for n in every})
-    wanted = blocks if args.blocks == "all" else [int(b) for b in args.blocks.split(",")]
+    if args.blocks is None:  # first, middle and last block of a deep model: minutes, not hours, on 2 busy cores
+        wanted = blocks if len(blocks) <= 4 else [blocks[0], blocks[len(blocks) // 2], blocks[-1]]
+    else:
+        wanted = blocks if args.blocks == "all" else [int(b) for b in args.blocks.split(",")]
     targets = {n: m for n, m in every.items() if block_of(n) in wanted}
     whole = set(wanted) >= set(blocks)  # perplexity only means the 4-bit model when every block is quantized
     plan = plan_layers(targets, args.rank, None)
@@ -274,13 +276,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model to measure (default: the embedded SmolLM2)")
     parser.add_argument("--synthetic", help="measure a synthetic model of this shape (benchmarks/synthetic.py)")
-    parser.add_argument("--blocks", default="all", help="blocks to quantize and measure, e.g. 0,10,20,29 (perplexity "
-                        "only with all)")  # fmt: skip
+    parser.add_argument("--blocks", help="blocks to quantize and measure: all, or e.g. 0,10,20,29 (default: all of "
+                        "a model of ≤ 4 blocks, else first, middle and last); perplexity only with all")  # fmt: skip
     parser.add_argument("--synthetic-blocks", type=int, default=4, help="blocks of the synthetic model")
     parser.add_argument("--spectrum", type=float, default=0.6, help="synthetic singular values ∝ i^-SPECTRUM")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--kind", default="nf4", choices=["nf4", "fp4", "int8"])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the refined inits")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the refined inits")
     parser.add_argument("--samples", type=int, default=32, help="calibration windows of wiki")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--covariances", help="an existing covariance store of the model (else calibrated into --work)")
