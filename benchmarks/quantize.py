@@ -5,7 +5,8 @@ QCorDA-KPA plain and refined; CLoQ with one round and with more), per layer kind
 down), averaged over the model's blocks: the relative Frobenius error ‖W − Q − s·B·A‖/‖W‖, the error
 on the calibration inputs ‖(W − Ŵ)·C^{1/2}‖/‖W·C^{1/2}‖, the held-out wiki perplexity of the model at
 init (dequantized base + adapter in float32: what the 4-bit model computes) against the float
-original, and the seconds to build (the method's decomposition, then the quantization). Each
+original (with the mean change of each window's NLL and its standard error over the windows, paired
+with the float model's), and the seconds to build (the method's decomposition, then the quantization). Each
 method's factors come from the build's own code (``build_adapters`` over a covariance store
 calibrated once on wiki, here 32 × 256 tokens, reused from ``--work``); the spectrum column is the
 share of ‖W‖² in its top r singular values, which is what a residual base takes off the grid.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -151,7 +153,8 @@ def run(args) -> dict:
     originals = {name: module.weight.detach().clone() for name, module in targets.items()}  # (out, in) float32
     windows = evaluation_windows("wiki-heldout", tokenizer, args.eval_seq_len, args.eval_windows)
     started = time.monotonic()
-    float_ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity if whole else None
+    reference = perplexity(model, windows, batch_size=4, progress=False) if whole else None
+    float_ppl = reference.perplexity if whole else None
     seconds = time.monotonic() - started
     if whole:
         log(f"float perplexity {float_ppl:.3f} ({len(windows.ids)} × {args.eval_seq_len} tokens, {seconds:.0f} s)")
@@ -190,11 +193,14 @@ def run(args) -> dict:
                                "weighted_error": layer.weighted_error, "round_kept": layer.rounds,
                                "seconds": time.monotonic() - t})  # fmt: skip
         quantize_seconds = time.monotonic() - started
-        ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity if whole else None
+        found = perplexity(model, windows, batch_size=4, progress=False) if whole else None
+        ppl = found.perplexity if whole else None
+        shift = paired_shift(found.window_nll, reference.window_nll) if whole else None
         with torch.no_grad():
             for name, module in targets.items():
                 module.weight.copy_(originals[name])
-        row = {**vars(variant), "layers": layers, "perplexity": ppl, "build_seconds": build_seconds[variant.method],
+        row = {**vars(variant), "layers": layers, "perplexity": ppl, "nll_shift": shift,
+               "build_seconds": build_seconds[variant.method],
                "quantize_seconds": quantize_seconds}  # fmt: skip
         rows.append(row)
         log(f"{variant.label}: weighted {mean(layers, 'weighted_error'):.4f}, relative {mean(layers, 'error'):.4f}, "
@@ -209,6 +215,12 @@ def run(args) -> dict:
         "spectrum": {k: statistics.mean(v for n, v in spectrum.items() if kind_of(n) == k) for k in kinds(spectrum)},
         "rows": rows, "threads": torch.get_num_threads(),
     }  # fmt: skip
+
+
+def paired_shift(nll: list[float], reference: list[float]) -> tuple[float, float]:
+    """Mean per-window NLL change against the float model and its standard error (paired windows)."""
+    diffs = [a - b for a, b in zip(nll, reference, strict=True)]
+    return statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
 def kinds(names) -> list[str]:
@@ -237,15 +249,14 @@ def table(result: dict) -> str:
             cells = " ".join(f"{mean(row['layers'], key, k):9.4f}" for k in names)
             lines.append(f"{row['label']:22s} {cells} {mean(row['layers'], key):9.4f}")
         lines.append("")
-    lines.append(f"{'init':22s} {'PPL':>8s} {'ΔPPL %':>8s} {'build s':>8s} {'quant s':>8s}")
+    lines.append(f"{'init':22s} {'PPL':>8s} {'ΔPPL %':>8s} {'ΔNLL ± s.e.':>18s} {'build s':>8s} {'quant s':>8s}")
     for row in rows:
-        ppl, change = "–", "–"
+        ppl, change, shift = "–", "–", "–"
         if row["perplexity"] is not None:
-            ppl, change = (
-                f"{row['perplexity']:.3f}",
-                f"{100 * (row['perplexity'] / result['float_perplexity'] - 1):+.2f}",
-            )
-        lines.append(f"{row['label']:22s} {ppl:>8s} {change:>8s} {row['build_seconds']:8.1f} "
+            ppl = f"{row['perplexity']:.3f}"
+            change = f"{100 * (row['perplexity'] / result['float_perplexity'] - 1):+.2f}"
+            shift = f"{row['nll_shift'][0]:+.4f} ± {row['nll_shift'][1]:.4f}"
+        lines.append(f"{row['label']:22s} {ppl:>8s} {change:>8s} {shift:>18s} {row['build_seconds']:8.1f} "
                      f"{row['quantize_seconds']:8.1f}")  # fmt: skip
     lines.append("")
     lines.append("share of ‖W‖² in the top r singular values: "
@@ -279,7 +290,7 @@ def main() -> None:
     parser.add_argument("--blocks", help="blocks to quantize and measure: all, or e.g. 0,10,20,29 (default: all of "
                         "a model of ≤ 4 blocks, else first, middle and last); perplexity only with all")  # fmt: skip
     parser.add_argument("--synthetic-blocks", type=int, default=4, help="blocks of the synthetic model")
-    parser.add_argument("--spectrum", type=float, default=0.6, help="synthetic singular values ∝ i^-SPECTRUM")
+    parser.add_argument("--spectrum", type=float, default=0.35, help="synthetic singular values ∝ i^-SPECTRUM")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--kind", default="nf4", choices=["nf4", "fp4", "int8"])
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the refined inits")
