@@ -204,7 +204,7 @@ def run(args) -> dict:
                "quantize_seconds": quantize_seconds}  # fmt: skip
         rows.append(row)
         log(f"{variant.label}: weighted {mean(layers, 'weighted_error'):.4f}, relative {mean(layers, 'error'):.4f}, "
-            f"PPL {ppl}, {quantize_seconds:.0f} s")  # fmt: skip
+            f"PPL {ppl} (ΔNLL {shift}), {quantize_seconds:.0f} s")  # fmt: skip
     return {
         "model": described, "rank": args.rank, "alpha": args.rank, "kind": args.kind, "block": 64,
         "rounds": args.rounds, "blocks": wanted, "of_blocks": len(blocks),
