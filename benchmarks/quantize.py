@@ -8,8 +8,10 @@ init (dequantized base + adapter in float32: what the 4-bit model computes) agai
 original (with the mean change of each window's NLL and its standard error over the windows, paired
 with the float model's), and the seconds to build (the method's decomposition, then the quantization). Each
 method's factors come from the build's own code (``build_adapters`` over a covariance store
-calibrated once on wiki, here 32 × 256 tokens, reused from ``--work``); the spectrum column is the
-share of ‖W‖² in its top r singular values, which is what a residual base takes off the grid.
+calibrated once on wiki, here 32 × 256 tokens, reused from ``--work``). Two spectra explain the
+gains per layer kind: the share of ‖W‖² in W's top r singular values (what a residual base such as
+QPiSSA takes off the grid) and the share of tr(C) in the inputs' top r eigenvalues (how much of the
+quantization error CLoQ's refit can aim where the inputs are).
 
     python benchmarks/quantize.py [--model default] [--rank 16] [--kind nf4] [--rounds 5] [--json FILE]
     python benchmarks/quantize.py --synthetic llama-small --synthetic-blocks 4   # power-law spectrum
@@ -117,6 +119,12 @@ def top_energy(W: torch.Tensor, rank: int) -> float:
     return ((S[:rank] ** 2).sum() / (S**2).sum()).item()
 
 
+def input_energy(C: torch.Tensor, rank: int) -> float:
+    """The share of tr(C) in C's top r eigenvalues: how few input directions carry the inputs."""
+    values = torch.linalg.eigvalsh(C.double())
+    return (values[-rank:].sum() / values.sum()).item()
+
+
 def grid_check(W: torch.Tensor, block: int = 32) -> float:
     """The mean number of distinct values per block of 32 (≤ 16: already on a 4-bit grid, as Q4_1)."""
     rows = W.reshape(-1, block)[:256]
@@ -170,6 +178,7 @@ def run(args) -> dict:
     groups: dict[str, list[str]] = {}
     for name in plan:
         groups.setdefault(store.group_key(name), []).append(name)
+    inputs = {name: input_energy(store.covariance(name), args.rank) for name in plan}
     rows, roots = [], {}
     for variant in chosen:
         started = time.monotonic()
@@ -213,6 +222,7 @@ def run(args) -> dict:
                       else "no perplexity (only some blocks quantized; --blocks all)",
         "float_perplexity": float_ppl, "distinct_values_per_32_block": grid,
         "spectrum": {k: statistics.mean(v for n, v in spectrum.items() if kind_of(n) == k) for k in kinds(spectrum)},
+        "input_spectrum": {k: statistics.mean(v for n, v in inputs.items() if kind_of(n) == k) for k in kinds(inputs)},
         "rows": rows, "threads": torch.get_num_threads(),
     }  # fmt: skip
 
@@ -261,6 +271,9 @@ def table(result: dict) -> str:
     lines.append("")
     lines.append("share of ‖W‖² in the top r singular values: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in result["spectrum"].items()))  # fmt: skip
+    if "input_spectrum" in result:
+        lines.append("share of tr(C) in the top r eigenvalues of the inputs' covariance: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in result["input_spectrum"].items()))  # fmt: skip
     lines += ["", *verdict(result)]
     return "\n".join(lines)
 
