@@ -166,7 +166,7 @@ def run(args) -> dict:
     seconds = time.monotonic() - started
     if whole:
         log(f"float perplexity {float_ppl:.3f} ({len(windows.ids)} × {args.eval_seq_len} tokens, {seconds:.0f} s)")
-    spectrum = {name: top_energy(W, args.rank) for name, W in originals.items()}
+    spectrum = {} if args.lean else {name: top_energy(W, args.rank) for name, W in originals.items()}
     grid = statistics.mean(grid_check(W) for W in list(originals.values())[:7])
 
     factors, build_seconds = {}, {}
@@ -178,7 +178,7 @@ def run(args) -> dict:
     groups: dict[str, list[str]] = {}
     for name in plan:
         groups.setdefault(store.group_key(name), []).append(name)
-    inputs = {name: input_energy(store.covariance(name), args.rank) for name in plan}
+    inputs = {} if args.lean else {name: input_energy(store.covariance(name), args.rank) for name in plan}
     rows, roots = [], {}
     for variant in chosen:
         started = time.monotonic()
@@ -193,7 +193,7 @@ def run(args) -> dict:
                 t = time.monotonic()
                 layer = quantized_factors(
                     originals[name], adapter.B, adapter.A, adapter.scaling, args.kind, variant.how, variant.rounds,
-                    covariance=C, root=root,
+                    covariance=None if args.lean and variant.how != "cloq" else C, root=root,
                 )  # fmt: skip
                 with torch.no_grad():
                     W_hat = layer.base.double() + adapter.scaling * (layer.b @ layer.a)  # what the 4-bit model computes
@@ -221,7 +221,7 @@ def run(args) -> dict:
         "evaluation": f"wiki-heldout, {len(windows.ids)} spread windows of {args.eval_seq_len} tokens" if whole
                       else "no perplexity (only some blocks quantized; --blocks all)",
         "float_perplexity": float_ppl, "distinct_values_per_32_block": grid,
-        "spectrum": {k: statistics.mean(v for n, v in spectrum.items() if kind_of(n) == k) for k in kinds(spectrum)},
+        "spectrum": {k: statistics.mean(v for n, v in spectrum.items() if kind_of(n) == k) for k in kinds(spectrum)},  # noqa: E501
         "input_spectrum": {k: statistics.mean(v for n, v in inputs.items() if kind_of(n) == k) for k in kinds(inputs)},
         "rows": rows, "threads": torch.get_num_threads(),
     }  # fmt: skip
@@ -238,7 +238,8 @@ def kinds(names) -> list[str]:
 
 
 def mean(layers: list[dict], key: str, kind: str | None = None) -> float:
-    return statistics.mean(r[key] for r in layers if kind is None or r["kind"] == kind)
+    values = [r[key] for r in layers if (kind is None or r["kind"] == kind) and r[key] is not None]
+    return statistics.mean(values) if values else math.nan
 
 
 def table(result: dict) -> str:
@@ -313,6 +314,8 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=16, help="wiki-heldout windows, spread over its articles")
     parser.add_argument("--eval-seq-len", type=int, default=256)
     parser.add_argument("--only", nargs="*", help="only these inits (labels as printed)")
+    parser.add_argument("--lean", action="store_true", help="no spectra and no weighted error outside cloq (a "
+                        "perplexity run over all blocks)")  # fmt: skip
     parser.add_argument("--work", default="/tmp/svdadapt-quantize-bench", help="where stores and models are kept")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
