@@ -23,7 +23,8 @@ what this face exports, never the modules behind it:
   or memory-mapped files).
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
   or saved). Memory goes back to the OS in one place, ``pages.py``, which placement and the base
-  writer both use.
+  writer both use; ``hand_back(tensor)``: the mapped pages under a weight read outside a block's
+  turn (a fingerprint, a check, a decomposition) go back too, whoever mapped them.
 - the garbage collector (``collector.py``): ``collection_paused``, ``set_aside_live_objects``.
 """
 
@@ -36,6 +37,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .gram import mirror_upper
     from .hidden import HiddenStates
     from .kernels import Backend, on
+    from .pages import hand_back
     from .placement import Placement, free_memory, on_compute, place
     from .processes import Launch, launch
     from .scheduling import LayerJob, LayerPool
@@ -51,6 +53,7 @@ __all__ = [
     "Placement",
     "collection_paused",
     "free_memory",
+    "hand_back",
     "launch",
     "link_or_copy",
     "mirror_upper",

@@ -161,7 +161,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
         )  # fmt: skip
         mixed_conv1d(adapters)
         base.finish(loaded.model, loaded.tokenizer)
-        base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
+        base_fingerprint = weights_fingerprint(loaded.model)
         meta = {
             "stage": "built",
             **method.record(),
