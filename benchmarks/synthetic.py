@@ -26,15 +26,19 @@ SHAPES = {
 }  # fmt: skip
 
 
-def write_model(shape: str, out: Path, dtype: str = "float32", shard_gib: float = 2.0, seed: int = 0) -> Path:
-    """Write a Llama model of ``shape`` with random weights to ``out`` (created); returns ``out``."""
+def write_model(
+    shape: str, out: Path, dtype: str = "float32", shard_gib: float = 2.0, seed: int = 0, layers: int | None = None
+) -> Path:
+    """Write a Llama model of ``shape`` with random weights to ``out`` (created); returns ``out``.
+    ``layers``: that many blocks instead of the shape's own."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from svdadapt.assets import tiny_tokenizer
 
-    config = LlamaConfig(**SHAPES[shape], tie_word_embeddings=False, dtype=dtype)
+    blocks = {"num_hidden_layers": layers} if layers else {}
+    config = LlamaConfig(**{**SHAPES[shape], **blocks}, tie_word_embeddings=False, dtype=dtype)
     out.mkdir(parents=True, exist_ok=False)
     with torch.device("meta"):
         names = {k: (tuple(v.shape), "norm" in k) for k, v in LlamaForCausalLM(config).state_dict().items()}
@@ -72,10 +76,11 @@ def write_model(shape: str, out: Path, dtype: str = "float32", shard_gib: float 
     return out
 
 
-def parameters(shape: str) -> int:
-    """The parameter count of a shape (without building it)."""
+def parameters(shape: str, layers: int | None = None) -> int:
+    """The parameter count of a shape (without building it), with ``layers`` blocks if given."""
     s = SHAPES[shape]
-    h, i, n, v = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], s["vocab_size"]
+    h, i, v = s["hidden_size"], s["intermediate_size"], s["vocab_size"]
+    n = layers or s["num_hidden_layers"]
     kv = h * s["num_key_value_heads"] // s["num_attention_heads"]
     block = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
     return n * block + 2 * v * h + h
@@ -87,10 +92,12 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--shard-gib", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, help="blocks (default: the shape's own)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    write_model(args.shape, args.out, args.dtype, args.shard_gib, args.seed)
-    print(f"{args.shape}: {parameters(args.shape) / 1e9:.2f} B parameters ({args.dtype}) in {args.out}")
+    write_model(args.shape, args.out, args.dtype, args.shard_gib, args.seed, args.layers)
+    count = parameters(args.shape, args.layers)
+    print(f"{args.shape}: {count / 1e9:.2f} B parameters ({args.dtype}) in {args.out}")
 
 
 if __name__ == "__main__":
