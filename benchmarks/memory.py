@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -46,6 +47,7 @@ def checkpoint(root: Path, shape: str, blocks: int) -> Path:
         shutil.rmtree(path, ignore_errors=True)
         print(f"writing {path}", flush=True)
         write_model(shape, path, "bfloat16", shard_gib=1.0, layers=blocks)
+        os.sync()  # measured runs read a settled page cache, not one still being written back
     return path
 
 
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--auto-blocks", default="4,16,32", help="block counts also run with --offload auto")
     parser.add_argument("--in-place-blocks", default="", help="block counts also run with --offload off")
     parser.add_argument("--build-targets", help="build only these layers (--targets; default: all in the blocks)")
+    parser.add_argument("--build-on-only", action="store_true", help="build with --offload on only (it is slow)")
     parser.add_argument("--no-7b", action="store_true", help="skip the 2 blocks of the 7B shape")
     parser.add_argument("--root", type=Path, default=Path("/tmp/svdadapt-memory-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints")
@@ -128,7 +131,7 @@ def main() -> None:
         size = {"bf16_gb": parameters(shape, count) * 2 / 1e9, "float32_gb": parameters(shape, count) * 4 / 1e9}
         modes = ["on"] + (["auto"] if count in auto else []) + (["off"] if count in in_place else [])
         for command in COMMANDS:
-            for mode in modes:
+            for mode in ["on"] if command == "build" and args.build_on_only else modes:
                 targets = args.build_targets if command == "build" else None
                 figures = measure(command, model, mode, args.root / "out", targets)
                 run = {"shape": shape, "blocks": count, **size, "command": command, "offload": mode, **figures}
