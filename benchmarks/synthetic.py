@@ -94,10 +94,11 @@ def with_spectrum(W, alpha: float):
     return ((U * decay) @ Vh).to(W.dtype)
 
 
-def parameters(shape: str) -> int:
-    """The parameter count of a shape (without building it)."""
+def parameters(shape: str, layers: int | None = None) -> int:
+    """The parameter count of a shape (without building it), with ``layers`` blocks if given."""
     s = SHAPES[shape]
-    h, i, n, v = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], s["vocab_size"]
+    h, i, v = s["hidden_size"], s["intermediate_size"], s["vocab_size"]
+    n = layers or s["num_hidden_layers"]
     kv = h * s["num_key_value_heads"] // s["num_attention_heads"]
     block = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
     return n * block + 2 * v * h + h
@@ -109,12 +110,13 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--shard-gib", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layers", type=int, help="blocks (default: the shape's)")
+    parser.add_argument("--layers", type=int, help="blocks (default: the shape's own)")
     parser.add_argument("--spectrum", type=float, default=0.0, help="singular values ∝ i^-SPECTRUM (0: i.i.d.)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     write_model(args.shape, args.out, args.dtype, args.shard_gib, args.seed, args.layers, args.spectrum)
-    print(f"{args.shape}: {parameters(args.shape) / 1e9:.2f} B parameters ({args.dtype}) in {args.out}")
+    count = parameters(args.shape, args.layers)
+    print(f"{args.shape}: {count / 1e9:.2f} B parameters ({args.dtype}) in {args.out}")
 
 
 if __name__ == "__main__":

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from . import backend
 
 _WINDOWS, _WINDOW = 16, 256  # values sampled per tensor: 16 evenly spaced runs of 256
 
 
 @torch.no_grad()
-def weights_fingerprint(model: nn.Module, after_each: Callable[[torch.Tensor], object] | None = None) -> str:
+def weights_fingerprint(model: nn.Module) -> str:
     """sha256 over every parameter's name, shape and 4096 sampled values (as float32): 16 evenly
     spaced runs of 256 consecutive values (all values of smaller tensors).
 
     Two models with the same architecture but different weights (another checkpoint, a residual
     base after CorDA) get different fingerprints; the cost is independent of model size, and runs
-    of consecutive values read a few pages per tensor, not every page of a memory-mapped model.
+    of consecutive values read a few pages per tensor, not every page of a memory-mapped model (the
+    page cache may map in far more around each: those go back to the OS after each tensor).
     """
     digest = hashlib.sha256()
     for name, param in model.named_parameters(remove_duplicate=True):
@@ -30,8 +32,7 @@ def weights_fingerprint(model: nn.Module, after_each: Callable[[torch.Tensor], o
         digest.update(name.encode())
         digest.update(str(tuple(param.shape)).encode())
         digest.update(flat.to(device="cpu", dtype=torch.float32).numpy().tobytes())
-        if after_each is not None:  # e.g. hand back the file pages the sample mapped in
-            after_each(param)
+        backend.hand_back(param)  # the file pages the sample mapped in
     return digest.hexdigest()
 
 

@@ -52,7 +52,8 @@ class PlacementOptions(Options):
 
     offload: str = opt(
         "auto", "on: keep the model memory-mapped on the host as stored and bring one block at a time to "
-        "--device; auto: do so when the model would take over 80%% of the device's free memory; off: never "
+        "--device; auto: do so whenever that holds less: the model would take over 80%% of the device's free "
+        "memory, or in place would convert it to another dtype (a bfloat16 checkpoint on the CPU); off: never "
         "(a bare --offload means on)", choices=["auto", "on", "off"], nargs="?", const="on", how=True,
     )  # fmt: skip
     hidden_states_dir: str | None = opt(
@@ -69,7 +70,7 @@ class PlacementOptions(Options):
 
     @property
     def offload_choice(self) -> bool | None:
-        """``load_model``'s ``offload``: True (on), False (off) or None (decided by whether the model fits)."""
+        """``load_model``'s ``offload``: True (on), False (off) or None (decided by what each would hold)."""
         return {"on": True, "off": False, "auto": None}[self.offload]
 
 
@@ -231,7 +232,7 @@ def load_model(
 
     ``offload``: keep the weights memory-mapped on the host, as stored, and bring each block to
     ``device`` only while it works (True), load everything onto ``device`` (False), or decide by
-    whether the model fits there (None; a note says when it does not)."""
+    which holds less (None; a note says when it offloads, and why)."""
     device = resolve_device(str(device))  # one line for a device that is no device, or not here
     location = resolve_location(spec)
     head = head_for(location, head)

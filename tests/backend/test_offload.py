@@ -51,7 +51,7 @@ def test_offloaded_load_keeps_the_checkpoint_dtype_mapped(bf16_llama):
 
 
 def test_offloaded_calibration_equals_in_place(bf16_llama, text_file, tmp_path):
-    assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "in-place")]) == 0
+    assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "in-place"), "--offload", "off"]) == 0
     assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "offloaded"), "--offload"]) == 0
     spill = tmp_path / "spill"
     assert main(["calibrate", *common(bf16_llama, text_file, tmp_path / "spilled"), "--offload",
@@ -68,7 +68,7 @@ def test_offloaded_calibration_equals_in_place(bf16_llama, text_file, tmp_path):
 
 def test_offloaded_build_equals_in_place(bf16_llama, text_file, tmp_path):
     args = ["build", "--method", "corda-kpa", "--rank", "4"]
-    assert main([*args, *common(bf16_llama, text_file, tmp_path / "in-place")]) == 0
+    assert main([*args, *common(bf16_llama, text_file, tmp_path / "in-place"), "--offload", "off"]) == 0
     assert main([*args, *common(bf16_llama, text_file, tmp_path / "offloaded"), "--offload"]) == 0
     one, two = Run.open(tmp_path / "in-place"), Run.open(tmp_path / "offloaded")
     a, b = one.adapters(), two.adapters()
@@ -83,10 +83,12 @@ def test_offloaded_build_equals_in_place(bf16_llama, text_file, tmp_path):
     two.load_adapted()  # the run loads and its base plus adapter is the model it was built from
 
 
-def test_offload_is_chosen_when_the_model_does_not_fit(bf16_llama, monkeypatch):
+def test_offload_is_chosen_when_the_model_does_not_fit(bf16_llama, tiny_dirs, monkeypatch):
     import svdadapt.backend.placement as placement
 
-    assert not place(str(bf16_llama), "cpu", None).offloaded  # a tiny model fits
+    assert not place(str(tiny_dirs["llama"]), "cpu", None).offloaded  # a tiny float32 model fits, as stored
+    converted = place(str(bf16_llama), "cpu", None)  # in place would convert it all to float32: offloaded holds less
+    assert converted.offloaded and converted.dtype == torch.float32 and "convert" in converted.reason
     monkeypatch.setattr(placement, "free_memory", lambda device: 1024)
     chosen = place(str(bf16_llama), "cpu", None)
     assert chosen.offloaded and chosen.dtype == torch.float32 and "GiB free" in chosen.reason
@@ -140,7 +142,7 @@ def test_offloaded_compression_sweep_equals_in_place(bf16_llama, tmp_path):
     the perplexities equal the in-place sweep's (same float32 arithmetic per block: rtol 1e-6)."""
     args = ["compress", "--model", str(bf16_llama), "--decomposition", "plain", "--discard", "0,2,8", "--eval",
             "news", "--seq-len", "32", "--max-windows", "6", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
-    assert main([*args, "--out", str(tmp_path / "in-place")]) == 0
+    assert main([*args, "--out", str(tmp_path / "in-place"), "--offload", "off"]) == 0
     before = {p.name: p.stat().st_mtime_ns for p in bf16_llama.iterdir()}
     assert main([*args, "--out", str(tmp_path / "offloaded"), "--offload"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in bf16_llama.iterdir()} == before  # the checkpoint untouched

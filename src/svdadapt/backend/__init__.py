@@ -23,7 +23,8 @@ what this face exports, never the modules behind it:
   or memory-mapped files).
 - ``open_base_writer`` → the writer of a run's frozen base (streamed into a copy of the checkpoint,
   or saved). Memory goes back to the OS in one place, ``pages.py``, which placement and the base
-  writer both use.
+  writer both use; ``hand_back(tensor)``: the mapped pages under a weight read outside a block's
+  turn (a fingerprint, a check, a decomposition) go back too, whoever mapped them.
 - 4-bit and 8-bit bases (``quantized.py``, bitsandbytes): ``require_bitsandbytes``, ``check_kernels``,
   ``write_quantized_checkpoint`` (a float checkpoint saved as a standard quantized one, the layers
   ``kept_float`` names left float; ``quantizable``: a layer bitsandbytes quantizes exactly),
@@ -43,6 +44,7 @@ with collection_paused():  # torch: many long-lived objects, no garbage
     from .gram import mirror_upper
     from .hidden import HiddenStates
     from .kernels import Backend, on
+    from .pages import hand_back
     from .placement import Placement, free_memory, on_compute, place
     from .processes import Launch, launch
     from .quantized import (
@@ -86,6 +88,7 @@ __all__ = [
     "write_quantized_checkpoint",
     "collection_paused",
     "free_memory",
+    "hand_back",
     "launch",
     "link_or_copy",
     "mirror_upper",

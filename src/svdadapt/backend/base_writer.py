@@ -42,7 +42,7 @@ from .checkpoint import (
     shard_names,
     stored_as_loaded,
 )
-from .pages import MappedPages, release_freed_memory
+from .pages import MappedPages, hand_back, release_freed_memory
 
 
 class BaseWriter:
@@ -177,7 +177,9 @@ def streamable(model: nn.Module, location: str, keys: list[str]) -> StreamedBase
         slot = slots.get(key)
         if slot is None or pointers.count(state[key].data_ptr()) != 1:  # tied: rewriting one changes two
             return None
-        if slot.offset % slot.dtype.itemsize or not stored_as_loaded(state[key], source / slot.shard, slot):
+        same = not slot.offset % slot.dtype.itemsize and stored_as_loaded(state[key], source / slot.shard, slot)
+        hand_back(state[key])  # the check read its head and tail in (and the page cache, around them)
+        if not same:
             return None
     return StreamedBase(location, source, slots, shards, keys)
 

@@ -8,8 +8,11 @@ as long as it runs (:func:`on_compute`); the mapped pages go back to the OS afte
 :class:`~svdadapt.backend.pages.MappedPages`). Peak memory is then about one block, its
 covariances and the cached hidden states, whatever the model's size.
 
-:func:`place` decides: offloaded when asked, or when the model in the compute dtype would take more
-than :data:`FIT_FRACTION` of the compute device's free memory.
+:func:`place` decides: offloaded when asked; or (auto) whenever in place would hold more than
+offloaded would: when the model in the compute dtype would take more than :data:`FIT_FRACTION` of
+the compute device's free memory, or when computing in another dtype than the stored one would
+convert (copy) the whole model in place, e.g. a bfloat16 checkpoint computed in float32 on the
+CPU, where offloaded converts one block at a time and maps the rest as stored.
 """
 
 from __future__ import annotations
@@ -48,8 +51,9 @@ class Placement:
 
     def watch(self, location: str) -> None:
         """Note the clean private mappings of ``location``'s checkpoint (after loading it), whose
-        pages :meth:`release` may hand back."""
+        pages :meth:`release` may hand back, and hand back what loading read in."""
         self.pages = MappedPages.of_checkpoint(location)
+        self.pages.release_all()
 
     @property
     def mapped(self) -> bool:
@@ -98,20 +102,33 @@ def free_memory(device: torch.device) -> int | None:
 
 
 def place(location: str, device: str | torch.device, offload: bool | None) -> Placement:
-    """In place or offloaded on ``device``: as ``offload`` says, or (None) offloaded when the model in
-    the compute dtype would take more than :data:`FIT_FRACTION` of the device's free memory."""
+    """In place or offloaded on ``device``: as ``offload`` says, or (None) offloaded whenever in place
+    would hold more (see the module docstring); the reason goes with it."""
     device = torch.device(device)
     dtype = _compute_dtype(device)
     if offload is False:
         return Placement(device)
     if offload:
         return Placement(device, True, dtype, "asked for (--offload)")
+    reason = _offload_reason(location, device, dtype)
+    return Placement(device, True, dtype, reason) if reason else Placement(device)
+
+
+def _offload_reason(location: str, device: torch.device, dtype: torch.dtype | None) -> str:
+    """Why offloaded would hold less than in place ("" where it would not, or where unknown)."""
     needed = checkpoint_bytes(location, dtype)
+    if needed is None:
+        return ""
     free = free_memory(device)
-    if needed is None or free is None or needed <= FIT_FRACTION * free:
-        return Placement(device)
-    reason = f"the model takes {needed / 2**30:.1f} GiB, {device.type} has {free / 2**30:.1f} GiB free"
-    return Placement(device, True, dtype, reason)
+    if free is not None and needed > FIT_FRACTION * free:
+        return f"the model takes {needed / 2**30:.1f} GiB, {device.type} has {free / 2**30:.1f} GiB free"
+    stored = checkpoint_bytes(location, None)
+    if dtype is not None and stored is not None and stored != needed:  # in place converts every weight
+        return (
+            f"in place would convert the whole model to {str(dtype).removeprefix('torch.')} "
+            f"({needed / 2**30:.2f} GiB); offloaded converts one block at a time"
+        )
+    return ""
 
 
 @contextlib.contextmanager

@@ -221,7 +221,7 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
         mixed_conv1d(adapters)
         base.finish(loaded.model, loaded.tokenizer)
         if quantization is None:
-            base_fingerprint = weights_fingerprint(loaded.model, after_each=base.release)
+            base_fingerprint = weights_fingerprint(loaded.model)
         else:
             base_fingerprint, quantized = _quantized_base(tmp / "base", quantization, keep_float, errors, opts.head)
         meta = {

@@ -119,6 +119,7 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
         store.check_covers(identity["fingerprint"], modules)
     for name, module in modules.items():  # fail before any long work starts
         as_float64(weight_matrix(module), name)
+        backend.hand_back(module.weight)  # the check read it in; the sweep reads it when due
     windows = evaluation_windows(opts.eval, loaded.tokenizer, seq_len, opts.measure.max_windows, opts.measure.windows)
     n_windows = windows.ids.shape[0]
     if progress:

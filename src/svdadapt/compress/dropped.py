@@ -61,6 +61,7 @@ def decompose_bottom(
         def run() -> Dropped:
             W = weight_matrix(modules[name]).to(device)  # (out, in)
             f = decompose(W, name, (Take.BOTTOM, r_max[name]))
+            backend.hand_back(modules[name].weight)  # read again only when its block's turn comes
             cpu = dict(device="cpu", dtype=torch.float32)
             return Dropped((f.U * f.S).to(**cpu), f.V.to(**cpu), f.S.to(**cpu), f.damping)
 
