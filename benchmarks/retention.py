@@ -379,11 +379,11 @@ def main_contrast(state: dict, summary: dict, contrast: Contrast) -> dict:
     return {**about, "target": goal, **result, "verdict": verdict}
 
 
-def fmt(stat, digits: int = 2, unit: str = "") -> str:
+def fmt(stat, digits: int = 2, unit: str = "", sign: str = "+") -> str:
     mean, sd, n = stat
     if mean is None:
         return "n/a"
-    return f"{mean:+.{digits}f}{unit}" + (f" ± {sd:.{digits}f}" if n > 1 else "")
+    return f"{mean:{sign}.{digits}f}{unit}" + (f" ± {sd:.{digits}f}" if n > 1 else "")
 
 
 def table(summary: dict) -> str:
@@ -400,14 +400,14 @@ def table(summary: dict) -> str:
         ]
         for row, r in s["rows"].items():
             for fraction, m in r["at"].items() or [("-", None)]:
-                head = (f"| {row} | {r['lr']:g} ({r['status']}) | {fmt(r['best_test_loss'], 3)} | "
-                        f"{fmt(r['final_accuracy'], 3)} " if fraction == next(iter(r["at"]), "-")
+                head = (f"| {row} | {r['lr']:g} ({r['status']}) | {fmt(r['best_test_loss'], 3, sign='')} | "
+                        f"{fmt(r['final_accuracy'], 3, sign='')} " if fraction == next(iter(r["at"]), "-")
                         else "| | | | ")  # fmt: skip
                 if m is None:
                     lines.append(head + "| – | | | | |")
                     continue
                 lines.append(head + f"| {fraction} | {fmt(m['wiki'], 2, '%')} | {fmt(m['news'], 2, '%')} | "
-                             f"{fmt(m['accuracy'], 3)} | {m['matched_seeds']}/{m['seeds']} |")  # fmt: skip
+                             f"{fmt(m['accuracy'], 3, sign='')} | {m['matched_seeds']}/{m['seeds']} |")  # fmt: skip
     m = summary.get("main", {})
     if m.get("estimate") is not None:
         lines.append(f"\nMAIN (pre-declared): {m['a']} − {m['b']}, {m['text']} PPL change at the {m['fraction']} "
@@ -585,7 +585,8 @@ def measure_checkpoints(settings: Settings, start: Path, trained: Path, tok, ite
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
-        found.append({"step": step, **measure(loaded.model, tok, items, windows)})
+        t = time.monotonic()
+        found.append({"step": step, **measure(loaded.model, tok, items, windows), "seconds": time.monotonic() - t})
     return found
 
 
@@ -637,6 +638,7 @@ def run_study(settings: Settings, rows: list[str], tasks: list[str], seeds: list
         run_dir = out / "runs" / "trained" / key.replace("/", "-")
         t = time.monotonic()
         trained = train_one(settings, row, task, seed, lr, start, run_dir)
+        trained["train_call_seconds"] = time.monotonic() - t
         ckpts = measure_checkpoints(settings, start, run_dir, tok, items[task], windows)
         points[key] = {"task": task, "row": row, "seed": seed, "lr": lr, **trained, "checkpoints": ckpts,
                        "seconds": time.monotonic() - t}  # fmt: skip
@@ -720,15 +722,16 @@ def plot(state: dict, path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(len(TEXTS), len(summary), figsize=(6.4 * len(summary), 3.8 * len(TEXTS)), dpi=100,
                              squeeze=False)  # fmt: skip
-    colors = dict(zip(ROWS, plt.get_cmap("tab20").colors, strict=False))
+    palette = plt.get_cmap("tab20").colors
+    colors = dict(zip(ROWS, palette[::2] + palette[1::2], strict=False))  # the strong tones first
     original = state["original"]
     for col, (task, s) in enumerate(summary.items()):
         for row_i, text in enumerate(TEXTS):
             ax = axes[row_i][col]
             for row in s["rows"]:
-                for i, path in enumerate(paths(state, task, row).values()):
-                    xs = [x for x, _ in path]
-                    ys = [100 * math.expm1(float(deltas(c, original, text).mean())) for _, c in path]
+                for i, trail in enumerate(paths(state, task, row).values()):
+                    xs = [x for x, _ in trail]
+                    ys = [100 * math.expm1(float(deltas(c, original, text).mean())) for _, c in trail]
                     ax.plot(xs, ys, "-o", color=colors[row], alpha=0.6, markersize=3, linewidth=0.9,
                             label=row if i == 0 else None)  # fmt: skip
             for fraction, goal in s["targets"].items():
