@@ -11,15 +11,16 @@ with bundled text only (no hub):
   script prints (other rows, the ¼ and ¾ targets, the news text, accuracy, polarity) is exploratory.
 - *Task learning* is the held-out **answer-token loss**: mean NLL per token of the answer alone (the
   label word, the cloze word) given the prompt, the chat template's closing tokens not counted.
-  Accuracy beside it: the answer ranked first by summed log-likelihood among the choices —
-  polarity: "positive"/"negative"; news-cloze: the answer and 3 other held-out answers (the next
-  three distinct ones in the held-out list), a 4-way choice.
+  Accuracy beside it, from the same forward pass: polarity — the gold label's token ranked above
+  the other label's where the answer starts; news-cloze — the exact greedy answer (every answer
+  token the model's argmax given the prompt and the answer so far).
 - *Targets* (``targets``): the fractions ¼, ½, ¾ of the way from the original model's test
   answer-token loss to a reference: the lowest test answer-token loss any row reaches in the pilot
   (seed 0, every rate, every checkpoint), stored in the results; ``--reference TASK=LOSS`` fixes it.
 - *Rates*: each row has its own grid (``ROWS``); the pilot (seed 0) trains every rate of it and
   picks the rate with the lowest **validation** answer-token loss at the last step (validation: the
-  first ``val_items`` held-out examples; test: the next ``test_items``). If that rate is the grid's
+  held-out examples 0, 3, 6, ... up to ``val_items``; test: the others, up to ``test_items``; the
+  held-out polarity part is sorted by label, so both get both labels). If that rate is the grid's
   lowest or highest, the grid widens by ×3 on that side (``widen``), at most ``max_widen`` times; the
   table says "edge" for a row whose optimum stayed at an edge. Every seed then trains at that rate.
 - *Trajectory matching*: each training keeps ``checkpoints`` checkpoints (every steps/checkpoints
@@ -75,6 +76,7 @@ TASKS = {"polarity": "polarity-heldout", "news-cloze": "news-cloze-heldout"}  # 
 TEXTS = {"wiki": "wiki-heldout", "news": "news-heldout"}  # forgetting measures: name -> text source
 FRACTIONS = (0.25, 0.5, 0.75)  # targets: these fractions of the way from the original's loss to the reference
 IPA = "corda-ipa"  # calibrated on the task's own prompts
+LABELS = ("positive", "negative")  # polarity's answers
 LOW, MID, HIGH = (5e-4, 1.5e-3, 4.5e-3), (1.5e-4, 5e-4, 1.5e-3), (5e-5, 1.5e-4, 5e-4)  # starting grids
 
 
@@ -122,18 +124,18 @@ MAIN = Contrast(task="news-cloze", a="corda-kpa", b="lora", text="wiki", fractio
 class Settings:
     model: str = "default"
     rank: int = 16
-    steps: int = 24
+    steps: int = 12
     checkpoints: int = 3  # kept along each training (the trajectory)
     batch_size: int = 4
     max_length: int = 128
-    calib_samples: int = 32
+    calib_samples: int = 16
     calib_seq_len: int = 256
     ipa_samples: int = 64  # task prompts for corda-ipa's store
     eval_windows: int = 24  # per forgetting text, spread over its documents
     eval_seq_len: int = 128
-    val_items: int = 16  # held-out task examples choosing the rate
-    test_items: int = 48  # the next ones: task loss and accuracy
-    max_widen: int = 2
+    val_items: int = 12  # held-out task examples choosing the rate
+    test_items: int = 32  # the next ones: task loss and accuracy
+    max_widen: int = 1
     bootstrap: int = 2000
     device: str | None = None
 
@@ -433,55 +435,59 @@ def answer_ids(tokenizer, response: str, answer: str) -> list[int]:
 
 
 def task_items(settings: Settings, tokenizer, task: str) -> dict:
-    """Validation and test samples (answer tokens only) and the test choices of one task."""
+    """Validation and test samples of one task, answer tokens only; for polarity the two labels'
+    tokens (each label is one token) and each test example's label index."""
     from svdadapt.data import Example, Sample, get_template, resolve
 
     corpus = resolve(TASKS[task])
-    examples = corpus.examples(range(min(len(corpus), settings.val_items + settings.test_items)))
+    everything = corpus.examples(range(len(corpus)))  # polarity's held-out part is sorted by label: interleave
+    val = [e for i, e in enumerate(everything) if i % 3 == 0][: settings.val_items]
+    test = [e for i, e in enumerate(everything) if i % 3 != 0][: settings.test_items]
     template = get_template(None, tokenizer)
-    answers = [e.response for e in corpus.examples(range(len(corpus)))]
 
-    def sample(prompt: str, answer: str) -> Sample:
-        prompt_text, response = template.render(Example(prompt, answer), tokenizer)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        return Sample(prompt_ids + answer_ids(tokenizer, response, answer), len(prompt_ids))
+    def answer(prompt: str, response: str) -> list[int]:
+        return answer_ids(tokenizer, template.render(Example(prompt, response), tokenizer)[1], response)
 
-    def choices(index: int, e) -> list[str]:
-        if task == "polarity":
-            return [e.response] + [c for c in ("positive", "negative") if c != e.response]
-        others = [a for a in dict.fromkeys(answers[index + 1 :] + answers[:index]) if a != e.response]
-        return [e.response, *others[:3]]
+    def sample(e) -> Sample:
+        prompt_ids = tokenizer(template.render(e, tokenizer)[0], add_special_tokens=False)["input_ids"]
+        return Sample(prompt_ids + answer(e.prompt, e.response), len(prompt_ids))
 
-    val, test = examples[: settings.val_items], examples[settings.val_items :]
-    offset = settings.val_items
-    return {
-        "val": [sample(e.prompt, e.response) for e in val],
-        "test": [sample(e.prompt, e.response) for e in test],
-        "choices": [[sample(e.prompt, c) for c in choices(offset + i, e)] for i, e in enumerate(test)],
-    }
-
-
-def answer_loss(model, samples, pad) -> float:
-    from svdadapt.evaluate.likelihood import response_logprobs
-
-    logp = response_logprobs(model, samples, pad, batch_size=8)
-    return -float(logp.sum()) / sum(len(s.input_ids) - s.prompt_len for s in samples)
+    items = {"val": [sample(e) for e in val], "test": [sample(e) for e in test], "labels": [], "gold": [],
+             "choices": []}  # fmt: skip
+    if task == "polarity":
+        items["gold"] = [LABELS.index(e.response) for e in test]
+        labels = [answer(test[0].prompt, label) for label in LABELS]
+        if all(len(ids) == 1 for ids in labels):  # one forward ranks them
+            items["labels"] = [ids[0] for ids in labels]
+        else:  # labels of several tokens: each scored as a response of its own
+            items["choices"] = [sample(Example(e.prompt, label)) for e in test for label in LABELS]
+    return items
 
 
 def measure(model, tokenizer, items: dict, windows: dict) -> dict:
-    """Validation and test answer-token loss, test accuracy, and each text's per-window NLL."""
-    from svdadapt.evaluate.likelihood import response_logprobs
+    """Validation and test answer-token loss, test accuracy (polarity: the gold label's token ranked
+    above the other's; news-cloze: greedy decoding gives the whole answer), each text's window NLLs."""
+    import torch
+
+    from svdadapt.evaluate.likelihood import response_scores
     from svdadapt.evaluate.perplexity import perplexity
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = len(items["choices"][0])
-    flat = [s for group in items["choices"] for s in group]
-    scores = response_logprobs(model, flat, pad, batch_size=8).view(-1, width)  # (n, choices): answer first
-    found = {
-        "val_loss": answer_loss(model, items["val"], pad),
-        "test_loss": answer_loss(model, items["test"], pad),
-        "accuracy": float((scores.argmax(dim=1) == 0).double().mean()),
-    }
+
+    def loss(samples, scores) -> float:
+        return -float(scores.logprob.sum()) / sum(len(s.input_ids) - s.prompt_len for s in samples)
+
+    val = response_scores(model, items["val"], pad, batch_size=8)
+    test = response_scores(model, items["test"], pad, batch_size=8, rivals=items["labels"])
+    if items["labels"]:  # (n, 2) log p of each label's token where the answer starts
+        right = test.first.argmax(dim=1) == torch.tensor(items["gold"])
+    elif items["choices"]:  # (n, 2) each label's summed log p
+        ranked = response_scores(model, items["choices"], pad, batch_size=8).logprob.view(-1, len(LABELS))
+        right = ranked.argmax(dim=1) == torch.tensor(items["gold"])
+    else:
+        right = test.greedy
+    found = {"val_loss": loss(items["val"], val), "test_loss": loss(items["test"], test),
+             "accuracy": float(right.double().mean())}  # fmt: skip
     for name, w in windows.items():
         found[name] = perplexity(model, w, batch_size=4, progress=False).window_nll
     return found
