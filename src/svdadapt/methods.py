@@ -111,6 +111,10 @@ RHO = Param(
     "rho", float, 2.0, "a layer's rank may grow to round(rho·r) as ranks move to where the inputs' variance is; "
     "1 keeps every rank", FINITE_AT_LEAST_1,
 )  # fmt: skip
+L2_INIT = Param(
+    "l2_init", float, 0.0, "weight λ of the L2 penalty on the weight change from init, λ·Σ‖BA‖² (0: off)",
+    NON_NEGATIVE, stage="train",
+)  # fmt: skip
 FREEZE_A = Param("freeze_a", bool, False, "keep A as initialised while training (LoRA-Null's variant)")
 
 
@@ -276,7 +280,7 @@ KASA = Method(
     diag=True, loss="kasa", params=(TRUNCATION, BETA, GAMMA),
 )  # fmt: skip
 TABLE = (
-    Method("lora", "LoRA: A Kaiming, B = 0, on the untouched weight", "lora"),
+    Method("lora", "LoRA: A Kaiming, B = 0, on the untouched weight", "lora", loss="l2-init", params=(L2_INIT,)),
     Method("pissa", "PiSSA: adapter from the top-r SVD components", "svd", "plain", Take.TOP, Base.RESIDUAL,
            params=(FREEZE_A,)),
     Method("milora", "MiLoRA: adapter from the bottom-r SVD components", "svd", "plain", Take.BOTTOM, Base.RESIDUAL,

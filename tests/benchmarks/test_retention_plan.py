@@ -1,10 +1,13 @@
-"""benchmarks/retention.py's planning and matching logic (pure functions; no model, no training)."""
+"""benchmarks/retention.py's declared design: the target rule, the rate-grid widening, trajectory
+matching, the paired two-level bootstrap and the spread evaluation windows (no training)."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 
+import numpy as np
 import pytest
 
 from ..helpers import REPO
@@ -24,112 +27,163 @@ def retention():
         sys.modules.pop("retention", None)
 
 
-def test_plan_covers_every_combination_and_shares_deterministic_builds(retention):
-    settings = retention.Settings()
-    random = {m: retention.random_init(m) for m in settings.methods}
-    assert {m for m, r in random.items() if r} == {"lora", "kasa", "kasa-context"}
-    jobs, builds = retention.plan(settings, random)
-    assert len(jobs) == 9 * 3 * 3 * 2 == len({j.key for j in jobs})
-    assert [j.seed for j in jobs[:54]] == [0] * 54  # seeds outermost: a partial run holds whole seeds
-    # 6 deterministic rows once (corda-ipa once per task), 3 random rows once per seed
-    assert len(builds) == 5 + 2 + 3 * 3
-    assert builds["corda-ipa@news-cloze"] == ("corda-ipa", "news-cloze", 0)
-    assert builds["kasa-context#s2"] == ("kasa-context", "", 2)
-    quick_jobs, _ = retention.plan(retention.QUICK, random)
-    assert len(quick_jobs) == 9 * 2 and {j.method for j in quick_jobs} == set(retention.METHODS)
+def test_the_main_contrast_and_targets_are_declared_in_the_script(retention):
+    main = retention.MAIN
+    assert (main.task, main.a, main.b, main.text, main.fraction) == ("news-cloze", "corda-kpa", "lora", "wiki", 0.5)
+    assert retention.FRACTIONS == (0.25, 0.5, 0.75)
+    # controls are rows: KPA from the news covariance, MiLoRA (= KPA from the identity), slow and L2 LoRA
+    assert retention.ROWS["kpa-news"].store == "news" and retention.ROWS["kpa-news"].method == "corda-kpa"
+    assert retention.ROWS["lora-slow"].steps_factor == 3 and max(retention.ROWS["lora-slow"].grid) < max(
+        retention.ROWS["lora"].grid
+    )
+    assert retention.ROWS["lora-l2"].train == {"l2_init": 1.0}
 
 
-def point(loss, ppl):
-    return (loss, {"ppl_change": ppl, "task_loss": loss})
+def test_targets_are_fractions_of_the_way_from_the_original_to_the_reference(retention):
+    # by hand: original 3.0, reference 1.0 -> 2.5, 2.0, 1.5
+    assert retention.targets(3.0, 1.0) == {0.25: 2.5, 0.5: 2.0, 0.75: 1.5}
+    assert retention.targets(3.0, 2.0, (0.5,)) == {0.5: 2.5}
+    assert retention.targets(3.0, 3.0) == {} and retention.targets(3.0, 3.5) == {}  # nothing learned: no target
 
 
-def test_crossing_interpolates_along_the_path_and_never_extrapolates(retention):
-    path = [point(2.0, 0.0), point(1.0, 1.0), point(0.5, 3.0)]
-    assert retention.crossing(path, 1.5, "ppl_change") == pytest.approx(0.5)
-    assert retention.crossing(path, 0.75, "ppl_change") == pytest.approx(2.0)
-    assert retention.crossing(path, 0.4, "ppl_change") is None
-    # a path that overshoots (too large a learning rate) is read where it first crosses
-    assert retention.crossing([point(2.0, 0.0), point(1.0, 2.0), point(1.8, 9.0)], 1.5, "ppl_change") == 1.0
+def test_summary_reads_the_reference_off_the_pilot_or_takes_the_declared_one(retention):
+    state = synthetic_state(retention)
+    summary = retention.summarize(state, {})
+    # the pilot's best test loss (seed 0, any rate, any checkpoint) is 1.0 -> targets 2.5, 2.0, 1.5
+    assert summary["news-cloze"]["reference"] == 1.0
+    assert summary["news-cloze"]["targets"] == {"0.25": 2.5, "0.5": 2.0, "0.75": 1.5}
+    fixed = retention.summarize(state, {"news-cloze": 2.0})["news-cloze"]
+    assert fixed["targets"]["0.5"] == 2.5
 
 
-def test_target_is_the_worst_learners_best_loss(retention):
-    paths = {
-        ("a", 0): [point(2.0, 0), point(1.0, 1)],
-        ("b", 0): [point(2.0, 0), point(1.4, 1), point(1.2, 2)],
-        ("broken", 0): [point(9.0, 50), point(5.0, 40)],  # never gets below the original: not a learner
-    }
-    assert retention.common_target(paths, original_loss=2.0) == 1.2
-    assert retention.common_target({("x", 0): [point(2.0, 0)]}, original_loss=2.0) is None
+def test_widening_moves_the_grid_until_the_best_rate_is_inside(retention):
+    widen = retention.widen
+    assert widen({1e-4: 2.0, 3e-4: 1.5, 1e-3: 1.8}, 0, 2) == (None, "interior")
+    nxt, status = widen({1e-4: 1.2, 3e-4: 1.5, 1e-3: 1.8}, 0, 2)  # best at the low edge: one more below
+    assert nxt == pytest.approx(1e-4 / 3) and status == "edge (low)"
+    nxt, status = widen({1e-4: 2.0, 3e-4: 1.5, 1e-3: 1.2}, 1, 2)
+    assert nxt == pytest.approx(3e-3) and status == "edge (high)"
+    assert widen({1e-4: 2.0, 3e-4: 1.5, 1e-3: 1.2}, 2, 2) == (None, "edge (high)")  # widened enough: say so
+    # a diverged rate (non-finite loss) counts as worst: the best is then interior
+    assert widen({1e-4: 2.0, 3e-4: 1.5, 1e-3: math.nan}, 0, 2) == (None, "interior")
+    assert widen({1e-3: 1.0}, 0, 0) == (None, "one rate")
+    assert retention.chosen_rate({1e-4: 1.5, 3e-4: 1.5, 1e-3: float("inf")}) == 1e-4  # ties: the lower
 
 
-def test_summary_matches_each_seed_and_reports_mean_and_spread(retention):
-    original = {"task_loss": {"t": 2.0}}
-    points = []
-    for seed, slope in ((0, 1.0), (1, 3.0)):
-        for lr, loss in ((1e-4, 1.5), (1e-3, 1.0)):
-            change = slope * (2.0 - loss)
-            points.append({"task": "t", "method": "m", "seed": seed, "lr": lr, "task_loss": loss,
-                           "ppl_change": change, "seen_change": -change, "unseen_change": 0.0})  # fmt: skip
-    summary = retention.summarize(points, {}, original, {})["t"]
-    assert summary["target_task_loss"] == 1.0
-    mean, sd, n = summary["methods"]["m"]["ppl_change"]
-    assert (mean, n) == (pytest.approx(2.0), 2) and sd == pytest.approx(1.4142, abs=1e-3)
-    fixed = retention.summarize(points, {}, original, {"t": 1.5})["t"]["methods"]["m"]
-    assert fixed["ppl_change"][0] == pytest.approx(1.0) and fixed["seen_change"][0] == pytest.approx(-1.0)
-    assert fixed["seen_minus_unseen"][0] == pytest.approx(-1.0) and fixed["matched_seeds"] == 2
-    # KaSA-like: a method whose init is not the original starts its path from its measured init
-    inits = {"m": {"t": {"task_loss": 3.0, "ppl_change": 10.0, "seen_change": 0.0, "unseen_change": 0.0}}}
-    shifted = retention.summarize(points, inits, original, {"t": 2.0})["t"]["methods"]["m"]
-    assert shifted["ppl_change"][0] == pytest.approx(4.0)  # 10 + 2/3·(0.5 − 10) and 10 + 2/3·(1.5 − 10)
-    assert "| m |" in retention.table(retention.summarize(points, {}, original, {}), {"m": 123})
+def test_crossing_follows_the_trajectory_and_never_extrapolates(retention):
+    path = [(2.0, "init"), (1.0, "ckpt1"), (0.5, "ckpt2")]
+    assert retention.crossing(path, 1.5) == [(pytest.approx(0.5), "init"), (pytest.approx(0.5), "ckpt1")]
+    weights = retention.crossing(path, 0.75)
+    assert [v for _, v in weights] == ["ckpt1", "ckpt2"] and weights[1][0] == pytest.approx(0.5)
+    assert retention.crossing(path, 0.4) is None
+    values = {"init": 0.0, "ckpt1": 4.0, "ckpt2": 10.0}
+    assert retention.matched(retention.crossing(path, 0.75), values.get) == pytest.approx(7.0)
+    # a path that comes back up is read where it first crosses
+    assert retention.crossing([(2.0, "a"), (1.0, "b"), (1.8, "c")], 1.0) == [(0.0, "a"), (1.0, "b")]
 
 
-def test_combine_joins_runs_of_different_tasks_and_refuses_other_settings(retention, tmp_path):
-    """--combine: two runs of the same settings on different tasks give the study a single run of
-    both would (each task is summarised on its own points); other settings or a repeated task exit."""
-    import json
-
-    def run(directory, task, slope, ppl=20.0, steps=10, lrs=(1e-4, 1e-3)):
-        points = {}
-        for lr, loss in zip(lrs, (1.5, 1.0)):
-            key = f"{task}/lora/s0/lr{lr:g}"
-            points[key] = {"task": task, "method": "lora", "seed": 0, "lr": lr, "task_loss": loss,
-                           "ppl_change": slope * (2.0 - loss), "seen_change": 0.0, "unseen_change": 0.0}  # fmt: skip
-        state = {
-            "settings": {"methods": ["lora"], "tasks": [task], "lrs": [1e-4, 1e-3], "seeds": [0], "steps": steps},
-            "points": points, "trainable": {"lora": 1},
-            "original": {"task_loss": {task: 2.0}, "ppl": ppl, "cloze_seen": -5.0, "cloze_unseen": -5.0},
-            "inits": {"k": {task: {"task_loss": 3.0}}}, "seconds": 60.0,
-        }  # fmt: skip
-        (tmp_path / directory).mkdir()
-        (tmp_path / directory / "results.json").write_text(json.dumps(state))
-        return tmp_path / directory
-
-    a, b = run("a", "t1", 1.0), run("b", "t2", 3.0)
-    state = retention.combine([a, b], tmp_path / "both", {})
-    assert state["settings"]["tasks"] == ["t1", "t2"] and len(state["points"]) == 4 and state["seconds"] == 120.0
-    assert state["inits"] == {"k": {"t1": {"task_loss": 3.0}, "t2": {"task_loss": 3.0}}}
-    for task, slope, directory in (("t1", 1.0, a), ("t2", 3.0, b)):
-        points = json.loads((directory / "results.json").read_text())["points"].values()
-        alone = retention.summarize(list(points), {}, {"task_loss": {task: 2.0}}, {})[task]
-        assert state["summary"][task] == alone and alone["methods"]["lora"]["ppl_change"][0] == pytest.approx(slope)
-    written = json.loads((tmp_path / "both" / "results.json").read_text())
-    assert written["summary"] == json.loads(json.dumps(state["summary"]))
-    for other, message in ((run("c", "t3", 1.0, steps=20), "other settings"), (run("d", "t1", 1.0), "more than one"),
-                           (run("e", "t4", 1.0, ppl=21.0), "not the same study"),
-                           (run("f", "t5", 1.0, lrs=(1e-4,)), "unfinished: 1 of 2 trainings measured"),
-                           (tmp_path / "nowhere", "holds no results.json")):  # fmt: skip
-        with pytest.raises(SystemExit, match=message):
-            retention.combine([a, other], tmp_path / "x", {})
+def test_bootstrap_point_estimate_is_the_hand_computed_paired_difference(retention):
+    # 2 documents x 2 windows; per window NLL changes; a = b + log(1.1) in every window -> +10 points exactly
+    documents = [0, 0, 1, 1]
+    b = {0: [(1.0, np.array([0.0, 0.2, 0.1, 0.1]))], 1: [(1.0, np.array([0.05, 0.05, 0.05, 0.05]))]}
+    a = {s: [(1.0, d + math.log(1.1))] for s, [(_, d)] in b.items()}
+    out = retention.bootstrap_contrast(a, b, documents, draws=300)
+    # by hand: seed 0: b's mean change 0.1 -> 100(e^0.1 - 1) = 10.517; a's 100(1.1 e^0.1 - 1) = 21.569
+    hand = np.mean([100 * (1.1 * math.exp(m) - 1) - 100 * math.expm1(m) for m in (0.1, 0.05)])
+    assert out["estimate"] == pytest.approx(hand, rel=1e-12)
+    assert out["low"] <= hand <= out["high"] and (out["seeds"], out["documents"], out["draws"]) == (2, 2, 300)
 
 
-def test_target_losses_are_checked(retention, capsys):
-    import argparse
+def test_bootstrap_is_paired_and_covers_the_true_difference(retention):
+    """Seeds share a large effect in both rows (paired: it cancels); documents differ a lot (the
+    document level widens the interval); the interval holds the true difference."""
+    rng = np.random.default_rng(1)
+    documents = [d for d in range(20) for _ in range(3)]
+    doc_effect = np.repeat(rng.normal(0.0, 0.05, 20), 3)  # (60,) per window, shared by a and b
+    true_shift = 0.01  # a's NLL change is b's + 0.01 nats in every window
+    a, b = {}, {}
+    for seed in range(6):
+        seed_effect = rng.normal(0.0, 0.2)  # large, shared by a and b of the same seed
+        base = 0.1 + seed_effect + doc_effect + rng.normal(0.0, 0.002, 60)
+        b[seed] = [(1.0, base)]
+        a[seed] = [(1.0, base + true_shift)]
+    out = retention.bootstrap_contrast(a, b, documents, draws=500)
+    truth = np.mean([100 * (math.exp(np.mean(b[s][0][1]) + true_shift) - math.exp(np.mean(b[s][0][1]))) for s in b])
+    assert out["low"] <= truth <= out["high"]
+    assert out["high"] - out["low"] < 1.0  # paired: the seed effect (±20 points of PPL) cancels
+    # paired wrongly (a's seed s against b's seed s + 1), the seed effect stays: an interval of tens of points
+    shuffled = retention.bootstrap_contrast({s: a[(s + 1) % 6] for s in a}, b, documents, draws=500)
+    assert shuffled["high"] - shuffled["low"] > 10 * (out["high"] - out["low"])
+    # only seeds both rows matched are compared
+    assert retention.bootstrap_contrast({0: a[0]}, {1: b[1]}, documents)["estimate"] is None
 
-    parser = argparse.ArgumentParser()
-    assert retention.parse_targets(parser, ["polarity=0.15", "news-cloze=2.65"]) == {"polarity": 0.15,
-                                                                                     "news-cloze": 2.65}  # fmt: skip
-    for bad in ("polarty=0.2", "polarity", "polarity=abc", "polarity=0", "news-cloze=-1", "polarity=inf"):
-        with pytest.raises(SystemExit):
-            retention.parse_targets(parser, [bad])
-        assert "give TASK=LOSS" in capsys.readouterr().err, bad
+
+def test_bootstrap_interpolates_between_checkpoints(retention):
+    documents = [0, 1]
+    zero, up = np.zeros(2), np.full(2, math.log(1.2))  # 0% and +20% perplexity
+    a = {0: [(0.5, zero), (0.5, up)]}  # halfway between two checkpoints: +10 points
+    b = {0: [(1.0, zero)]}
+    assert retention.bootstrap_contrast(a, b, documents, draws=20)["estimate"] == pytest.approx(10.0)
+
+
+def synthetic_state(retention) -> dict:
+    """Two rows, two seeds, one rate each; wiki windows in 2 documents; test loss falls 3 -> 1."""
+    original = {"wiki": [1.0, 1.0, 1.0], "news": [2.0, 2.0], "documents": {"wiki": [0, 0, 1], "news": [0, 1]},
+                "task": {"news-cloze": {"val_loss": 3.0, "test_loss": 3.0, "accuracy": 0.25}}}  # fmt: skip
+
+    def checkpoint(loss: float, wiki_up: float) -> dict:
+        return {"val_loss": loss, "test_loss": loss, "accuracy": 0.5, "wiki": [1.0 + wiki_up] * 3, "news": [2.0, 2.0]}
+
+    points, chosen = {}, {"news-cloze": {}}
+    for row, slope in (("corda-kpa", 0.01), ("lora", 0.02)):
+        chosen["news-cloze"][row] = {"lr": 1e-3, "status": "interior", "losses": {"0.001": 1.0}}
+        for seed in (0, 1):
+            points[f"news-cloze/{row}/s{seed}/lr0.001"] = {
+                "task": "news-cloze", "row": row, "seed": seed, "lr": 1e-3,
+                "checkpoints": [checkpoint(2.0, slope), checkpoint(1.0, 2 * slope)],
+            }  # fmt: skip
+    return {"settings": {"bootstrap": 100}, "original": original, "points": points, "chosen": chosen, "inits": {}}
+
+
+def test_summary_matches_each_seed_on_the_trajectory_and_runs_the_main_contrast(retention):
+    summary = retention.summarize(synthetic_state(retention), {})
+    at_half = summary["news-cloze"]["rows"]["lora"]["at"]["0.5"]  # target 2.0 = checkpoint 1: +0.02 nats
+    assert at_half["wiki"][0] == pytest.approx(100 * math.expm1(0.02)) and at_half["matched_seeds"] == 2
+    quarter = summary["news-cloze"]["rows"]["corda-kpa"]["at"]["0.25"]  # target 2.5: halfway init -> ckpt 1
+    assert quarter["wiki"][0] == pytest.approx(50 * math.expm1(0.01)) and quarter["accuracy"][0] == pytest.approx(0.375)
+    main = summary["main"]
+    assert main["estimate"] == pytest.approx(100 * (math.expm1(0.01) - math.expm1(0.02)))
+    assert main["low"] <= main["estimate"] <= main["high"] and main["seeds"] == 2
+    assert "only 2 seeds" in main["verdict"]
+    assert "MAIN (pre-declared)" in retention.table(summary) and "| lora |" in retention.table(summary)
+
+
+def test_build_keys_share_builds_between_rows_of_one_method_and_store(retention):
+    assert retention.build_key("lora-l2", "news-cloze", 3, True) == retention.build_key("lora", "polarity", 3, True)
+    assert retention.build_key("kpa-news", "polarity", 0, False) == "corda-kpa~news"
+    assert retention.build_key("corda-ipa", "polarity", 0, False) == "corda-ipa@polarity"
+    assert retention.build_key("corda-kpa", "polarity", 0, False) == "corda-kpa"
+
+
+def test_study_windows_spread_over_every_heldout_document():
+    """The study's forgetting texts: one window in each of the 24 held-out articles, and windows in
+    24 different held-out news stories, none of them in news-cloze's training part."""
+    from svdadapt.assets import news_text, tiny_tokenizer, wiki_articles
+    from svdadapt.data import resolve
+    from svdadapt.data.cloze import news_cloze_rows, news_documents
+    from svdadapt.evaluate.perplexity import evaluation_windows
+
+    tokenizer = tiny_tokenizer()
+    articles = sum(a.heldout for a in wiki_articles())
+    wiki = evaluation_windows("wiki-heldout", tokenizer, 128, articles, "spread")
+    assert sorted(wiki.documents) == list(range(articles)) and wiki.choice == "spread"
+    first = evaluation_windows("wiki-heldout", tokenizer, 128, articles, "first")
+    assert len(set(first.documents)) < articles / 4  # what the earlier study measured: one or two articles
+    news = evaluation_windows("news-heldout", tokenizer, 128, 24, "spread")
+    assert len(set(news.documents)) == 24
+    held = resolve("news-heldout").documents
+    assert set(held) == set(news_documents(heldout=True)) and len(held) + len(news_documents(False)) == len(
+        news_text().split("\n\n")
+    )
+    trained_sentences = " ".join(r["instruction"] for r in news_cloze_rows(heldout=False))
+    assert not any(d[:60] in trained_sentences for d in held)

@@ -205,6 +205,26 @@ def test_compress_from_the_command_line(capsys, tiny_dirs, texts, covs, tmp_path
     assert len(list(csv.DictReader((out / "results.csv").open()))) == 2
 
 
+def test_a_further_text_is_measured_at_every_point_as_its_own_sweep_would(capsys, tiny_dirs, texts, tmp_path):
+    """--also-eval: each point's perplexity on the further text equals that of a sweep evaluating
+    only that text (same windows, same weights), in the CSV, the JSON and the printed table."""
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    calib = str(texts / "calib.txt")
+    assert main(cli(tiny_dirs, texts, both, decomposition="plain", discard="0,2", also_eval=calib)) == 0
+    assert f"on {calib}:" in capsys.readouterr().out
+    args = cli(tiny_dirs, texts, alone, decomposition="plain", discard="0,2")
+    args[args.index("--eval") + 1] = calib
+    assert main(args) == 0
+    rows = list(csv.DictReader((both / "results.csv").open()))
+    reference = [r["perplexity"] for r in csv.DictReader((alone / "results.csv").open())]
+    assert [r[f"perplexity:{calib}"] for r in rows] == reference and rows[0]["perplexity"] != reference[0]
+    meta = json.loads((both / "results.json").read_text())
+    assert meta["also_eval"][calib]["windows"] == 3 and meta["base_also"][calib]["window_nll"]
+    assert [p["also"][calib] for p in meta["points"]] == [
+        p["perplexity"] for p in json.loads((alone / "results.json").read_text())["points"]
+    ]
+
+
 def test_an_interrupted_sweep_leaves_nothing_behind(tiny_dirs, texts, tmp_path, monkeypatch):
     calls = []
 

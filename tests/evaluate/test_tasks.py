@@ -10,9 +10,10 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from svdadapt.assets import polarity_split, tiny_model, tiny_tokenizer
 from svdadapt.cli import main
+from svdadapt.data import Sample
 from svdadapt.data.sources import POLARITY_PROMPT
 from svdadapt.data.tasks import dump_rows
-from svdadapt.evaluate.likelihood import choice_scores, label_likelihood_accuracy, polarity_choices
+from svdadapt.evaluate.likelihood import choice_scores, label_likelihood_accuracy, polarity_choices, response_scores
 
 
 def hand_scores(model, tok, template, count):
@@ -46,6 +47,35 @@ def test_polarity_accuracy_by_label_likelihood_matches_a_hand_computation(templa
     result = label_likelihood_accuracy(model, tok, examples, template, batch_size=3)
     assert result["accuracy"] == pytest.approx(float((expected.argmax(1) == gold).double().mean()))
     assert result["examples"] == 6 and result["scoring"] == "label likelihood" and result["template"] == template
+
+
+def test_response_scores_give_greedy_answers_and_rival_tokens_as_one_unpadded_pass_does():
+    """Per sample, by hand in float64 on one unpadded pass: Σ log p of the response, whether every
+    response token is the argmax, and the rivals' log p where the response starts; batched with
+    padding (batch 3 of 5 samples of different lengths) the same to 1e-9."""
+    model = tiny_model("llama", seed=5).double()
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for length, prompt_len in ((9, 6), (12, 11), (7, 3), (10, 5), (6, 4)):
+        ids = torch.randint(3, 512, (length,), generator=g).tolist()
+        samples.append(Sample(ids, prompt_len))
+    with torch.no_grad():  # one greedy answer, so that "greedy" is true somewhere: its argmax continuation
+        ids = samples[0].input_ids[:6]
+        for _ in range(3):
+            ids = ids + [int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())]
+    samples[0] = Sample(ids, 6)
+    rivals = [5, 17, 300]
+    found = response_scores(model, samples, pad_id=0, batch_size=3, rivals=rivals)
+    for i, s in enumerate(samples):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([s.input_ids])).logits[0].double(), -1)  # (L, V)
+        steps = range(s.prompt_len, len(s.input_ids))
+        assert float(found.logprob[i]) == pytest.approx(
+            sum(float(logp[t - 1, s.input_ids[t]]) for t in steps), abs=1e-9
+        )
+        assert bool(found.greedy[i]) == all(int(logp[t - 1].argmax()) == s.input_ids[t] for t in steps)
+        torch.testing.assert_close(found.first[i], logp[s.prompt_len - 1, rivals], rtol=1e-9, atol=1e-9)
+    assert bool(found.greedy[0])
 
 
 @pytest.fixture(scope="module")

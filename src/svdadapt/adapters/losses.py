@@ -12,6 +12,13 @@ with r×r Gram matrices, as the paper writes it and as PEFT 0.21's ``_get_kasa_l
 The reference repository instead built d×d Grams (BBᵀ, AᵀA against I_d) and averaged over layers,
 which makes the orthogonality term scale with the hidden size and swamp the task loss; svdadapt
 follows the paper.
+
+LoRA's optional L2 penalty on its weight change (the lora row's ``l2_init``, off by default):
+
+    λ · Σ_layers ‖B A‖²_F
+
+B starts at zero, so B·A is the layer's change from its init up to the scale α/r (which λ absorbs);
+computed from r×r Grams as Σ (BᵀB) ⊙ (AAᵀ), never forming the out×in product.
 """
 
 from __future__ import annotations
@@ -40,6 +47,16 @@ def kasa_terms(adapters: list[LowRank]) -> dict[str, torch.Tensor]:
         singular = singular.to(A.device) + adapter.lora_diag.float().pow(2).sum()
         orthogonal = orthogonal.to(A.device) + torch.linalg.norm(B.T @ B - eye) + torch.linalg.norm(A @ A.T - eye)
     return {"kasa_singular": singular, "kasa_orthogonal": orthogonal}
+
+
+def weight_change_terms(adapters: list[LowRank]) -> dict[str, torch.Tensor]:
+    """Σ ‖B A‖²_F over ``adapters`` (= Σ (BᵀB) ⊙ (AAᵀ), r×r), in float32."""
+    total = torch.zeros(())
+    for adapter in adapters:
+        A = adapter.lora_A.weight.float()  # (r, in)
+        B = adapter.lora_B.weight.float()  # (out, r)
+        total = total.to(A.device) + ((B.T @ B) * (A @ A.T)).sum()
+    return {"weight_change": total}
 
 
 @dataclass(frozen=True)
@@ -86,3 +103,4 @@ def register_loss(loss: Loss) -> Loss:
 
 
 register_loss(Loss("kasa", kasa_terms, {"kasa_singular": "beta", "kasa_orthogonal": "gamma"}, needs_diag=True))
+register_loss(Loss("l2-init", weight_change_terms, {"weight_change": "l2_init"}))

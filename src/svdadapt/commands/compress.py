@@ -51,6 +51,10 @@ class CompressOptions(Options):
         "wiki-heldout", "text to measure perplexity on: wiki-heldout, news, wikitext2, ptb, or a .txt file",
         metavar="SOURCE",
     )  # fmt: skip
+    also_eval: str | None = opt(
+        None, "further texts measured at every point beside --eval, comma-separated (e.g. news-heldout: out "
+        "of domain for a Wikipedia calibration)", metavar="SOURCES",
+    )  # fmt: skip
     measure: WindowOptions = group(WindowOptions, defaults={"seq_len": 512, "batch_size": 1})
     targets: str | None = targets_option("compress")
     device: str | None = opt(None, DEVICE_HELP)
@@ -79,6 +83,12 @@ def _names(text: str) -> list[str]:
     if unknown_names or not names:
         raise unknown("decomposition", unknown_names[0] if unknown_names else "", whole)
     return names
+
+
+def _also(opts: CompressOptions) -> list[str]:
+    """The further texts, in order, without --eval itself or repeats."""
+    texts = dict.fromkeys(t.strip() for t in (opts.also_eval or "").split(",") if t.strip())
+    return [t for t in texts if t != opts.eval]
 
 
 def _store(opts: CompressOptions, names: list[str]) -> CovarianceStore | None:
@@ -121,6 +131,8 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
         as_float64(weight_matrix(module), name)
         backend.hand_back(module.weight)  # the check read it in; the sweep reads it when due
     windows = evaluation_windows(opts.eval, loaded.tokenizer, seq_len, opts.measure.max_windows, opts.measure.windows)
+    also = {text: evaluation_windows(text, loaded.tokenizer, seq_len, opts.measure.max_windows, opts.measure.windows)
+            for text in _also(opts)}  # fmt: skip
     n_windows = windows.ids.shape[0]
     if progress:
         print(f"svdadapt: {len(modules)} target layers; {opts.eval}: {n_windows} windows × {seq_len} tokens")
@@ -132,12 +144,13 @@ def _compress(opts: CompressOptions, out: Path, progress: bool) -> CompressResul
 
     sweep = run_sweep(
         loaded.model, modules, names, discards, windows, store, opts.measure.batch_size, progress, on_point=report,
-        placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir,
+        placement=loaded.placement, hidden_dir=opts.placement.hidden_states_dir, also=also,
     )  # fmt: skip
     meta = {
         "model": {**identity, "name": loaded.name, "location": loaded.location},
         "covariances": None if store is None else {"path": str(store.path), **store.metadata.get("source", {})},
         "eval": {"source": opts.eval, "seq_len": seq_len, "windows": n_windows, "choice": windows.choice},
+        "also_eval": {text: {"windows": w.ids.shape[0], "choice": w.choice} for text, w in also.items()},
         "targets": len(modules),
         "decompositions": names,
         "discard": [d.text for d in discards],

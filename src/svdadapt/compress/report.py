@@ -58,16 +58,20 @@ def write_results(out: Path, sweep: Sweep, discards: list[Discard], meta: dict, 
         "format": FORMAT,
         **meta,
         "base": sweep.base.as_dict(),
+        "base_also": {name: r.as_dict() for name, r in sweep.base_also.items()},
         "decompose_seconds": sweep.decompose_seconds,
         "dampings": sweep.dampings,
         "points": [p.as_dict() for p in sweep.points],
     }
     with atomic_directory(out) as tmp:
+        further = list(sweep.base_also)  # a column "perplexity:TEXT" per further text
         with open(tmp / CSV_FILE, "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
+            writer = csv.DictWriter(f, COLUMNS + [f"perplexity:{name}" for name in further])
             writer.writeheader()
             for p in sweep.points:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in p.as_dict().items()})
+                row = {k: v for k, v in p.as_dict().items() if k != "also"}
+                row |= {f"perplexity:{name}": p.also[name] for name in further}
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         plot = plot_lines(series, tmp / PLOT_FILE, title, xlabel, "perplexity (log scale)", logy=True)
         (tmp / JSON_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     return out / PLOT_FILE if plot is not None else None
@@ -81,4 +85,8 @@ def table(sweep: Sweep, discards: list[Discard]) -> list[str]:
     for d in discards:
         cells = "".join(f"{by[(n, d.text)].perplexity:>14.4g}" for n in names)
         lines.append(f"  {d.label:<11}" + cells)
+    for text in sweep.base_also:  # each further text: the same table
+        lines.append(f"  on {text}:")
+        for d in discards:
+            lines.append(f"  {d.label:<11}" + "".join(f"{by[(n, d.text)].also[text]:>14.4g}" for n in names))
     return lines

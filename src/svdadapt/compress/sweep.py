@@ -40,6 +40,7 @@ class Point:
     nll: float
     tokens: int
     seconds: float  # writing the weights, evaluating, restoring (0 where nothing changes: the base measurement)
+    also: dict[str, float] = field(default_factory=dict)  # perplexity on each further text (--also-eval)
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -49,6 +50,7 @@ class Point:
 class Sweep:
     base: PerplexityResult
     points: list[Point] = field(default_factory=list)
+    base_also: dict[str, PerplexityResult] = field(default_factory=dict)  # the base on each further text
     decompose_seconds: dict[str, float] = field(default_factory=dict)
     dampings: dict[str, list[float]] = field(default_factory=dict)  # λ used (context decomposition)
 
@@ -85,9 +87,11 @@ def run_sweep(
     on_point: Callable[[Point], None] | None = None,
     placement: Placement | None = None,
     hidden_dir=None,
+    also: dict[str, Windows] | None = None,
 ) -> Sweep:
     """Perplexity of ``model`` with the smallest components of ``modules`` dropped, per decomposition
-    and point. ``on_point`` sees each point as soon as it is measured. The model ends as it began.
+    and point, on ``windows`` and on each text of ``also`` (e.g. an out-of-domain one). ``on_point``
+    sees each point as soon as it is measured. The model ends as it began.
     An offloaded model (``placement``) streams its blocks through the compute device for every
     measurement, each block's weights changed on the way, never in the model."""
     check_decompositions(decompositions, store)
@@ -97,16 +101,19 @@ def run_sweep(
     r_max = {name: r for name, r in r_max.items() if r > 0}
     total_k = sum(ks.values())
 
-    def point(decomposition, discard, chosen, result, seconds) -> Point:
+    def point(decomposition, discard, chosen, result, seconds, further) -> Point:
         distinct = "/".join(str(r) for r in sorted(set(chosen.values())))
         dropped = sum(chosen.values())
-        return Point(decomposition, discard.text, distinct, dropped, dropped / total_k,
-                     result.perplexity, result.nll, result.tokens, round(seconds, 2))  # fmt: skip
+        also_ppl = {k: r.perplexity for k, r in further.items()}
+        return Point(decomposition, discard.text, distinct, dropped, dropped / total_k, result.perplexity,
+                     result.nll, result.tokens, round(seconds, 2), also_ppl)  # fmt: skip
 
     chosen_layers = {n: modules[n] for n in r_max}
     measure = _measurer(model, chosen_layers, windows, batch_size, progress, placement, hidden_dir)
+    measure_also = {name: _measurer(model, chosen_layers, w, batch_size, progress, placement, hidden_dir)
+                    for name, w in (also or {}).items()}  # fmt: skip
     base = measure(None, {})
-    sweep = Sweep(base)
+    sweep = Sweep(base, base_also={name: m(None, {}) for name, m in measure_also.items()})
     compute = placement.compute if placement is not None else None
     for decomposition in decompositions:
         started = time.monotonic()
@@ -119,11 +126,12 @@ def run_sweep(
         ):
             started = time.monotonic()
             if not any(chosen.values()):  # nothing changes: the base model's measurement
-                result, seconds = base, 0.0
+                result, further, seconds = base, sweep.base_also, 0.0
             else:
                 result = measure(dropped, chosen)
+                further = {name: m(dropped, chosen) for name, m in measure_also.items()}
                 seconds = time.monotonic() - started
-            sweep.points.append(point(decomposition, discard, chosen, result, seconds))
+            sweep.points.append(point(decomposition, discard, chosen, result, seconds, further))
             if on_point is not None:
                 on_point(sweep.points[-1])
         del dropped

@@ -100,6 +100,14 @@ def _document_heldout(document: str) -> bool:
     return int(hashlib.sha1(document[:80].encode()).hexdigest(), 16) % HELDOUT_MODULUS == 0
 
 
+def news_documents(heldout: bool) -> list[str]:
+    """The bundled news stories of one part: those ``news-cloze`` trains on, or those it holds out
+    (the ``news-heldout`` text: out-of-domain text for forgetting, never in the task's training)."""
+    from ..assets import news_text
+
+    return [d for d in news_text().split("\n\n") if _document_heldout(d) == heldout]
+
+
 @lru_cache(maxsize=1)
 def news_cloze_examples() -> tuple[tuple[str, str, bool], ...]:
     """(masked sentence, answer, held out?) for every news-cloze example, in document order."""

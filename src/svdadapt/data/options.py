@@ -13,8 +13,8 @@ from .sources import FieldOptions, check_spec, resolve
 from .templates import TEMPLATES
 
 SOURCE_HELP = (
-    "source: wiki, wiki-heldout, news, polarity, news-cloze, nqopen, triviaqa, wikitext2, ptb, metamath, codefeedback, "
-    "wizardlm, alpaca; NAME:FILE for a local copy of NAME; a .txt/.json/.jsonl file; or hf:REPO[:CONFIG]"
+    "source: wiki, wiki-heldout, news, news-heldout, polarity, news-cloze, nqopen, triviaqa, wikitext2, ptb, metamath, "
+    "codefeedback, wizardlm, alpaca; NAME:FILE for a local copy of NAME; a .txt/.json/.jsonl file; or hf:REPO[:CONFIG]"
 )
 
 

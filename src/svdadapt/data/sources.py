@@ -118,6 +118,12 @@ def _news() -> list[str]:
     return news_text().split("\n\n")
 
 
+def _news_heldout() -> list[str]:
+    from .cloze import news_documents
+
+    return news_documents(heldout=True)
+
+
 _HUB_ROWS = (
     # name, description, schema, (hub repo, config, split)
     ("nqopen", "NQ-open questions (CorDA KPA)", "question", ("google-research-datasets/nq_open", None, "train")),
@@ -133,6 +139,12 @@ _BUNDLED_ROWS = (
     ("wiki", "bundled English Wikipedia, calibration part", "text", _bundled_text("wiki", _wiki(False))),
     ("wiki-heldout", "bundled English Wikipedia, held-out part", "text", _bundled_text("wiki-heldout", _wiki(True))),
     ("news", "bundled Lee news background text", "text", _bundled_text("news", _news)),
+    (
+        "news-heldout",
+        "bundled news stories news-cloze never trains on",
+        "text",
+        _bundled_text("news-heldout", _news_heldout),
+    ),
     ("polarity", "bundled movie-review sentiment, 160-example training part", "alpaca", _polarity(False)),
     ("polarity-heldout", "bundled movie-review sentiment, 40-example held-out part", "alpaca", _polarity(True)),
     ("news-cloze", "fill-in-the-blank prompts from the bundled news text, training part", "alpaca", _news_cloze(False)),

@@ -61,15 +61,29 @@ def choice_samples(
     return samples
 
 
+@dataclass
+class ResponseScores:
+    logprob: torch.Tensor  # (n,) float64: Σ log p over each sample's response tokens
+    greedy: torch.Tensor  # (n,) bool: every response token is the model's argmax (greedy decoding's answer)
+    first: torch.Tensor  # (n, len(rivals)) float64: log p of each rival token at the first response position
+
+
 @torch.no_grad()
-def response_logprobs(
-    model: nn.Module, samples: Sequence[Sample], pad_id: int, batch_size: int = 8, progress: bool = False
-) -> torch.Tensor:
-    """(n,) float64: Σ log p(token | preceding tokens) over each sample's response tokens."""
+def response_scores(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    pad_id: int,
+    batch_size: int = 8,
+    progress: bool = False,
+    rivals: Sequence[int] = (),
+) -> ResponseScores:
+    """One forward per batch: each sample's response log-likelihood, whether greedy decoding would
+    produce its response, and the log-probabilities of ``rivals`` (token ids, e.g. the other labels'
+    single tokens) where the response starts."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    scores = []
+    scores, greedy, first = [], [], []
     try:
         for start in tqdm(range(0, len(samples), batch_size), desc="label likelihood", disable=not progress):
             group = samples[start : start + batch_size]
@@ -86,11 +100,25 @@ def response_logprobs(
                 keep = torch.arange(ids.shape[1] - 1, device=device)
                 logits = logits[:, :-1]
             logits = logits if logits.dtype == torch.float64 else logits.float()
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, keep + 1, None])[..., 0]  # (b, k)
-            scores.append((logp.double() * counted[:, keep]).sum(dim=1).cpu())
+            full = torch.log_softmax(logits, dim=-1)  # (b, k, V)
+            target = ids[:, keep + 1]  # (b, k)
+            logp = full.gather(-1, target[..., None])[..., 0]  # (b, k)
+            here = counted[:, keep]  # (b, k)
+            scores.append((logp.double() * here).sum(dim=1).cpu())
+            greedy.append(((full.argmax(dim=-1) == target) | ~here).all(dim=1).cpu())
+            at = torch.searchsorted(keep, starts - 1).clamp(max=len(keep) - 1)  # (b,) the first response position
+            rows = full[torch.arange(len(group), device=device), at]  # (b, V)
+            first.append(rows[:, list(rivals)].double().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(scores)
+    return ResponseScores(torch.cat(scores), torch.cat(greedy), torch.cat(first))
+
+
+def response_logprobs(
+    model: nn.Module, samples: Sequence[Sample], pad_id: int, batch_size: int = 8, progress: bool = False
+) -> torch.Tensor:
+    """(n,) float64: Σ log p(token | preceding tokens) over each sample's response tokens."""
+    return response_scores(model, samples, pad_id, batch_size, progress).logprob
 
 
 def choice_scores(

@@ -32,10 +32,15 @@ def is_complete(checkpoint: Path) -> bool:
         return False
 
 
+def complete_checkpoints(run_path: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint kept in the run, oldest first."""
+    return [(step, path) for step, path in _numbered(run_path) if is_complete(path)]
+
+
 def last_checkpoint(run_path: Path) -> str | None:
     """The newest complete checkpoint kept in the run, if any."""
-    complete = [path for _, path in _numbered(run_path) if is_complete(path)]
-    return str(complete[-1]) if complete else None
+    complete = complete_checkpoints(run_path)
+    return str(complete[-1][1]) if complete else None
 
 
 def drop_incomplete(run_path: Path) -> list[Path]:
