@@ -5,19 +5,23 @@ QCorDA-KPA plain and refined; CLoQ with one round and with more), per layer kind
 down), averaged over the model's blocks: the relative Frobenius error ‖W − Q − s·B·A‖/‖W‖, the error
 on the calibration inputs ‖(W − Ŵ)·C^{1/2}‖/‖W·C^{1/2}‖, the held-out wiki perplexity of the model at
 init (dequantized base + adapter in float32: what the 4-bit model computes) against the float
-original, and the seconds to build (the method's decomposition, then the quantization). Each
+original (with the mean change of each window's NLL and its standard error over the windows, paired
+with the float model's), and the seconds to build (the method's decomposition, then the quantization). Each
 method's factors come from the build's own code (``build_adapters`` over a covariance store
-calibrated once on wiki, here 32 × 256 tokens, reused from ``--work``); the spectrum column is the
-share of ‖W‖² in its top r singular values, which is what a residual base takes off the grid.
+calibrated once on wiki, here 32 × 256 tokens, reused from ``--work``). Two spectra explain the
+gains per layer kind: the share of ‖W‖² in W's top r singular values (what a residual base such as
+QPiSSA takes off the grid) and the share of tr(C) in the inputs' top r eigenvalues (how much of the
+quantization error CLoQ's refit can aim where the inputs are).
 
     python benchmarks/quantize.py [--model default] [--rank 16] [--kind nf4] [--rounds 5] [--json FILE]
-    python benchmarks/quantize.py --synthetic llama-small --blocks 4   # synthetic, power-law spectrum
+    python benchmarks/quantize.py --synthetic llama-small --synthetic-blocks 4   # power-law spectrum
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -50,7 +54,6 @@ def variants(rounds: int) -> list[Variant]:
         Variant("CLoQ", "lora", "cloq", 1),
         Variant("CLoQ + refine", "lora", "cloq", rounds),
         Variant("QPiSSA + CLoQ", "pissa", "cloq", rounds),
-        Variant("QCorDA-IPA + CLoQ", "corda-ipa", "cloq", rounds),
     ]
 
 
@@ -73,10 +76,11 @@ def prepare_model(args, work: Path) -> tuple[str, str]:
         return args.model, f"{args.model} (float32 weights dequantized from its GGUF Q4_1 file)"
     import synthetic
 
-    directory = work / f"{args.synthetic}-{args.blocks}-spectrum{args.spectrum:g}"
+    blocks = args.synthetic_blocks
+    directory = work / f"{args.synthetic}-{blocks}-spectrum{args.spectrum:g}"
     if not directory.exists():
-        synthetic.write_model(args.synthetic, directory, layers=args.blocks, spectrum=args.spectrum)
-    return str(directory), f"synthetic {args.synthetic}, {args.blocks} blocks, singular values ∝ i^-{args.spectrum:g}"
+        synthetic.write_model(args.synthetic, directory, layers=blocks, spectrum=args.spectrum)
+    return str(directory), f"synthetic {args.synthetic}, {blocks} blocks, singular values ∝ i^-{args.spectrum:g}"
 
 
 def covariances(model: str, work: Path, samples: int, seq_len: int) -> Path:
@@ -115,6 +119,12 @@ def top_energy(W: torch.Tensor, rank: int) -> float:
     return ((S[:rank] ** 2).sum() / (S**2).sum()).item()
 
 
+def input_energy(C: torch.Tensor, rank: int) -> float:
+    """The share of tr(C) in C's top r eigenvalues: how few input directions carry the inputs."""
+    values = torch.linalg.eigvalsh(C.double())
+    return (values[-rank:].sum() / values.sum()).item()
+
+
 def grid_check(W: torch.Tensor, block: int = 32) -> float:
     """The mean number of distinct values per block of 32 (≤ 16: already on a 4-bit grid, as Q4_1)."""
     rows = W.reshape(-1, block)[:256]
@@ -139,15 +149,24 @@ def run(args) -> dict:
     store = CovarianceStore.load(store_dir)
     loaded = load_model(model_spec)
     model, tokenizer = loaded.model, loaded.tokenizer
-    targets = find_targets(model)
+    every = find_targets(model)
+    blocks = sorted({block_of(n) for n in every})
+    if args.blocks is None:  # first, middle and last block of a deep model: minutes, not hours, on 2 busy cores
+        wanted = blocks if len(blocks) <= 4 else [blocks[0], blocks[len(blocks) // 2], blocks[-1]]
+    else:
+        wanted = blocks if args.blocks == "all" else [int(b) for b in args.blocks.split(",")]
+    targets = {n: m for n, m in every.items() if block_of(n) in wanted}
+    whole = set(wanted) >= set(blocks)  # perplexity only means the 4-bit model when every block is quantized
     plan = plan_layers(targets, args.rank, None)
     originals = {name: module.weight.detach().clone() for name, module in targets.items()}  # (out, in) float32
     windows = evaluation_windows("wiki-heldout", tokenizer, args.eval_seq_len, args.eval_windows)
     started = time.monotonic()
-    float_ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity
+    reference = perplexity(model, windows, batch_size=4, progress=False) if whole else None
+    float_ppl = reference.perplexity if whole else None
     seconds = time.monotonic() - started
-    log(f"float perplexity {float_ppl:.3f} ({len(windows.ids)} × {args.eval_seq_len} tokens, {seconds:.0f} s)")
-    spectrum = {name: top_energy(W, args.rank) for name, W in originals.items()}
+    if whole:
+        log(f"float perplexity {float_ppl:.3f} ({len(windows.ids)} × {args.eval_seq_len} tokens, {seconds:.0f} s)")
+    spectrum = {} if args.lean else {name: top_energy(W, args.rank) for name, W in originals.items()}
     grid = statistics.mean(grid_check(W) for W in list(originals.values())[:7])
 
     factors, build_seconds = {}, {}
@@ -159,19 +178,23 @@ def run(args) -> dict:
     groups: dict[str, list[str]] = {}
     for name in plan:
         groups.setdefault(store.group_key(name), []).append(name)
-    rows = []
+    shares = {} if args.lean else {k: input_energy(store.covariance(m[0]), args.rank) for k, m in groups.items()}
+    inputs = {name: shares[store.group_key(name)] for name in plan} if shares else {}
+    rows, roots = [], {}
     for variant in chosen:
         started = time.monotonic()
         layers = []
-        for members in groups.values():
+        for key, members in groups.items():
             C = store.covariance(members[0]).to(torch.float64)  # (in, in), shared by the group
-            root = input_root(C) if variant.how == "cloq" else None
+            if variant.how == "cloq" and key not in roots:  # one eigendecomposition per input, for every cloq init
+                roots[key] = input_root(C)
+            root = roots.get(key)
             for name in members:
                 adapter = factors[variant.method][name]
                 t = time.monotonic()
                 layer = quantized_factors(
                     originals[name], adapter.B, adapter.A, adapter.scaling, args.kind, variant.how, variant.rounds,
-                    covariance=C, root=root,
+                    covariance=None if args.lean and variant.how != "cloq" else C, root=root,
                 )  # fmt: skip
                 with torch.no_grad():
                     W_hat = layer.base.double() + adapter.scaling * (layer.b @ layer.a)  # what the 4-bit model computes
@@ -180,23 +203,35 @@ def run(args) -> dict:
                                "weighted_error": layer.weighted_error, "round_kept": layer.rounds,
                                "seconds": time.monotonic() - t})  # fmt: skip
         quantize_seconds = time.monotonic() - started
-        ppl = perplexity(model, windows, batch_size=4, progress=False).perplexity
+        found = perplexity(model, windows, batch_size=4, progress=False) if whole else None
+        ppl = found.perplexity if whole else None
+        shift = paired_shift(found.window_nll, reference.window_nll) if whole else None
         with torch.no_grad():
             for name, module in targets.items():
                 module.weight.copy_(originals[name])
-        row = {**vars(variant), "layers": layers, "perplexity": ppl, "build_seconds": build_seconds[variant.method],
+        row = {**vars(variant), "layers": layers, "perplexity": ppl, "nll_shift": shift,
+               "build_seconds": build_seconds[variant.method],
                "quantize_seconds": quantize_seconds}  # fmt: skip
         rows.append(row)
         log(f"{variant.label}: weighted {mean(layers, 'weighted_error'):.4f}, relative {mean(layers, 'error'):.4f}, "
-            f"PPL {ppl:.3f}, {quantize_seconds:.0f} s")  # fmt: skip
+            f"PPL {ppl} (ΔNLL {shift}), {quantize_seconds:.0f} s")  # fmt: skip
     return {
         "model": described, "rank": args.rank, "alpha": args.rank, "kind": args.kind, "block": 64,
-        "rounds": args.rounds, "calibration": f"wiki, {args.samples} × {args.seq_len} tokens ({store_dir.name})",
-        "evaluation": f"wiki-heldout, {len(windows.ids)} spread windows of {args.eval_seq_len} tokens",
+        "rounds": args.rounds, "blocks": wanted, "of_blocks": len(blocks),
+        "calibration": f"wiki, {args.samples} × {args.seq_len} tokens ({store_dir.name})",
+        "evaluation": f"wiki-heldout, {len(windows.ids)} spread windows of {args.eval_seq_len} tokens" if whole
+                      else "no perplexity (only some blocks quantized; --blocks all)",
         "float_perplexity": float_ppl, "distinct_values_per_32_block": grid,
-        "spectrum": {k: statistics.mean(v for n, v in spectrum.items() if kind_of(n) == k) for k in kinds(spectrum)},
+        "spectrum": {k: statistics.mean(v for n, v in spectrum.items() if kind_of(n) == k) for k in kinds(spectrum)},  # noqa: E501
+        "input_spectrum": {k: statistics.mean(v for n, v in inputs.items() if kind_of(n) == k) for k in kinds(inputs)},
         "rows": rows, "threads": torch.get_num_threads(),
     }  # fmt: skip
+
+
+def paired_shift(nll: list[float], reference: list[float]) -> tuple[float, float]:
+    """Mean per-window NLL change against the float model and its standard error (paired windows)."""
+    diffs = [a - b for a, b in zip(nll, reference, strict=True)]
+    return statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
 def kinds(names) -> list[str]:
@@ -204,16 +239,18 @@ def kinds(names) -> list[str]:
 
 
 def mean(layers: list[dict], key: str, kind: str | None = None) -> float:
-    return statistics.mean(r[key] for r in layers if kind is None or r["kind"] == kind)
+    values = [r[key] for r in layers if (kind is None or r["kind"] == kind) and r[key] is not None]
+    return statistics.mean(values) if values else math.nan
 
 
 def table(result: dict) -> str:
     rows = result["rows"]
     names = kinds(r["layer"] for r in rows[0]["layers"])
     lines = [
-        f"{result['model']}; r = {result['rank']}, α = r, {result['kind']} blocks of 64, {result['rounds']} rounds "
-        f"where refined; calibration {result['calibration']}; {result['evaluation']}; float PPL "
-        f"{result['float_perplexity']:.3f}",
+        f"{result['model']}; blocks {','.join(map(str, result['blocks']))} of {result['of_blocks']}; r = "
+        f"{result['rank']}, α = r, {result['kind']} blocks of 64, {result['rounds']} rounds where refined; "
+        f"calibration {result['calibration']}; {result['evaluation']}"
+        + (f"; float PPL {result['float_perplexity']:.3f}" if result["float_perplexity"] else ""),
         "",
     ]
     for key, title in (("weighted_error", "input-weighted error"), ("error", "relative Frobenius error")):
@@ -224,14 +261,21 @@ def table(result: dict) -> str:
             cells = " ".join(f"{mean(row['layers'], key, k):9.4f}" for k in names)
             lines.append(f"{row['label']:22s} {cells} {mean(row['layers'], key):9.4f}")
         lines.append("")
-    lines.append(f"{'init':22s} {'PPL':>8s} {'ΔPPL %':>8s} {'build s':>8s} {'quant s':>8s}")
+    lines.append(f"{'init':22s} {'PPL':>8s} {'ΔPPL %':>8s} {'ΔNLL ± s.e.':>18s} {'build s':>8s} {'quant s':>8s}")
     for row in rows:
-        change = 100 * (row["perplexity"] / result["float_perplexity"] - 1)
-        lines.append(f"{row['label']:22s} {row['perplexity']:8.3f} {change:+8.2f} {row['build_seconds']:8.1f} "
+        ppl, change, shift = "–", "–", "–"
+        if row["perplexity"] is not None:
+            ppl = f"{row['perplexity']:.3f}"
+            change = f"{100 * (row['perplexity'] / result['float_perplexity'] - 1):+.2f}"
+            shift = f"{row['nll_shift'][0]:+.4f} ± {row['nll_shift'][1]:.4f}"
+        lines.append(f"{row['label']:22s} {ppl:>8s} {change:>8s} {shift:>18s} {row['build_seconds']:8.1f} "
                      f"{row['quantize_seconds']:8.1f}")  # fmt: skip
     lines.append("")
     lines.append("share of ‖W‖² in the top r singular values: "
                  + ", ".join(f"{k} {v:.3f}" for k, v in result["spectrum"].items()))  # fmt: skip
+    if "input_spectrum" in result:
+        lines.append("share of tr(C) in the top r eigenvalues of the inputs' covariance: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in result["input_spectrum"].items()))  # fmt: skip
     lines += ["", *verdict(result)]
     return "\n".join(lines)
 
@@ -258,17 +302,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model to measure (default: the embedded SmolLM2)")
     parser.add_argument("--synthetic", help="measure a synthetic model of this shape (benchmarks/synthetic.py)")
-    parser.add_argument("--blocks", type=int, default=4, help="blocks of the synthetic model")
-    parser.add_argument("--spectrum", type=float, default=0.6, help="synthetic singular values ∝ i^-SPECTRUM")
+    parser.add_argument("--blocks", help="blocks to quantize and measure: all, or e.g. 0,10,20,29 (default: all of "
+                        "a model of ≤ 4 blocks, else first, middle and last); perplexity only with all")  # fmt: skip
+    parser.add_argument("--synthetic-blocks", type=int, default=4, help="blocks of the synthetic model")
+    parser.add_argument("--spectrum", type=float, default=0.35, help="synthetic singular values ∝ i^-SPECTRUM")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--kind", default="nf4", choices=["nf4", "fp4", "int8"])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the refined inits")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the refined inits")
     parser.add_argument("--samples", type=int, default=32, help="calibration windows of wiki")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window")
     parser.add_argument("--covariances", help="an existing covariance store of the model (else calibrated into --work)")
     parser.add_argument("--eval-windows", type=int, default=16, help="wiki-heldout windows, spread over its articles")
     parser.add_argument("--eval-seq-len", type=int, default=256)
     parser.add_argument("--only", nargs="*", help="only these inits (labels as printed)")
+    parser.add_argument("--lean", action="store_true", help="no spectra and no weighted error outside cloq (a "
+                        "perplexity run over all blocks)")  # fmt: skip
     parser.add_argument("--work", default="/tmp/svdadapt-quantize-bench", help="where stores and models are kept")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ accuracy claims stay on real models; these only measure time and memory.
 Tensors are generated and written one shard at a time (at most ``--shard-gib`` of them in memory).
 ``--spectrum α`` gives each 2-D weight singular values ∝ i^-α (random singular vectors, the same
 Frobenius norm as the i.i.d. draw) instead of i.i.d. N(0, 0.02²)'s flat spectrum: a decaying
-spectrum as trained weights have (benchmarks/quantize.py uses α = 0.6 on ``llama-small``).
+spectrum as trained weights have (benchmarks/quantize.py uses α = 0.35 on ``llama-small``).
 """
 
 from __future__ import annotations

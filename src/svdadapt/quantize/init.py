@@ -11,7 +11,9 @@ gives it (W = residual + s·B·A for residual rows; B = 0 for lora and eva), cho
   calibration covariance C (:mod:`.cloq`); ``iters=1`` is CLoQ itself.
 
 Every (Q, B, A) met is scored (refine: relative Frobenius error; cloq: the input-weighted error) and
-the best is kept, so neither is ever worse than ``plain``. All arithmetic in float64.
+the best is kept, so neither is ever worse than ``plain``. All arithmetic in float64, but for the
+(out, in)·(in, in) product that ranks cloq's candidates (float32: ~1e-6 relative, far below the
+gaps between candidates; the error reported is recomputed in float64).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def quantized_factors(
     damping: float = DEFAULT_DAMPING,
     root: InputRoot | None = None,
 ) -> QuantizedLayer:
-    """Q, B, A for one layer (see the module's docstring). ``covariance`` is C (in, in), or only its
+    """Q, B, A for one layer (see the module's docstring). ``iters``: the rounds of refine and cloq
+    (at least 1; plain makes none and ignores it). ``covariance`` is C (in, in), or only its
     :func:`input_root`; ``cloq`` needs one, the others use C only to report the weighted error. Pass
     C and ``root=input_root(C)`` to share one eigendecomposition between the layers reading one input
     and still score and report on C itself."""
@@ -85,11 +88,12 @@ def quantized_factors(
         require(covariance is not None, "cloq needs the calibration covariance of the layer's input")
         root = root or input_root(C, damping)
     rank = A64.shape[0]
+    C32 = C.to(torch.float32) if how == "cloq" and C is not None else None
 
     def score(Q: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> float:
         W_hat = Q.to(torch.float64) + scale * (b @ a)  # (out, in)
         if how == "cloq" and C is not None:
-            return weighted_error(W64, W_hat, C)
+            return weighted_error(W64, W_hat, C32, torch.float32)
         if how == "cloq":  # only R given: ‖(W − Ŵ) R‖ / ‖W R‖ in the damped weighting
             return relative_error(W64 @ root.root, W_hat @ root.root)
         return relative_error(W64, W_hat)

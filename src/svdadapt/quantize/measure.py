@@ -21,11 +21,13 @@ def relative_error(W: torch.Tensor, W_hat: torch.Tensor) -> float:
     return gap / norm if norm > 0 else (0.0 if gap == 0 else math.inf)
 
 
-def weighted_error(W: torch.Tensor, W_hat: torch.Tensor, C: torch.Tensor) -> float:
-    """‖(W − Ŵ)·C^{1/2}‖_F / ‖W·C^{1/2}‖_F = √(tr(D C Dᵀ) / tr(W C Wᵀ)) in float64, C (in, in)."""
+def weighted_error(W: torch.Tensor, W_hat: torch.Tensor, C: torch.Tensor, dtype=torch.float64) -> float:
+    """‖(W − Ŵ)·C^{1/2}‖_F / ‖W·C^{1/2}‖_F = √(tr(D C Dᵀ) / tr(W C Wᵀ)), C (in, in); D = W − Ŵ is
+    formed in float64 and the products taken in ``dtype`` (float32: ~1e-6 relative, to rank candidates)."""
     W64 = W.detach().to(torch.float64)
-    D = W64 - W_hat.detach().to(torch.float64)  # (out, in)
-    C64 = C.detach().to(torch.float64)  # (in, in)
+    D = (W64 - W_hat.detach().to(torch.float64)).to(dtype)  # (out, in)
+    W64 = W64.to(dtype)
+    C64 = C.detach().to(dtype)  # (in, in)
     gap = max(((D @ C64) * D).sum().item(), 0.0)  # tr(D C Dᵀ); ≥ 0 for C ⪰ 0 up to rounding
     norm = max(((W64 @ C64) * W64).sum().item(), 0.0)
     return math.sqrt(gap / norm) if norm > 0 else (0.0 if gap == 0 else math.inf)
