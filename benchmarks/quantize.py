@@ -178,7 +178,8 @@ def run(args) -> dict:
     groups: dict[str, list[str]] = {}
     for name in plan:
         groups.setdefault(store.group_key(name), []).append(name)
-    inputs = {} if args.lean else {name: input_energy(store.covariance(name), args.rank) for name in plan}
+    shares = {} if args.lean else {k: input_energy(store.covariance(m[0]), args.rank) for k, m in groups.items()}
+    inputs = {name: shares[store.group_key(name)] for name in plan} if shares else {}
     rows, roots = [], {}
     for variant in chosen:
         started = time.monotonic()

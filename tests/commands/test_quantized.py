@@ -203,3 +203,12 @@ def test_commands_that_cannot_use_a_quantized_base_say_why(capsys, runs, tiny_di
     assert "calibrating (for a build) needs the float weights" in line
     line = bad(capsys, "compress", "--model", base, "--decomposition", "plain", "--out", tmp_path / "compressed")
     assert "compressing needs the float weights" in line
+
+
+def test_peft_kasa_on_a_quantized_base_is_one_line(capsys, tiny_dirs, tmp_path):
+    from svdadapt.errors import SvdadaptError
+
+    ok(capsys, *build_args(tiny_dirs, tmp_path / "kasa", "kasa", "--quantize", "nf4"))
+    with pytest.raises(SvdadaptError, match="PEFT's KaSA variant cannot wrap a quantized base") as refused:
+        peft_model(Run.open(tmp_path / "kasa"))
+    assert "\n" not in str(refused.value)

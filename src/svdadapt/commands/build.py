@@ -222,7 +222,8 @@ def build_locked(opts: BuildOptions, out: Path, progress: bool, launch: backend.
         base.finish(loaded.model, loaded.tokenizer)
         if quantization is None:
             base_fingerprint = weights_fingerprint(loaded.model)
-        else:
+        else:  # the float weights are written and no longer needed: freed before bitsandbytes loads them again
+            loaded.model.to("meta")
             base_fingerprint, quantized = _quantized_base(tmp / "base", quantization, keep_float, errors, opts.head)
         meta = {
             "stage": "built",

@@ -67,7 +67,8 @@ def quantized_factors(
     damping: float = DEFAULT_DAMPING,
     root: InputRoot | None = None,
 ) -> QuantizedLayer:
-    """Q, B, A for one layer (see the module's docstring). ``covariance`` is C (in, in), or only its
+    """Q, B, A for one layer (see the module's docstring). ``iters``: the rounds of refine and cloq
+    (at least 1; plain makes none and ignores it). ``covariance`` is C (in, in), or only its
     :func:`input_root`; ``cloq`` needs one, the others use C only to report the weighted error. Pass
     C and ``root=input_root(C)`` to share one eigendecomposition between the layers reading one input
     and still score and report on C itself."""
