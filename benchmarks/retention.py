@@ -402,7 +402,8 @@ def table(summary: dict) -> str:
         ]
         for row, r in s["rows"].items():
             for fraction, m in r["at"].items() or [("-", None)]:
-                head = (f"| {row} | {r['lr']:g} ({r['status']}) | {fmt(r['best_test_loss'], 3, sign='')} | "
+                rate = f"{r['lr']:g} ({r['status']})" if r["lr"] is not None else "pilot unfinished"
+                head = (f"| {row} | {rate} | {fmt(r['best_test_loss'], 3, sign='')} | "
                         f"{fmt(r['final_accuracy'], 3, sign='')} " if fraction == next(iter(r["at"]), "-")
                         else "| | | | ")  # fmt: skip
                 if m is None:
