@@ -13,7 +13,11 @@ gains per layer kind: the share of ‖W‖² in W's top r singular values (what 
 QPiSSA takes off the grid) and the share of tr(C) in the inputs' top r eigenvalues (how much of the
 quantization error CLoQ's refit can aim where the inputs are).
 
-    python benchmarks/quantize.py [--model default] [--rank 16] [--kind nf4] [--rounds 5] [--json FILE]
+By default a deep model is measured on its first, middle and last block (SmolLM2: 21 layers, ~19
+minutes on 2 busy cores); perplexity needs ``--blocks all`` (``--lean`` keeps that run short).
+
+    python benchmarks/quantize.py [--model default] [--rank 16] [--kind nf4] [--rounds 2] [--json FILE]
+    python benchmarks/quantize.py --blocks all --lean --only QLoRA QPiSSA QCorDA-IPA QCorDA-KPA
     python benchmarks/quantize.py --synthetic llama-small --synthetic-blocks 4   # power-law spectrum
 """
 
