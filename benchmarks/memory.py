@@ -112,7 +112,7 @@ def main() -> None:
     from synthetic import parameters
 
     args.root.mkdir(parents=True, exist_ok=True)
-    blocks = [int(b) for b in args.blocks.split(",")]
+    blocks = [int(b) for b in args.blocks.split(",") if b]  # "" for the 7B shape alone
     in_place = {int(b) for b in args.in_place_blocks.split(",") if b}
     auto = {int(b) for b in args.auto_blocks.split(",") if b}
     configs = [(SHAPE_1B, b) for b in blocks] + ([] if args.no_7b else [(SHAPE_7B, 2)])
@@ -163,7 +163,7 @@ def report(payload: dict, blocks: list[int]) -> None:
             by = dict(points)
             key = f"{command} --offload {mode}"
             growth[key] = {"mb_per_block": round(slope(points) * 1000, 1)}
-            if min(blocks) in by and max(blocks) in by:
+            if blocks and min(blocks) in by and max(blocks) in by:
                 growth[key][f"{max(blocks)}_over_{min(blocks)}"] = round(by[max(blocks)] / by[min(blocks)], 3)
     payload["growth"] = growth
     print("\ngrowth over the 1.1B block counts (least squares), and the largest over the smallest:")
