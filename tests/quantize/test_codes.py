@@ -16,7 +16,6 @@ from svdadapt import SvdadaptError
 from svdadapt.quantize import (
     KINDS,
     NF4_CODE,
-    codes,
     cpu_decodes_exactly,
     decode_4bit,
     nf4_reference,
@@ -125,8 +124,8 @@ def test_unknown_kind_and_missing_bitsandbytes(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
-    with pytest.raises(SvdadaptError, match=r"needs bitsandbytes, which is not installed: pip install"):
-        codes.bitsandbytes()
+    with pytest.raises(SvdadaptError, match=r"quantizing needs bitsandbytes, which is not installed: pip install"):
+        quantize_dequantize(_weight(), "nf4")
 
 
 @pytest.mark.parametrize("shape", [(96, 192), (64, 64), (64, 96), (8, 32)])

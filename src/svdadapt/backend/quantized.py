@@ -40,6 +40,7 @@ def require_bitsandbytes(doing: str):
     """The bitsandbytes module, or one line: ``doing`` needs it and how to install it."""
     try:
         import bitsandbytes
+        import bitsandbytes.functional  # noqa: F401  (quantize_4bit, dequantize_4bit)
     except ImportError:
         raise SvdadaptError(f"{doing} needs bitsandbytes, which is not installed: {INSTALL}") from None
     return bitsandbytes

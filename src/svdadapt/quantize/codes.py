@@ -21,11 +21,11 @@ import math
 
 import torch
 
+from .. import backend
 from ..errors import SvdadaptError, unknown
 
-KINDS = ("nf4", "fp4", "int8")
+KINDS = backend.QUANT_KINDS  # nf4, fp4, int8
 BLOCK = 64  # bitsandbytes' 4-bit blocksize, what transformers' BitsAndBytesConfig uses
-INSTALL = "pip install bitsandbytes (or svdadapt[quant])"
 
 # The 16 NF4 values (quantiles of N(0, 1) scaled to [-1, 1], QLoRA's Appendix E), as bitsandbytes has them.
 NF4_CODE = (
@@ -34,16 +34,6 @@ NF4_CODE = (
     0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
     0.7229568362236023, 1.0,
 )  # fmt: skip
-
-
-def bitsandbytes():
-    """The bitsandbytes module, or one clear line saying how to install it."""
-    try:
-        import bitsandbytes as bnb
-        import bitsandbytes.functional  # noqa: F401
-    except ImportError:
-        raise SvdadaptError(f"quantizing needs bitsandbytes, which is not installed: {INSTALL}") from None
-    return bnb
 
 
 def check_kind(kind: str) -> str:
@@ -61,7 +51,7 @@ def quantize_dequantize(weight: torch.Tensor, kind: str, block: int = BLOCK) -> 
     check_kind(kind)
     if weight.dim() != 2:
         raise SvdadaptError(f"quantizing needs a 2-D weight, got shape {tuple(weight.shape)}")
-    functional = bitsandbytes().functional
+    functional = backend.require_bitsandbytes("quantizing").functional
     W = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()  # (out, in)
     if kind == "int8":
         codes, row_absmax, _ = functional.int8_vectorwise_quant(W.to(torch.float16))  # (out, in) int8, (out,)
