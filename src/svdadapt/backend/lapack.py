@@ -2,7 +2,7 @@
 
 MRRR (scipy's ``driver="evr"``) returns just the eigenpairs asked for, several times faster than a
 full ``torch.linalg.eigh`` at the sizes of transformer layers; divide and conquer (``evd``) is faster
-for all of them (figures: docs/performance.md, benchmarks/kernels.py). MRRR is called through ctypes
+for all of them (figures: docs/performance.md, benchmarks/kernel_choices.py). MRRR is called through ctypes
 so that parallel workers do not queue on the GIL.
 """
 

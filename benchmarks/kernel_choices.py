@@ -8,7 +8,7 @@
   decompositions, one thread) and float32 (calibration: torch's kernels and oneDNN, all threads);
 - the finiteness check: one min/max pass against isfinite().all().
 
-    python benchmarks/kernels.py [--json FILE]
+    python benchmarks/kernel_choices.py [--json FILE]
 """
 
 from __future__ import annotations
