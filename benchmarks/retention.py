@@ -83,13 +83,15 @@ LOW, MID, HIGH = (5e-4, 1.5e-3, 4.5e-3), (1.5e-4, 5e-4, 1.5e-3), (5e-5, 1.5e-4, 
 @dataclass(frozen=True)
 class Row:
     """A row of the study: a method of the table, the covariance store it is built from, its
-    starting learning-rate grid, a step multiplier and its training parameters."""
+    starting learning-rate grid, a step multiplier, its training parameters and build options
+    beyond the method (e.g. a 4-bit base)."""
 
     method: str
     grid: tuple[float, ...]
     store: str = "wiki"  # wiki, news, or "task" (corda-ipa: the task's prompts)
     steps_factor: int = 1
     train: dict = field(default_factory=dict, hash=False)
+    build: dict = field(default_factory=dict, hash=False)
 
 
 ROWS = {
@@ -105,6 +107,10 @@ ROWS = {
     "kpa-news": Row("corda-kpa", HIGH, store="news"),  # control: an unrelated covariance
     "lora-slow": Row("lora", MID, steps_factor=3),  # control: lower rates, 3x the steps
     "lora-l2": Row("lora", LOW, train={"l2_init": 1.0}),  # control: L2 penalty on the weight change
+    # issue 22: does the knowledge-preserving init keep its edge on a 4-bit base? (QLoRA, QPiSSA, QCorDA-KPA)
+    "lora-nf4": Row("lora", LOW, build={"quantize": "nf4"}),
+    "pissa-nf4": Row("pissa", HIGH, build={"quantize": "nf4"}),
+    "corda-kpa-nf4": Row("corda-kpa", HIGH, build={"quantize": "nf4"}),
 }
 
 
@@ -159,12 +165,13 @@ def random_init(method: str) -> bool:
 
 
 def build_key(row: str, task: str, seed: int, random: bool) -> str:
-    """Which built run a training of ``row`` starts from: rows of one method and store share one;
-    corda-ipa's is per task, random inits' per seed."""
+    """Which built run a training of ``row`` starts from: rows of one method, store and build
+    options share one; corda-ipa's is per task, random inits' per seed."""
     r = ROWS[row]
     key = (
         r.method
         + (f"~{r.store}" if r.store not in ("wiki", "task") else "")
+        + "".join(f"~{k}-{v}" for k, v in sorted(r.build.items()))
         + (f"@{task}" if r.store == "task" else "")
     )
     return f"{key}#s{seed}" if random else key
@@ -542,7 +549,7 @@ def built(settings: Settings, row: str, task: str, seed: int, covs: dict[str, Pa
     build(
         BuildOptions.of(model=settings.model, out=str(run_dir), method=r.method, rank=settings.rank,
                         alpha=float(settings.rank), covariances=str(store) if store else None,
-                        device=settings.device, seed=seed if random else 0, overwrite=True),
+                        device=settings.device, seed=seed if random else 0, overwrite=True, **r.build),
         progress=False,
     )  # fmt: skip
     log(f"built {key} in {time.monotonic() - t:.0f} s")

@@ -37,6 +37,10 @@ def test_the_main_contrast_and_targets_are_declared_in_the_script(retention):
         retention.ROWS["lora"].grid
     )
     assert retention.ROWS["lora-l2"].train == {"l2_init": 1.0}
+    # issue 22's quantized variants: the same methods on an nf4 base, each its own build
+    for row, method in (("lora-nf4", "lora"), ("pissa-nf4", "pissa"), ("corda-kpa-nf4", "corda-kpa")):
+        assert retention.ROWS[row].method == method and retention.ROWS[row].build == {"quantize": "nf4"}
+    assert retention.build_key("lora-nf4", "news-cloze", 0, True) != retention.build_key("lora", "news-cloze", 0, True)
 
 
 def test_targets_are_fractions_of_the_way_from_the_original_to_the_reference(retention):
