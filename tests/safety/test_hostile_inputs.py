@@ -206,7 +206,8 @@ def test_the_api_says_which_argument_is_wrong(made):
 BAD = (math.inf, -math.inf, math.nan, 0, -1, 10**12)
 MEANINGFUL = {  # (flag, value) a command takes as it says, not a value out of range
     ("--seed", 0), ("--eval-samples", 0), ("--num-fewshot", 0), ("--max-steps", -1), ("--weight-decay", 0),
-    ("--warmup-ratio", 0), ("--dropout", 0), ("--beta", 0), ("--gamma", 0),
+    ("--warmup-ratio", 0), ("--dropout", 0), ("--beta", 0), ("--gamma", 0), ("--quant-iters", 0),
+    ("--l2-init", 0),
 }  # fmt: skip
 REQUIRED = {"model": "m", "out": "o", "data": "news", "run": "r", "target": "t", "method": "kasa", "rank": 4,
             "covariances": "c", "recipe": "r.yaml", "overrides": []}  # fmt: skip
