@@ -117,6 +117,8 @@ def _peft_state(adapters: AdapterSet) -> dict[str, torch.Tensor]:
 def _add_loss_hook(model: nn.Module, row: Method) -> None:
     """While the model trains, its output's ``loss`` includes the row's loss terms."""
     regularizer = LOSSES[row.loss].regularizer(row.stage_values("train"))
+    if regularizer is None:  # every weight zero: nothing to add
+        return
 
     def hook(module, args, output):
         if module.training and getattr(output, "loss", None) is not None:

@@ -31,3 +31,6 @@ def test_the_lora_row_owns_the_penalty_off_by_default():
     row = get_method("lora")
     assert row.loss == "l2-init" and row.stage_values("train") == {"l2_init": 0.0}
     assert get_method("lora", l2_init=0.1).stage_values("train") == {"l2_init": 0.1}
+    # off costs nothing: a loss whose every weight is zero is no regularizer (no Grams, no sync per step)
+    assert LOSSES["l2-init"].regularizer(row.stage_values("train")) is None
+    assert LOSSES["kasa"].regularizer({"beta": 0.0, "gamma": 0.0}) is None

@@ -69,9 +69,11 @@ class Loss:
     weights: dict[str, str]  # term -> the row's parameter that weighs it
     needs_diag: bool = False  # the adapters must have a ΔΣ vector
 
-    def regularizer(self, values: dict[str, float]) -> Regularizer:
-        """This loss with its weights read from the row's parameter ``values``."""
-        return Regularizer(self, {term: float(values[param]) for term, param in self.weights.items()})
+    def regularizer(self, values: dict[str, float]) -> Regularizer | None:
+        """This loss with its weights read from the row's parameter ``values``; None when every weight
+        is zero (e.g. the lora row's ``l2_init`` left at 0): it would add nothing, so it costs nothing."""
+        weights = {term: float(values[param]) for term, param in self.weights.items()}
+        return Regularizer(self, weights) if any(weights.values()) else None
 
 
 @dataclass(frozen=True)
