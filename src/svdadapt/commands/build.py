@@ -130,6 +130,9 @@ def _quantized_base(directory: Path, quantization: Quantization, keep_float: dic
     backend.write_quantized_checkpoint(float_dir, directory, quantization.kind, list(keep_float))
     for name in tokenizer_files(float_dir):
         shutil.copy2(float_dir / name, directory / name)
+    # float_dir is this build's own: renamed from the base it wrote inside its temporary run directory
+    # (which the build removes whole on failure); its files are plain or hard links (removing a hard
+    # link leaves the original's data), and rmtree never follows a symlink
     shutil.rmtree(float_dir)
     loaded = load_model(str(directory), head=head)
     fingerprint = weights_fingerprint(loaded.model)
