@@ -15,8 +15,10 @@ with bundled text only (no hub):
   the other label's where the answer starts; news-cloze — the exact greedy answer (every answer
   token the model's argmax given the prompt and the answer so far).
 - *Targets* (``targets``): the fractions ¼, ½, ¾ of the way from the original model's test
-  answer-token loss to a reference: the lowest test answer-token loss any row reaches in the pilot
-  (seed 0, every rate, every checkpoint), stored in the results; ``--reference TASK=LOSS`` fixes it.
+  answer-token loss to a reference: the lowest test answer-token loss the main pair (``MAIN``'s two
+  rows) reaches in the pilot (seed 0, every rate, every checkpoint), stored in the results; rows run
+  beside them (controls, exploratory rows) never move the targets. Only on a task where neither of
+  the pair ran does the reference come from every row's pilot. ``--reference TASK=LOSS`` fixes it.
 - *Rates*: each row has its own grid (``ROWS``); the pilot (seed 0) trains every rate of it and
   picks the rate with the lowest **validation** answer-token loss at the last step (validation: the
   held-out examples 0, 3, 6, ... up to ``val_items``; test: the others, up to ``test_items``; the
@@ -317,14 +319,20 @@ def paths(state: dict, task: str, row: str) -> dict[int, list[tuple[float, dict]
     return dict(sorted(out.items()))
 
 
+def pilot_reference(points: dict, task: str, pair: tuple[str, str] = (MAIN.a, MAIN.b)) -> float:
+    """The lowest test answer-token loss of the pilot (seed 0, every rate and checkpoint) of the main
+    pair on ``task``, or of every row where the pair did not run there; inf when nothing ran."""
+    pilot = [p for p in points.values() if p["task"] == task and p["seed"] == 0]
+    mine = [p for p in pilot if p["row"] in pair] or pilot
+    return min((c["test_loss"] for p in mine for c in p["checkpoints"]), default=math.inf)
+
+
 def summarize(state: dict, references: dict[str, float]) -> dict:
     """Per task: reference, targets, and per row its rates and matched measures; the main contrast."""
     points, original = state["points"], state["original"]
     out = {}
     for task in dict.fromkeys(p["task"] for p in points.values()):
-        pilot = [c["test_loss"] for p in points.values() if p["task"] == task and p["seed"] == 0
-                 for c in p["checkpoints"]]  # fmt: skip
-        reference = references.get(task, min(pilot, default=math.inf))
+        reference = references.get(task, pilot_reference(points, task))
         base = original["task"][task]["test_loss"]
         goals = targets(base, reference)
         rows = {}

@@ -60,6 +60,19 @@ def test_summary_reads_the_reference_off_the_pilot_or_takes_the_declared_one(ret
     assert fixed["targets"]["0.5"] == 2.5
 
 
+def test_rows_beside_the_main_pair_never_move_its_targets(retention):
+    state = synthetic_state(retention)
+    before = retention.summarize(state, {})
+    further = {"val_loss": 0.5, "test_loss": 0.5, "accuracy": 1.0, "wiki": [1.0] * 3, "news": [2.0] * 2}
+    control = {"task": "news-cloze", "row": "lora-slow", "seed": 0, "lr": 1e-4, "checkpoints": [further]}
+    state["points"]["news-cloze/lora-slow/s0/lr0.0001"] = control  # a control that learns further
+    after = retention.summarize(state, {})
+    assert after["news-cloze"]["targets"] == before["news-cloze"]["targets"] and after["main"] == before["main"]
+    alone = {"settings": state["settings"], "original": state["original"], "chosen": {}, "inits": {},
+             "points": {"news-cloze/lora-slow/s0/lr0.0001": control}}  # fmt: skip
+    assert retention.summarize(alone, {})["news-cloze"]["reference"] == 0.5  # no pair here: every row's pilot
+
+
 def test_widening_moves_the_grid_until_the_best_rate_is_inside(retention):
     widen = retention.widen
     assert widen({1e-4: 2.0, 3e-4: 1.5, 1e-3: 1.8}, 0, 2) == (None, "interior")
