@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,12 @@ import torch
 from torch import nn
 
 from ..errors import SvdadaptError
+
+# On CPUs with AVX512-BF16, importing bitsandbytes warns that the optional ``kernels`` package's fused
+# 4-bit matmul is missing. That kernel serves only the repacked weight that prepare_quantized turns off,
+# so the warning (printed by every command, since transformers and PEFT import bitsandbytes) says nothing
+# about what runs here.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 QUANT_KINDS = ("nf4", "fp4", "int8")
 INSTALL = "pip install 'svdadapt[quant]' (bitsandbytes==0.50.2)"
