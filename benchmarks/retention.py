@@ -39,7 +39,7 @@ with bundled text only (no hub):
 **Run in pieces** (a rerun with the same --out resumes; every finished training is journalled in
 OUT/results.json; each piece runs seed 0's pilot of its rows first if it is not there yet):
 
-    python benchmarks/retention.py --quick --out /tmp/ret-quick            # ≤ 10 min: every row, 1 seed
+    python benchmarks/retention.py --quick --out /tmp/ret-quick            # ≤ 10 min: a pipeline check
     # the pre-declared main contrast (news-cloze, kpa vs lora, 5 seeds), each piece ≤ 2 h on 2 cores:
     python benchmarks/retention.py --tasks news-cloze --rows corda-kpa,lora --seeds 0,1,2,3,4 --out runs/ret
     # exploratory rows and controls, a few rows per piece, same --out:
@@ -153,6 +153,12 @@ QUICK = Settings(
     eval_seq_len=64, val_items=4, test_items=8, max_widen=0, bootstrap=200,
 )  # fmt: skip
 QUICK_GRID = {"lora": (1.5e-3,), "corda-kpa": (5e-4,)}  # quick mode: one rate per row (its middle)
+
+
+def quick_plan() -> dict[str, list[str]]:
+    """Quick mode's trainings (task → rows): every row on the main contrast's task, the main pair on
+    the others — each row's own path (store, build options, steps, loss) and each task once, ≤ 10 min."""
+    return {MAIN.task: list(ROWS)} | {t: [MAIN.a, MAIN.b] for t in TASKS if t != MAIN.task}
 
 
 # ---------------------------------------------------------------- planning (pure, tested)
@@ -516,15 +522,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def stores(settings: Settings, rows: list[str], tasks: list[str], out: Path) -> dict[str, Path]:
+def stores(settings: Settings, plan: dict[str, list[str]], out: Path) -> dict[str, Path]:
+    """The covariance stores the plan's rows build from (task → rows), calibrated now if not yet."""
     from svdadapt.commands import CalibrateOptions, calibrate
     from svdadapt.data.options import DataOptions
     from svdadapt.methods import get_method
 
-    used = {ROWS[r].store for r in rows if get_method(ROWS[r].method).needs}
-    wanted = {s: (s, settings.calib_samples, settings.calib_seq_len) for s in used - {"task"}}
-    if "task" in used:
-        wanted |= {f"task-{t}": (t, settings.ipa_samples, settings.max_length) for t in tasks}
+    used = {task: {ROWS[r].store for r in rows if get_method(ROWS[r].method).needs} for task, rows in plan.items()}
+    wanted = {s: (s, settings.calib_samples, settings.calib_seq_len) for s in set().union(*used.values()) - {"task"}}
+    wanted |= {f"task-{t}": (t, settings.ipa_samples, settings.max_length) for t in plan if "task" in used[t]}
     found = {}
     for name, (data, samples, seq_len) in wanted.items():
         t = time.monotonic()
@@ -612,8 +618,10 @@ def measure_checkpoints(settings: Settings, start: Path, trained: Path, tok, ite
     return found
 
 
-def run_study(settings: Settings, rows: list[str], tasks: list[str], seeds: list[int], out: Path, grids: dict,
+def run_study(settings: Settings, plan: dict[str, list[str]], seeds: list[int], out: Path, grids: dict,
               references: dict, keep_runs: bool) -> dict:  # fmt: skip
+    """Train and measure each task's rows (``plan``: task → rows): per row the pilot over its rate
+    grid, then every seed at the chosen rate; resumes from OUT/results.json."""
     from svdadapt.atomic import write_json
     from svdadapt.evaluate.perplexity import evaluation_windows
     from svdadapt.methods import Base, get_method
@@ -627,17 +635,17 @@ def run_study(settings: Settings, rows: list[str], tasks: list[str], seeds: list
     state.setdefault("settings", asdict(settings))
     points: dict[str, dict] = state.setdefault("points", {})
     chosen: dict = state.setdefault("chosen", {})
-    covs = stores(settings, rows, tasks, out)
+    covs = stores(settings, plan, out)
     original_model = load(settings.model, settings)
     tok = original_model.tokenizer
     windows = {name: evaluation_windows(source, tok, settings.eval_seq_len, settings.eval_windows, "spread")
                for name, source in TEXTS.items()}  # fmt: skip
-    items = {task: task_items(settings, tok, task) for task in tasks}
+    items = {task: task_items(settings, tok, task) for task in plan}
     if "original" not in state:
         state["original"] = {name: None for name in TEXTS} | {"task": {}}
         state["original"]["documents"] = {name: w.documents for name, w in windows.items()}
     original = state["original"]
-    for task in tasks:
+    for task in plan:
         if task not in original["task"]:
             found = measure(original_model.model, tok, items[task], windows)
             original["task"][task] = {k: found[k] for k in ("val_loss", "test_loss", "accuracy")}
@@ -673,7 +681,7 @@ def run_study(settings: Settings, rows: list[str], tasks: list[str], seeds: list
             f"wiki PPL {wiki:+.2f}% ({time.monotonic() - t:.0f} s)")  # fmt: skip
         return points[key]
 
-    for task in tasks:
+    for task, rows in plan.items():
         for row in rows:  # the pilot: seed 0 over the row's grid, widened while the best is at an edge
             grid = sorted(grids.get(row, ROWS[row].grid))
             losses = {lr: run(task, row, 0, lr)["checkpoints"][-1]["val_loss"] for lr in grid}
@@ -817,7 +825,8 @@ def parse_references(parser: argparse.ArgumentParser, items: list[str]) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings: every row, rank 4, 1 seed, 1 rate")
+    parser.add_argument("--quick", action="store_true", help="tiny settings, a pipeline check: every row on the "
+                        "main task and the main pair on the others, rank 4, 1 seed, 1 rate")  # fmt: skip
     parser.add_argument("--out", default="retention-study", help="stores, runs, results.json and the PNG")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--rows", help=f"comma-separated rows: {', '.join(ROWS)} (default: corda-kpa,lora)")
@@ -846,9 +855,10 @@ def main() -> None:
     else:
         rows = parse_list(parser, args.rows, list(ROWS) if args.quick else [MAIN.a, MAIN.b], ROWS, what="row")
         tasks = parse_list(parser, args.tasks, list(TASKS) if args.quick else [MAIN.task], TASKS, what="task")
+        plan = quick_plan() if args.quick and not (args.rows or args.tasks) else {t: rows for t in tasks}
         seeds = parse_list(parser, args.seeds, [0] if args.quick else [0, 1, 2, 3, 4], kind=int, what="seed")
         grids = {r: (QUICK_GRID.get(ROWS[r].method) or ROWS[r].grid[1:2]) for r in ROWS} if args.quick else {}
-        state = run_study(settings, rows, tasks, seeds, out, grids, references, args.keep_runs)
+        state = run_study(settings, plan, seeds, out, grids, references, args.keep_runs)
     png = plot(state, out / "retention.png")
     print(table(state["summary"]))
     print(f"\n{len(state['points'])} trainings; {state['seconds'] / 60:.1f} min in all; plot: {png}")

@@ -204,3 +204,10 @@ def test_study_windows_spread_over_every_heldout_document():
     )
     trained_sentences = " ".join(r["instruction"] for r in news_cloze_rows(heldout=False))
     assert not any(d[:60] in trained_sentences for d in held)
+
+
+def test_quick_mode_runs_every_row_once_and_every_task(retention):
+    plan = retention.quick_plan()
+    assert set(plan) == set(retention.TASKS) and plan[retention.MAIN.task] == list(retention.ROWS)
+    main = retention.MAIN
+    assert all(rows == [main.a, main.b] for task, rows in plan.items() if task != main.task)
