@@ -185,6 +185,14 @@ def build_key(row: str, task: str, seed: int, random: bool) -> str:
     return f"{key}#s{seed}" if random else key
 
 
+def starts_as_original(row: str) -> bool:
+    """Whether the row's model at init is the original: not when its base is truncated (KaSA) or
+    quantized (a 4-bit base carries its quantization error from the start)."""
+    from svdadapt.methods import Base, get_method
+
+    return get_method(ROWS[row].method).base is not Base.TRUNCATED and "quantize" not in ROWS[row].build
+
+
 def targets(original: float, reference: float, fractions=FRACTIONS) -> dict[float, float]:
     """The target answer-token losses: each fraction of the way from the original model's loss to
     the reference (a loss reached in the pilot or declared); none when the reference is no better."""
@@ -624,7 +632,6 @@ def run_study(settings: Settings, plan: dict[str, list[str]], seeds: list[int], 
     grid, then every seed at the chosen rate; resumes from OUT/results.json."""
     from svdadapt.atomic import write_json
     from svdadapt.evaluate.perplexity import evaluation_windows
-    from svdadapt.methods import Base, get_method
 
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -661,8 +668,8 @@ def run_study(settings: Settings, plan: dict[str, list[str]], seeds: list[int], 
             return points[key]
         start = built(settings, row, task, seed, covs, out)
         base_key = build_key(row, task, 0, False).split("#")[0]
-        if get_method(ROWS[row].method).base is Base.TRUNCATED and task not in inits.get(base_key, {}):
-            loaded = load(str(start), settings, initial=True)  # a truncated base is not the original at init
+        if not starts_as_original(row) and task not in inits.get(base_key, {}):
+            loaded = load(str(start), settings, initial=True)  # measured: the path starts here, not at the original
             inits.setdefault(base_key, {})[task] = measure(loaded.model, tok, items[task], windows)
             del loaded
         run_dir = out / "runs" / "trained" / key.replace("/", "-")

@@ -211,3 +211,10 @@ def test_quick_mode_runs_every_row_once_and_every_task(retention):
     assert set(plan) == set(retention.TASKS) and plan[retention.MAIN.task] == list(retention.ROWS)
     main = retention.MAIN
     assert all(rows == [main.a, main.b] for task, rows in plan.items() if task != main.task)
+
+
+def test_a_path_starts_at_the_original_only_for_rows_whose_init_is_the_original(retention):
+    # a truncated (KaSA) or 4-bit base is measured at init: its path does not start at the original
+    starts = {row: retention.starts_as_original(row) for row in retention.ROWS}
+    assert starts["lora"] and starts["corda-kpa"] and starts["lora-l2"] and starts["kpa-news"]
+    assert not any(starts[row] for row in ("kasa", "kasa-context", "lora-nf4", "pissa-nf4", "corda-kpa-nf4"))
