@@ -149,7 +149,7 @@ class Settings:
 
 
 QUICK = Settings(
-    rank=4, steps=4, checkpoints=2, calib_samples=8, calib_seq_len=128, ipa_samples=16, eval_windows=6,
+    rank=4, steps=4, checkpoints=1, calib_samples=8, calib_seq_len=128, ipa_samples=16, eval_windows=6,
     eval_seq_len=64, val_items=4, test_items=8, max_widen=0, bootstrap=200,
 )  # fmt: skip
 QUICK_GRID = {"lora": (1.5e-3,), "corda-kpa": (5e-4,)}  # quick mode: one rate per row (its middle)
