@@ -381,11 +381,31 @@ def summarize(state: dict, references: dict[str, float]) -> dict:
                      "reference": reference if math.isfinite(reference) else None,
                      "targets": {str(f): g for f, g in goals.items()}, "rows": rows}  # fmt: skip
     out["main"] = main_contrast(state, out, MAIN)
+    out["exploratory"] = exploratory_contrasts(state, out)
     return out
 
 
 def main_contrast(state: dict, summary: dict, contrast: Contrast) -> dict:
     """The pre-declared contrast's bootstrap, or why it is not measured."""
+    return measured_contrast(state, summary, contrast, declared_seeds=5)
+
+
+def exploratory_contrasts(state: dict, summary: dict) -> list[dict]:
+    """Every other row of the main task against each of the main pair, at the main target, on each
+    forgetting text: what a control says (e.g. kpa-news − corda-kpa: does the context matter?).
+    Exploratory: uncorrected for their number, no claim drawn from them."""
+    rows = summary.get(MAIN.task, {}).get("rows", {})
+    return [
+        measured_contrast(state, summary, Contrast(MAIN.task, row, other, text, MAIN.fraction))
+        for row in rows if row not in (MAIN.a, MAIN.b)
+        for other in (MAIN.a, MAIN.b) if other in rows
+        for text in TEXTS
+    ]  # fmt: skip
+
+
+def measured_contrast(state: dict, summary: dict, contrast: Contrast, declared_seeds: int | None = None) -> dict:
+    """``contrast.a`` − ``contrast.b``: the paired two-level bootstrap of the perplexity change on
+    ``contrast.text`` at the target, with a verdict read off its 95% interval (or why not measured)."""
     goal = summary.get(contrast.task, {}).get("targets", {}).get(str(contrast.fraction))
     about = asdict(contrast)
     if goal is None:
@@ -405,8 +425,8 @@ def main_contrast(state: dict, summary: dict, contrast: Contrast) -> dict:
         verdict = f"{contrast.a} forgets less than {contrast.b} (interval below 0)"
     else:
         verdict = "undecided: the interval contains 0"
-    if result["seeds"] and result["seeds"] < 5:
-        verdict += f" — only {result['seeds']} seeds matched (5 declared)"
+    if declared_seeds and result["seeds"] and result["seeds"] < declared_seeds:
+        verdict += f" — only {result['seeds']} seeds matched ({declared_seeds} declared)"
     return {**about, "target": goal, **result, "verdict": verdict}
 
 
@@ -420,7 +440,7 @@ def fmt(stat, digits: int = 2, unit: str = "", sign: str = "+") -> str:
 def table(summary: dict) -> str:
     lines = []
     for task, s in summary.items():
-        if task == "main":
+        if task in ("main", "exploratory"):
             continue
         shown = ", ".join(f"{f}: {g:.3f}" for f, g in s["targets"].items()) or "none"
         lines += [
@@ -449,6 +469,12 @@ def table(summary: dict) -> str:
                      f"{m['draws']} draws): {m['verdict']}")  # fmt: skip
     else:
         lines.append(f"\nMAIN (pre-declared): {m.get('verdict', 'not measured')}")
+    found = [c for c in summary.get("exploratory", []) if c.get("estimate") is not None]
+    if found:
+        lines += ["\nExploratory (uncorrected, no claim): a − b, PPL change at the main target, points, 95% interval",
+                  "| a | b | text | a − b | interval | seeds |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {c['a']} | {c['b']} | {c['text']} | {c['estimate']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] "
+                  f"| {c['seeds']} |" for c in found]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -218,3 +218,17 @@ def test_a_path_starts_at_the_original_only_for_rows_whose_init_is_the_original(
     starts = {row: retention.starts_as_original(row) for row in retention.ROWS}
     assert starts["lora"] and starts["corda-kpa"] and starts["lora-l2"] and starts["kpa-news"]
     assert not any(starts[row] for row in ("kasa", "kasa-context", "lora-nf4", "pissa-nf4", "corda-kpa-nf4"))
+
+
+def test_controls_are_contrasted_with_each_of_the_main_pair_as_exploratory(retention):
+    state = synthetic_state(retention)
+    state["chosen"]["news-cloze"]["kpa-news"] = {"lr": 1e-3, "status": "interior", "losses": {"0.001": 1.0}}
+    for seed in (0, 1):  # a control that moves wiki NLL as KPA does
+        kpa = state["points"][f"news-cloze/corda-kpa/s{seed}/lr0.001"]
+        state["points"][f"news-cloze/kpa-news/s{seed}/lr0.001"] = {**kpa, "row": "kpa-news"}
+    summary = retention.summarize(state, {})
+    found = {(c["a"], c["b"], c["text"]): c for c in summary["exploratory"]}
+    assert set(found) == {("kpa-news", b, t) for b in ("corda-kpa", "lora") for t in ("wiki", "news")}
+    assert found["kpa-news", "corda-kpa", "wiki"]["estimate"] == pytest.approx(0.0, abs=1e-12)
+    assert found["kpa-news", "lora", "wiki"]["estimate"] == pytest.approx(summary["main"]["estimate"])
+    assert "Exploratory" in retention.table(summary) and summary["main"]["a"] == "corda-kpa"  # main unchanged
