@@ -430,6 +430,11 @@ def measured_contrast(state: dict, summary: dict, contrast: Contrast, declared_s
     return {**about, "target": goal, **result, "verdict": verdict}
 
 
+def per_task(summary: dict) -> dict:
+    """The summary's per-task parts (beside them: the main contrast and the exploratory ones)."""
+    return {task: s for task, s in summary.items() if task in TASKS}
+
+
 def fmt(stat, digits: int = 2, unit: str = "", sign: str = "+") -> str:
     mean, sd, n = stat
     if mean is None:
@@ -439,9 +444,7 @@ def fmt(stat, digits: int = 2, unit: str = "", sign: str = "+") -> str:
 
 def table(summary: dict) -> str:
     lines = []
-    for task, s in summary.items():
-        if task in ("main", "exploratory"):
-            continue
+    for task, s in per_task(summary).items():
         shown = ", ".join(f"{f}: {g:.3f}" for f, g in s["targets"].items()) or "none"
         lines += [
             f"\n{task}: original answer-token loss {s['original_test_loss']:.3f} (accuracy "
@@ -780,7 +783,7 @@ def plot(state: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    summary = {k: v for k, v in state["summary"].items() if k != "main"}
+    summary = per_task(state["summary"])
     if not summary:
         return None
     fig, axes = plt.subplots(len(TEXTS), len(summary), figsize=(6.4 * len(summary), 3.8 * len(TEXTS)), dpi=100,
