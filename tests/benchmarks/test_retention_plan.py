@@ -220,7 +220,7 @@ def test_a_path_starts_at_the_original_only_for_rows_whose_init_is_the_original(
     assert not any(starts[row] for row in ("kasa", "kasa-context", "lora-nf4", "pissa-nf4", "corda-kpa-nf4"))
 
 
-def test_controls_are_contrasted_with_each_of_the_main_pair_as_exploratory(retention):
+def test_controls_are_contrasted_with_each_of_the_main_pair_as_exploratory(retention, tmp_path):
     state = synthetic_state(retention)
     state["chosen"]["news-cloze"]["kpa-news"] = {"lr": 1e-3, "status": "interior", "losses": {"0.001": 1.0}}
     for seed in (0, 1):  # a control that moves wiki NLL as KPA does
@@ -232,3 +232,5 @@ def test_controls_are_contrasted_with_each_of_the_main_pair_as_exploratory(reten
     assert found["kpa-news", "corda-kpa", "wiki"]["estimate"] == pytest.approx(0.0, abs=1e-12)
     assert found["kpa-news", "lora", "wiki"]["estimate"] == pytest.approx(summary["main"]["estimate"])
     assert "Exploratory" in retention.table(summary) and summary["main"]["a"] == "corda-kpa"  # main unchanged
+    pytest.importorskip("matplotlib")
+    assert retention.plot({**state, "summary": summary}, tmp_path / "study.png").stat().st_size > 0
