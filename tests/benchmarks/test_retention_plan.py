@@ -37,6 +37,8 @@ def test_the_main_contrast_and_targets_are_declared_in_the_script(retention):
         retention.ROWS["lora"].grid
     )
     assert retention.ROWS["lora-l2"].train == {"l2_init": 1.0}
+    third = retention.ROWS["lora-third"]  # a fixed low rate: a third of LoRA's chosen 1.5e-3, 3x the steps
+    assert third.fixed and third.grid == (5e-4,) and third.steps_factor == 3
     # issue 22's quantized variants: the same methods on an nf4 base, each its own build
     for row, method in (("lora-nf4", "lora"), ("pissa-nf4", "pissa"), ("corda-kpa-nf4", "corda-kpa")):
         assert retention.ROWS[row].method == method and retention.ROWS[row].build == {"quantize": "nf4"}
