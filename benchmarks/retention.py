@@ -401,12 +401,18 @@ def exploratory_contrasts(state: dict, summary: dict) -> list[dict]:
     forgetting text: what a control says (e.g. kpa-news − corda-kpa: does the context matter?).
     Exploratory: uncorrected for their number, no claim drawn from them."""
     rows = summary.get(MAIN.task, {}).get("rows", {})
-    return [
+    controls = [
         measured_contrast(state, summary, Contrast(MAIN.task, row, other, text, MAIN.fraction))
         for row in rows if row not in (MAIN.a, MAIN.b)
         for other in (MAIN.a, MAIN.b) if other in rows
         for text in TEXTS
     ]  # fmt: skip
+    other_tasks = [  # the main pair on the other tasks (polarity)
+        measured_contrast(state, summary, Contrast(task, MAIN.a, MAIN.b, text, MAIN.fraction))
+        for task, s in per_task(summary).items() if task != MAIN.task and {MAIN.a, MAIN.b} <= set(s["rows"])
+        for text in TEXTS
+    ]  # fmt: skip
+    return controls + other_tasks
 
 
 def measured_contrast(state: dict, summary: dict, contrast: Contrast, declared_seeds: int | None = None) -> dict:
@@ -480,10 +486,10 @@ def table(summary: dict) -> str:
         lines.append(f"\nMAIN (pre-declared): {m.get('verdict', 'not measured')}")
     found = [c for c in summary.get("exploratory", []) if c.get("estimate") is not None]
     if found:
-        lines += ["\nExploratory (uncorrected, no claim): a − b, PPL change at the main target, points, 95% interval",
-                  "| a | b | text | a − b | interval | seeds |", "|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {c['a']} | {c['b']} | {c['text']} | {c['estimate']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] "
-                  f"| {c['seeds']} |" for c in found]  # fmt: skip
+        lines += ["\nExploratory (uncorrected, no claim): a − b, PPL change at the ½ target, points, 95% interval",
+                  "| task | a | b | text | a − b | interval | seeds |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {c['task']} | {c['a']} | {c['b']} | {c['text']} | {c['estimate']:+.2f} | "
+                  f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['seeds']} |" for c in found]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -234,5 +234,15 @@ def test_controls_are_contrasted_with_each_of_the_main_pair_as_exploratory(reten
     assert found["kpa-news", "corda-kpa", "wiki"]["estimate"] == pytest.approx(0.0, abs=1e-12)
     assert found["kpa-news", "lora", "wiki"]["estimate"] == pytest.approx(summary["main"]["estimate"])
     assert "Exploratory" in retention.table(summary) and summary["main"]["a"] == "corda-kpa"  # main unchanged
+    polarity = {**state["original"]["task"]["news-cloze"]}
+    state["original"]["task"]["polarity"] = polarity  # the main pair on a second task: contrasted there too
+    state["chosen"]["polarity"] = {row: dict(c) for row, c in state["chosen"]["news-cloze"].items()}
+    for key, point in list(state["points"].items()):
+        if point["row"] in ("corda-kpa", "lora"):
+            state["points"]["polarity" + key.removeprefix("news-cloze")] = {**point, "task": "polarity"}
+    summary = retention.summarize(state, {})
+    on_polarity = [c for c in summary["exploratory"] if c["task"] == "polarity"]
+    assert [(c["a"], c["b"]) for c in on_polarity] == [("corda-kpa", "lora")] * 2
+    assert on_polarity[0]["estimate"] == pytest.approx(summary["main"]["estimate"])
     pytest.importorskip("matplotlib")
     assert retention.plot({**state, "summary": summary}, tmp_path / "study.png").stat().st_size > 0
