@@ -32,8 +32,21 @@ def _on_sigterm(signum, frame) -> None:
         signal.signal(signal.SIGTERM, _guard.previous)  # a second SIGTERM ends the process as usual
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    if _inside_finalizer(frame):  # raised there, the error would be printed as "ignored" and lost
+        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()  # again, once out of it
+        return
     _guard.stopping = "sigterm"
     raise SvdadaptError(_guard.messages[-1])
+
+
+def _inside_finalizer(frame) -> bool:
+    """Whether the signal arrived inside a ``__del__`` (the garbage collector's, say), where Python
+    swallows exceptions."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextmanager
